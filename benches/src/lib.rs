@@ -1,0 +1,1 @@
+//! Fixed inputs shared by the criterion benches in `benches/benches/`.
