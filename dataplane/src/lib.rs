@@ -6,7 +6,7 @@
 //! - [`snapshot`]: immutable compiled tables that workers read without locks while the control side
 //!   publishes new versions.
 //! - [`forward`]: the forwarding decision as a pure function of bytes, a snapshot and the time.
-//! - [`drop`]: why a packet was dropped, as a `Copy` enum indexing per-worker counters.
+//! - [`drop`](mod@drop): why a packet was dropped, as a `Copy` enum indexing per-worker counters.
 //!
 //! Nothing in this crate performs I/O or reads a clock; the I/O shells live in the agent.
 #![deny(unsafe_code)]

@@ -1,1 +1,237 @@
-//! (being written)
+//! The tables the forwarding core reads, as immutable snapshots.
+//!
+//! The control side owns a mutable [`Tables`] (FIB, neighbours, FDB, ports and the node's tunnel
+//! parameters). Each change is published by compiling a new [`Snapshot`] and swapping it into a
+//! [`SnapshotCell`]; workers load the current snapshot once per batch with one atomic read and never
+//! take a lock (STYLE.md habit 4). A worker that still holds an older snapshot finishes its batch on
+//! it; the old snapshot is freed when the last reader lets go.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
+use ipnet::Ipv4Net;
+
+use crate::fdb::{Fdb, FdbEntry};
+use crate::fib::{CompiledFib, Fib, NextHop};
+use crate::neigh::NeighborTable;
+use crate::wire::udp::UdpChecksum;
+use crate::wire::{vxlan, EthernetAddress};
+use crate::PortId;
+
+/// How a local port carries packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortKind {
+    /// IPv4 packets without a link header: a TUN device. Weft acts as the tunnel *device* behind
+    /// it, as `flannel.1` does: the kernel routes into and out of it, so Weft does not decrement TTL.
+    L3,
+    /// Ethernet frames with the port's own MAC: a pod veth read with AF_PACKET. Weft acts as the
+    /// pod's router there, so it decrements TTL and resolves the pod's MAC in the neighbour table.
+    L2 {
+        /// The MAC Weft answers ARP with and sends frames from on this port.
+        mac: EthernetAddress,
+    },
+}
+
+/// A local port as the forwarding core sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Port {
+    /// How the port carries packets.
+    pub kind: PortKind,
+    /// The largest IPv4 packet the port takes, in bytes.
+    pub mtu: u16,
+}
+
+/// The node's own tunnel parameters: everything in a forwarding decision that is not a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// VXLAN network identifier; flannel's default is 1.
+    pub vni: u32,
+    /// VXLAN UDP destination port; flannel's default is 8472 (IANA's 4789 is Calico's).
+    pub vxlan_port: u16,
+    /// Our VTEP MAC: the inner source MAC we send and the inner destination MAC we accept.
+    pub vtep_mac: EthernetAddress,
+    /// Our underlay (public) address: the outer source of everything we encapsulate.
+    pub underlay_addr: Ipv4Addr,
+    /// The tunnel device's own address (flannel: `<subnet>.0`); the source of our ICMP errors.
+    pub tunnel_addr: Ipv4Addr,
+    /// MTU of the underlay path; tunnel MTUs follow from it (REFERENCE.md "Overheads").
+    pub underlay_mtu: u16,
+    /// TTL of the outer header we write; the kernel's default is 64.
+    pub outer_ttl: u8,
+    /// Outer UDP checksum of VXLAN packets: zero, as RFC 7348 §5 recommends, or computed.
+    pub udp_checksum: UdpChecksum,
+}
+
+impl NodeConfig {
+    /// A configuration with flannel's defaults (VNI 1, port 8472, underlay MTU 1500).
+    pub fn flannel_defaults(
+        vtep_mac: EthernetAddress,
+        underlay_addr: Ipv4Addr,
+        tunnel_addr: Ipv4Addr,
+    ) -> Self {
+        NodeConfig {
+            vni: 1,
+            vxlan_port: vxlan::FLANNEL_PORT,
+            vtep_mac,
+            underlay_addr,
+            tunnel_addr,
+            underlay_mtu: 1500,
+            outer_ttl: 64,
+            udp_checksum: UdpChecksum::Zero,
+        }
+    }
+
+    /// The largest inner packet a VXLAN peer can be sent: underlay MTU - 50.
+    pub fn vxlan_mtu(&self) -> u16 {
+        self.underlay_mtu.saturating_sub(vxlan::OVERHEAD_V4 as u16)
+    }
+
+    /// The largest inner packet an IP-in-IP peer can be sent: underlay MTU - 20.
+    pub fn ipip_mtu(&self) -> u16 {
+        self.underlay_mtu
+            .saturating_sub(crate::wire::ipip::OVERHEAD as u16)
+    }
+}
+
+/// The mutable tables the control side edits before publishing a [`Snapshot`].
+#[derive(Debug, Clone)]
+pub struct Tables {
+    /// The node's tunnel parameters.
+    pub node: NodeConfig,
+    /// Routes.
+    pub fib: Fib,
+    /// Neighbours (ARP).
+    pub neigh: NeighborTable,
+    /// MAC to VTEP or local port.
+    pub fdb: Fdb,
+    ports: Vec<Option<Port>>,
+}
+
+impl Tables {
+    /// Empty tables for a node.
+    pub fn new(node: NodeConfig) -> Self {
+        Tables {
+            node,
+            fib: Fib::new(),
+            neigh: NeighborTable::new(),
+            fdb: Fdb::new(),
+            ports: Vec::new(),
+        }
+    }
+
+    /// Adds or replaces local port `id`.
+    pub fn set_port(&mut self, id: PortId, port: Port) {
+        let i = usize::from(id.0);
+        if self.ports.len() <= i {
+            self.ports.resize(i + 1, None);
+        }
+        self.ports[i] = Some(port);
+    }
+
+    /// Removes local port `id`.
+    pub fn remove_port(&mut self, id: PortId) -> Option<Port> {
+        self.ports.get_mut(usize::from(id.0)).and_then(Option::take)
+    }
+
+    /// The local ports, in id order.
+    pub fn ports(&self) -> impl Iterator<Item = (PortId, Port)> + '_ {
+        self.ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.map(|p| (PortId(i as u16), p)))
+    }
+
+    /// Programs a remote VXLAN node the way flannel programs `flannel.1` for it, in flannel's order:
+    /// neighbour `<subnet>.0 lladdr <vtep_mac> PERMANENT`, FDB `<vtep_mac> dst <public_ip>`, route
+    /// `<subnet> via <subnet>.0 onlink`.
+    pub fn add_vxlan_peer(
+        &mut self,
+        subnet: Ipv4Net,
+        public_ip: Ipv4Addr,
+        vtep_mac: EthernetAddress,
+    ) {
+        let subnet = subnet.trunc();
+        let gateway = subnet.network();
+        self.neigh.insert_permanent(gateway, vtep_mac, None);
+        self.fdb
+            .insert(vtep_mac, FdbEntry::Remote { vtep: public_ip });
+        self.fib.insert(subnet, NextHop::Vxlan { gateway });
+    }
+
+    /// Removes what [`Tables::add_vxlan_peer`] programmed for `subnet`: route, neighbour and the
+    /// FDB entry of the neighbour's MAC. Returns whether there was such a peer.
+    pub fn remove_vxlan_peer(&mut self, subnet: Ipv4Net) -> bool {
+        let subnet = subnet.trunc();
+        let gateway = subnet.network();
+        let route = self.fib.remove(subnet);
+        if let Some(n) = self.neigh.remove(gateway) {
+            self.fdb.remove(n.mac);
+        }
+        route.is_some()
+    }
+
+    /// Compiles the tables into a snapshot for the workers.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            node: self.node,
+            fib: self.fib.compile(),
+            neigh: self.neigh.clone(),
+            fdb: self.fdb.clone(),
+            ports: self.ports.clone(),
+        }
+    }
+}
+
+/// An immutable, compiled copy of the tables: what a forwarding decision reads.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The node's tunnel parameters.
+    pub node: NodeConfig,
+    /// The compiled FIB.
+    pub fib: CompiledFib,
+    /// Neighbours.
+    pub neigh: NeighborTable,
+    /// MAC to VTEP or local port.
+    pub fdb: Fdb,
+    ports: Vec<Option<Port>>,
+}
+
+impl Snapshot {
+    /// Local port `id`, if it exists.
+    #[inline]
+    pub fn port(&self, id: PortId) -> Option<&Port> {
+        self.ports.get(usize::from(id.0)).and_then(Option::as_ref)
+    }
+}
+
+/// Where the control side publishes snapshots and workers load them, without locks.
+#[derive(Debug)]
+pub struct SnapshotCell {
+    current: ArcSwap<Snapshot>,
+}
+
+impl SnapshotCell {
+    /// A cell holding `first`.
+    pub fn new(first: Snapshot) -> Self {
+        SnapshotCell {
+            current: ArcSwap::from_pointee(first),
+        }
+    }
+
+    /// Makes `next` the snapshot every later [`SnapshotCell::load`] sees.
+    pub fn publish(&self, next: Snapshot) {
+        self.current.store(Arc::new(next));
+    }
+
+    /// The current snapshot, cheaply: hold it for one batch, not longer.
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// The current snapshot as an owned `Arc`, for holders that outlive a batch.
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+}

@@ -21,12 +21,12 @@ pub mod vxlan;
 use core::fmt;
 use core::str::FromStr;
 
-// pub use arp::{ArpOperation, ArpPacket, ArpRepr};
-// pub use ethernet::{EtherType, EthernetFrame, EthernetRepr};
-// pub use icmpv4::{Icmpv4Packet, Icmpv4Repr};
-// pub use ipv4::{Ipv4Packet, Ipv4Repr};
-// pub use udp::{UdpPacket, UdpRepr};
-// pub use vxlan::{VxlanPacket, VxlanRepr};
+pub use arp::{ArpOperation, ArpPacket, ArpRepr};
+pub use ethernet::{EtherType, EthernetFrame, EthernetRepr};
+pub use icmpv4::{Icmpv4Packet, Icmpv4Repr};
+pub use ipv4::{Ipv4Packet, Ipv4Repr};
+pub use udp::{UdpPacket, UdpRepr};
+pub use vxlan::{VxlanPacket, VxlanRepr};
 
 /// Why a buffer could not be read as the format asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
@@ -111,7 +111,9 @@ impl fmt::Debug for EthernetAddress {
 
 /// Why a string is not a MAC address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid MAC address {0:?}: expected six hex bytes separated by ':', like c6:d2:32:6f:8f:44")]
+#[error(
+    "invalid MAC address {0:?}: expected six hex bytes separated by ':', like c6:d2:32:6f:8f:44"
+)]
 pub struct ParseMacError(pub String);
 
 impl FromStr for EthernetAddress {
@@ -145,7 +147,13 @@ mod tests {
         assert_eq!(mac.0, [0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44]);
         assert_eq!(mac.to_string(), "c6:d2:32:6f:8f:44");
         assert!(mac.is_unicast() && mac.is_local());
-        for bad in ["", "c6:d2:32:6f:8f", "c6:d2:32:6f:8f:44:00", "c6:d2:32:6f:8f:4", "zz:d2:32:6f:8f:44"] {
+        for bad in [
+            "",
+            "c6:d2:32:6f:8f",
+            "c6:d2:32:6f:8f:44:00",
+            "c6:d2:32:6f:8f:4",
+            "zz:d2:32:6f:8f:44",
+        ] {
             assert!(bad.parse::<EthernetAddress>().is_err(), "{bad:?} parsed");
         }
     }

@@ -1,0 +1,538 @@
+//! The forwarding decision: a pure function from (ingress, packet, snapshot, time) to a [`Verdict`].
+//!
+//! [`forward`] performs no syscall, reads no clock and allocates nothing (STYLE.md habit 1). It
+//! reads and rewrites the caller's buffer in place: the packet sits at `buf[start..start + len]`
+//! and the `start` bytes in front of it are headroom for the outer headers ([`HEADROOM`] is enough
+//! for every encapsulation and for ICMP errors). The verdict names the bytes to send and where.
+//!
+//! The model is flannel's `flannel.1` (REFERENCE.md): a packet whose route is
+//! `<subnet> via <subnet>.0 onlink` is sent to the VTEP MAC that the neighbour entry of
+//! `<subnet>.0` gives, at the underlay address that the FDB entry of that MAC gives. On the way
+//! back, a VXLAN frame is accepted only with our VNI and addressed to our VTEP MAC, as a kernel
+//! VTEP does, and the inner packet must be routed to a local port.
+//!
+//! TTL: behind a TUN port Weft is a tunnel *device*, like `flannel.1`: the kernel routes (and
+//! decrements TTL) on both sides, so Weft leaves TTL alone and `traceroute` shows the same hops as
+//! with flannel. On an L2 (pod) port Weft is the pod's router and decrements TTL (RFC 1812
+//! §5.3.1) with an incremental checksum update (RFC 1624), answering time-exceeded at 1.
+
+pub mod arp;
+pub mod encap;
+pub mod icmp;
+
+use std::net::Ipv4Addr;
+
+use crate::drop::DropReason;
+use crate::fdb::FdbEntry;
+use crate::fib::NextHop;
+use crate::neigh::NeighborAnswer;
+use crate::snapshot::{Port, PortKind, Snapshot};
+use crate::time::Instant;
+use crate::wire::ipv4::{self, Ipv4Packet};
+use crate::wire::udp::UdpPacket;
+use crate::wire::{ethernet, ipip, EtherType, EthernetFrame, EthernetRepr};
+use crate::PortId;
+
+pub use encap::{VxlanEncap, VXLAN_UDP_PAYLOAD_OFFSET};
+pub use icmp::IcmpError;
+
+/// Headroom a caller leaves in front of every packet. The deepest case is an ICMP error (28 bytes
+/// in front of the packet) sent back through VXLAN (50 more), behind an outer Ethernet header (14)
+/// for AF_PACKET shells: 92, rounded up to leave room for a virtio-net header.
+pub const HEADROOM: usize = 128;
+
+/// Where a packet came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingress {
+    /// Read from local port `PortId`: an IPv4 packet on an L3 (TUN) port, an Ethernet frame on an
+    /// L2 (pod) port.
+    Local(PortId),
+    /// Read from the underlay with its outer IPv4 header (a raw socket or AF_PACKET): VXLAN in UDP
+    /// or IP-in-IP.
+    Underlay,
+    /// The payload of a datagram received on the VXLAN UDP socket, from underlay address `src`:
+    /// starts at the VXLAN header; the kernel already checked the outer IPv4 and UDP headers.
+    VxlanUdp {
+        /// The sender's underlay address.
+        src: Ipv4Addr,
+    },
+}
+
+/// How a packet sent into the underlay is wrapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encap {
+    /// Not at all: a plain IPv4 packet routed via an underlay gateway (host-gw).
+    None,
+    /// VXLAN in UDP. The bytes start at the outer IPv4 header; a shell that sends through a UDP
+    /// socket sends from [`VXLAN_UDP_PAYLOAD_OFFSET`] on, from `src_port` if it can.
+    Vxlan {
+        /// The flow's UDP source port.
+        src_port: u16,
+    },
+    /// IP-in-IP (protocol 4); the bytes start at the outer IPv4 header.
+    Ipip,
+}
+
+/// What to send, and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Write `buf[start..start + len]` to local port `port`.
+    Deliver {
+        /// The egress port.
+        port: PortId,
+        /// Offset of the first byte to write.
+        start: usize,
+        /// Bytes to write.
+        len: usize,
+    },
+    /// Send the IPv4 packet `buf[start..start + len]` into the underlay toward `next_hop`.
+    Transmit {
+        /// The underlay address to send to (the outer destination, or the host-gw gateway).
+        next_hop: Ipv4Addr,
+        /// Offset of the (outer) IPv4 header.
+        start: usize,
+        /// Bytes from `start`.
+        len: usize,
+        /// How the packet is wrapped.
+        encap: Encap,
+    },
+}
+
+/// The outcome of one forwarding decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The packet (its headers possibly rewritten) leaves as the action says.
+    Forward(Action),
+    /// The packet was answered instead of forwarded: an ARP reply (`cause` is `None`) or an ICMP
+    /// error about the drop `cause`, written in its place and routed toward its sender.
+    Reply {
+        /// Why the original packet was not forwarded, if it was a drop.
+        cause: Option<DropReason>,
+        /// Where the reply goes.
+        action: Action,
+    },
+    /// Dropped, for this reason.
+    Drop(DropReason),
+}
+
+impl Verdict {
+    /// The drop reason to count, if the original packet was dropped.
+    pub fn drop_reason(&self) -> Option<DropReason> {
+        match *self {
+            Verdict::Forward(_) => None,
+            Verdict::Reply { cause, .. } => cause,
+            Verdict::Drop(r) => Some(r),
+        }
+    }
+
+    /// The action to carry out, if anything is to be sent.
+    pub fn action(&self) -> Option<Action> {
+        match *self {
+            Verdict::Forward(a) | Verdict::Reply { action: a, .. } => Some(a),
+            Verdict::Drop(_) => None,
+        }
+    }
+}
+
+/// Where an IPv4 packet entered the routing step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// From a local port.
+    Port(PortId, PortKind),
+    /// Decapsulated from the underlay.
+    Tunnel,
+    /// An ICMP error we generated: no TTL change, no error about it.
+    Generated,
+}
+
+/// Decides what to do with the packet at `buf[start..start + len]` that arrived from `ingress`.
+///
+/// Rewrites the buffer in place as needed (outer headers into the headroom, TTL, an Ethernet
+/// header, an ICMP error or ARP reply in place of the packet) and returns what to send.
+#[inline]
+pub fn forward(
+    snap: &Snapshot,
+    ingress: Ingress,
+    buf: &mut [u8],
+    start: usize,
+    len: usize,
+    now: Instant,
+) -> Verdict {
+    if start.checked_add(len).is_none_or(|end| end > buf.len()) {
+        return Verdict::Drop(DropReason::Truncated);
+    }
+    match ingress {
+        Ingress::Local(port_id) => {
+            let Some(port) = snap.port(port_id).copied() else {
+                // A port the snapshot does not know (removed while the packet was in flight).
+                return Verdict::Drop(DropReason::OtherHost);
+            };
+            match port.kind {
+                PortKind::L3 => route(snap, Origin::Port(port_id, port.kind), buf, start, len, now),
+                PortKind::L2 { mac } => from_l2(snap, port_id, port, mac, buf, start, len, now),
+            }
+        }
+        Ingress::Underlay => from_underlay(snap, buf, start, len, now),
+        Ingress::VxlanUdp { src: _ } => {
+            match encap::vxlan_decap(&buf[start..start + len], snap.node.vni, snap.node.vtep_mac) {
+                Ok((off, inner_len)) => {
+                    route(snap, Origin::Tunnel, buf, start + off, inner_len, now)
+                }
+                Err(reason) => Verdict::Drop(reason),
+            }
+        }
+    }
+}
+
+/// An Ethernet frame from a pod port: answer ARP, route IPv4, drop the rest.
+#[allow(clippy::too_many_arguments)]
+fn from_l2(
+    snap: &Snapshot,
+    port_id: PortId,
+    port: Port,
+    mac: crate::wire::EthernetAddress,
+    buf: &mut [u8],
+    start: usize,
+    len: usize,
+    now: Instant,
+) -> Verdict {
+    let (dst, ethertype) = match EthernetFrame::new_checked(&buf[start..start + len]) {
+        Ok(eth) => (eth.dst_addr(), eth.ethertype()),
+        Err(_) => return Verdict::Drop(DropReason::Truncated),
+    };
+    if dst != mac && !dst.is_broadcast() {
+        return Verdict::Drop(DropReason::OtherHost);
+    }
+    match ethertype {
+        EtherType::Arp => match arp::proxy_reply(&mut buf[start..start + len], mac) {
+            Ok(reply_len) => Verdict::Reply {
+                cause: None,
+                action: Action::Deliver {
+                    port: port_id,
+                    start,
+                    len: reply_len,
+                },
+            },
+            Err(reason) => Verdict::Drop(reason),
+        },
+        EtherType::Ipv4 if dst == mac => route(
+            snap,
+            Origin::Port(port_id, port.kind),
+            buf,
+            start + ethernet::HEADER_LEN,
+            len - ethernet::HEADER_LEN,
+            now,
+        ),
+        EtherType::Ipv4 => Verdict::Drop(DropReason::NotUnicast),
+        _ => Verdict::Drop(DropReason::NotIpv4),
+    }
+}
+
+/// A datagram from the underlay with its outer IPv4 header: VXLAN on our UDP port, or IP-in-IP.
+fn from_underlay(
+    snap: &Snapshot,
+    buf: &mut [u8],
+    start: usize,
+    len: usize,
+    now: Instant,
+) -> Verdict {
+    let pkt = &buf[start..start + len];
+    let outer = match Ipv4Packet::new_checked(pkt) {
+        Ok(p) => p,
+        Err(crate::wire::Error::Truncated) => return Verdict::Drop(DropReason::Truncated),
+        Err(_) => return Verdict::Drop(DropReason::Ipv4Malformed),
+    };
+    if !outer.verify_checksum() {
+        return Verdict::Drop(DropReason::Ipv4Checksum);
+    }
+    if outer.dst_addr() != snap.node.underlay_addr {
+        return Verdict::Drop(DropReason::UnderlayNotForUs);
+    }
+    if outer.is_fragment() {
+        // Reassembly is the kernel's job; a raw-socket reader sees fragments only if the kernel
+        // did not reassemble them, and a partial tunnel packet cannot be forwarded.
+        return Verdict::Drop(DropReason::UnderlayNotForUs);
+    }
+    let hlen = outer.header_len();
+    let total = usize::from(outer.total_len());
+    match outer.protocol() {
+        ipv4::protocol::UDP => {
+            let (src, dst) = (outer.src_addr(), outer.dst_addr());
+            let udp = match UdpPacket::new_checked(outer.payload()) {
+                Ok(u) => u,
+                Err(crate::wire::Error::Truncated) => return Verdict::Drop(DropReason::Truncated),
+                Err(_) => return Verdict::Drop(DropReason::UdpMalformed),
+            };
+            if udp.dst_port() != snap.node.vxlan_port {
+                return Verdict::Drop(DropReason::UnderlayNotForUs);
+            }
+            if !udp.verify_checksum(src, dst) {
+                return Verdict::Drop(DropReason::UdpMalformed);
+            }
+            let payload_start = start + hlen + 8;
+            let payload_len = usize::from(udp.len()) - 8;
+            match encap::vxlan_decap(
+                &buf[payload_start..payload_start + payload_len],
+                snap.node.vni,
+                snap.node.vtep_mac,
+            ) {
+                Ok((off, inner_len)) => route(
+                    snap,
+                    Origin::Tunnel,
+                    buf,
+                    payload_start + off,
+                    inner_len,
+                    now,
+                ),
+                Err(reason) => Verdict::Drop(reason),
+            }
+        }
+        ipv4::protocol::IPIP => {
+            match ipip::inner(&outer) {
+                Ok(_) => {}
+                Err(crate::wire::Error::Truncated) => return Verdict::Drop(DropReason::Truncated),
+                Err(_) => return Verdict::Drop(DropReason::IpipMalformed),
+            }
+            route(snap, Origin::Tunnel, buf, start + hlen, total - hlen, now)
+        }
+        _ => Verdict::Drop(DropReason::UnderlayNotForUs),
+    }
+}
+
+/// The facts of an IPv4 header the routing step needs, read once.
+struct Header {
+    dst: Ipv4Addr,
+    src: Ipv4Addr,
+    ttl: u8,
+    dont_frag: bool,
+    total_len: usize,
+}
+
+/// Routes the IPv4 packet at `buf[start..start + len]`.
+fn route(
+    snap: &Snapshot,
+    origin: Origin,
+    buf: &mut [u8],
+    start: usize,
+    len: usize,
+    now: Instant,
+) -> Verdict {
+    let hdr = match Ipv4Packet::new_checked(&buf[start..start + len]) {
+        Ok(ip) => {
+            if origin != Origin::Generated && !ip.verify_checksum() {
+                return Verdict::Drop(DropReason::Ipv4Checksum);
+            }
+            Header {
+                dst: ip.dst_addr(),
+                src: ip.src_addr(),
+                ttl: ip.ttl(),
+                dont_frag: ip.dont_frag(),
+                total_len: usize::from(ip.total_len()),
+            }
+        }
+        Err(crate::wire::Error::Truncated) => return Verdict::Drop(DropReason::Truncated),
+        Err(_) => return Verdict::Drop(DropReason::Ipv4Malformed),
+    };
+    // Link-layer padding beyond the IPv4 total length is not part of the packet.
+    let len = hdr.total_len;
+    if !icmp::is_unicast(hdr.dst) || hdr.src.is_multicast() || hdr.src.is_broadcast() {
+        return Verdict::Drop(DropReason::NotUnicast);
+    }
+    let Some(route) = snap.fib.lookup(hdr.dst) else {
+        return error(
+            snap,
+            origin,
+            buf,
+            start,
+            len,
+            now,
+            DropReason::NoRoute,
+            IcmpError::NetUnreachable,
+        );
+    };
+    let next_hop = route.next_hop;
+
+    // Weft routes (and so owns the TTL) only where it stands in for a router: on pod ports.
+    let egress_l2 = match next_hop {
+        NextHop::Local { port } => match snap.port(port) {
+            Some(p) => matches!(p.kind, PortKind::L2 { .. }),
+            None => return Verdict::Drop(DropReason::NoRoute),
+        },
+        _ => false,
+    };
+    let routed = origin != Origin::Generated
+        && (matches!(origin, Origin::Port(_, PortKind::L2 { .. })) || egress_l2);
+    if routed && hdr.ttl <= 1 {
+        return error(
+            snap,
+            origin,
+            buf,
+            start,
+            len,
+            now,
+            DropReason::TtlExceeded,
+            IcmpError::TtlExceeded,
+        );
+    }
+
+    let mtu = match next_hop {
+        NextHop::Local { port } => match snap.port(port) {
+            Some(p) => {
+                if origin == Origin::Port(port, p.kind) {
+                    return Verdict::Drop(DropReason::Hairpin);
+                }
+                p.mtu
+            }
+            None => return Verdict::Drop(DropReason::NoRoute),
+        },
+        NextHop::Blackhole => return Verdict::Drop(DropReason::Blackhole),
+        _ if origin == Origin::Tunnel => return Verdict::Drop(DropReason::NotLocal),
+        NextHop::Vxlan { .. } => snap.node.vxlan_mtu(),
+        NextHop::Ipip { .. } => snap.node.ipip_mtu(),
+        NextHop::Direct { .. } => snap.node.underlay_mtu,
+    };
+    if len > usize::from(mtu) {
+        if hdr.dont_frag {
+            return error(
+                snap,
+                origin,
+                buf,
+                start,
+                len,
+                now,
+                DropReason::FragNeeded,
+                IcmpError::FragNeeded { mtu },
+            );
+        }
+        return Verdict::Drop(DropReason::TooBig);
+    }
+    if routed {
+        Ipv4Packet::new_unchecked(&mut buf[start..start + len]).decrement_ttl();
+    }
+
+    match next_hop {
+        NextHop::Local { port } => deliver(snap, port, buf, start, len, now),
+        NextHop::Vxlan { gateway } => {
+            let dst_mac = match snap.neigh.lookup(gateway, now) {
+                NeighborAnswer::Found(mac) | NeighborAnswer::Stale(mac) => mac,
+                NeighborAnswer::NotFound => return Verdict::Drop(DropReason::NeighborMissing),
+            };
+            let vtep = match snap.fdb.lookup(dst_mac) {
+                Some(FdbEntry::Remote { vtep }) => vtep,
+                _ => return Verdict::Drop(DropReason::FdbMissing),
+            };
+            let params = VxlanEncap {
+                vni: snap.node.vni,
+                src_mac: snap.node.vtep_mac,
+                dst_mac,
+                src_addr: snap.node.underlay_addr,
+                dst_addr: vtep,
+                dst_port: snap.node.vxlan_port,
+                ttl: snap.node.outer_ttl,
+                udp_checksum: snap.node.udp_checksum,
+            };
+            let src_port = encap::flow_src_port(&buf[start..start + len]);
+            match encap::vxlan_encap(buf, start, len, &params, src_port) {
+                Ok((s, l)) => Verdict::Forward(Action::Transmit {
+                    next_hop: vtep,
+                    start: s,
+                    len: l,
+                    encap: Encap::Vxlan { src_port },
+                }),
+                Err(reason) => Verdict::Drop(reason),
+            }
+        }
+        NextHop::Ipip { remote } => {
+            match encap::ipip_encap(
+                buf,
+                start,
+                len,
+                snap.node.underlay_addr,
+                remote,
+                snap.node.outer_ttl,
+            ) {
+                Ok((s, l)) => Verdict::Forward(Action::Transmit {
+                    next_hop: remote,
+                    start: s,
+                    len: l,
+                    encap: Encap::Ipip,
+                }),
+                Err(reason) => Verdict::Drop(reason),
+            }
+        }
+        NextHop::Direct { gateway } => Verdict::Forward(Action::Transmit {
+            next_hop: gateway,
+            start,
+            len,
+            encap: Encap::None,
+        }),
+        NextHop::Blackhole => Verdict::Drop(DropReason::Blackhole),
+    }
+}
+
+/// Writes the IPv4 packet to a local port, with an Ethernet header on an L2 port.
+fn deliver(
+    snap: &Snapshot,
+    port: PortId,
+    buf: &mut [u8],
+    start: usize,
+    len: usize,
+    now: Instant,
+) -> Verdict {
+    let Some(p) = snap.port(port) else {
+        return Verdict::Drop(DropReason::NoRoute);
+    };
+    match p.kind {
+        PortKind::L3 => Verdict::Forward(Action::Deliver { port, start, len }),
+        PortKind::L2 { mac } => {
+            let dst = Ipv4Packet::new_unchecked(&buf[start..start + len]).dst_addr();
+            let dst_mac = match snap.neigh.lookup(dst, now) {
+                NeighborAnswer::Found(m) | NeighborAnswer::Stale(m) => m,
+                NeighborAnswer::NotFound => return Verdict::Drop(DropReason::NeighborMissing),
+            };
+            let Some(eth_start) = start.checked_sub(ethernet::HEADER_LEN) else {
+                return Verdict::Drop(DropReason::NoHeadroom);
+            };
+            EthernetRepr {
+                src_addr: mac,
+                dst_addr: dst_mac,
+                ethertype: EtherType::Ipv4,
+            }
+            .emit(&mut EthernetFrame::new_unchecked(
+                &mut buf[eth_start..start],
+            ));
+            Verdict::Forward(Action::Deliver {
+                port,
+                start: eth_start,
+                len: len + ethernet::HEADER_LEN,
+            })
+        }
+    }
+}
+
+/// Drops the packet for `cause` and, where RFC 1812 allows, answers its sender with `kind`.
+#[allow(clippy::too_many_arguments)]
+fn error(
+    snap: &Snapshot,
+    origin: Origin,
+    buf: &mut [u8],
+    start: usize,
+    len: usize,
+    now: Instant,
+    cause: DropReason,
+    kind: IcmpError,
+) -> Verdict {
+    if origin == Origin::Generated {
+        return Verdict::Drop(cause);
+    }
+    let Some((s, l)) = icmp::write_error(buf, start, len, snap.node.tunnel_addr, kind) else {
+        return Verdict::Drop(cause);
+    };
+    match route(snap, Origin::Generated, buf, s, l, now) {
+        Verdict::Forward(action) => Verdict::Reply {
+            cause: Some(cause),
+            action,
+        },
+        _ => Verdict::Drop(cause),
+    }
+}

@@ -1,0 +1,621 @@
+//! A deterministic in-memory cluster: two nodes run the forwarding core over a simulated underlay.
+//!
+//! A packet from a pod on node A goes through `forward` on A, over the "wire" (the encapsulated
+//! bytes copied into B's receive buffer, as a socket would), through `forward` on B, and must
+//! arrive at the pod on B byte-exact apart from TTL and header checksum — for VXLAN and IP-in-IP,
+//! for TUN (L3) and pod (L2) ports. ICMP errors are re-parsed with etherparse.
+
+use std::net::Ipv4Addr;
+
+use dataplane::drop::DropReason;
+use dataplane::fib::NextHop;
+use dataplane::forward::{
+    forward, Action, Encap, Ingress, Verdict, HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
+};
+use dataplane::snapshot::{NodeConfig, Port, PortKind, Snapshot, Tables};
+use dataplane::time::Instant;
+use dataplane::wire::{checksum, EthernetAddress};
+use dataplane::PortId;
+use etherparse::{Icmpv4Type, NetSlice, SlicedPacket, TransportSlice};
+use ipnet::Ipv4Net;
+
+const TUN: PortId = PortId(0);
+const POD: PortId = PortId(1);
+const POD_PORT_MAC: EthernetAddress = EthernetAddress([0xee; 6]);
+const NOW: Instant = Instant::from_secs(100);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Vxlan,
+    Ipip,
+}
+
+struct Node {
+    underlay: Ipv4Addr,
+    subnet: Ipv4Net,
+    vtep_mac: EthernetAddress,
+    pod_ip: Ipv4Addr,
+    pod_mac: EthernetAddress,
+}
+
+fn node(i: u8) -> Node {
+    Node {
+        underlay: Ipv4Addr::new(192, 168, 50, i),
+        subnet: format!("10.244.{i}.0/24").parse().expect("valid subnet"),
+        vtep_mac: EthernetAddress([0x0e, 0x57, 0x65, 0x66, 0x74, i]),
+        pod_ip: Ipv4Addr::new(10, 244, i, 2),
+        pod_mac: EthernetAddress([0x02, 0, 0, 0, i, 2]),
+    }
+}
+
+/// The tables of `me` with `peer` as its only remote node.
+fn tables(me: &Node, peer: &Node, mode: Mode) -> Snapshot {
+    let mut t = Tables::new(NodeConfig::flannel_defaults(
+        me.vtep_mac,
+        me.underlay,
+        me.subnet.network(),
+    ));
+    t.set_port(
+        TUN,
+        Port {
+            kind: PortKind::L3,
+            mtu: 1450,
+        },
+    );
+    t.set_port(
+        POD,
+        Port {
+            kind: PortKind::L2 { mac: POD_PORT_MAC },
+            mtu: 1450,
+        },
+    );
+    t.fib.insert(me.subnet, NextHop::Local { port: TUN });
+    t.fib
+        .insert(Ipv4Net::from(me.pod_ip), NextHop::Local { port: POD });
+    t.neigh.insert_permanent(me.pod_ip, me.pod_mac, Some(POD));
+    match mode {
+        Mode::Vxlan => t.add_vxlan_peer(peer.subnet, peer.underlay, peer.vtep_mac),
+        Mode::Ipip => {
+            t.fib.insert(
+                peer.subnet,
+                NextHop::Ipip {
+                    remote: peer.underlay,
+                },
+            );
+        }
+    }
+    t.snapshot()
+}
+
+/// An IPv4/UDP packet with correct checksums, built by etherparse.
+fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, payload_len: usize, df: bool) -> Vec<u8> {
+    let payload: Vec<u8> = (0..payload_len).map(|i| (i * 7 + 3) as u8).collect();
+    let builder = etherparse::PacketBuilder::ipv4(src.octets(), dst.octets(), ttl).udp(40000, 9000);
+    let mut out = Vec::new();
+    builder.write(&mut out, &payload).expect("write to a Vec");
+    // etherparse's builder sets DF itself; make the flag what the caller asked for.
+    if df {
+        out[6] |= 0x40;
+    } else {
+        out[6] &= !0x40;
+    }
+    {
+        out[10] = 0;
+        out[11] = 0;
+        let c = checksum::checksum(&out[..20]);
+        out[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+    out
+}
+
+/// `ip` wrapped in an Ethernet header from `src` to `dst`.
+fn ethernet(src: EthernetAddress, dst: EthernetAddress, ethertype: u16, ip: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + ip.len());
+    f.extend_from_slice(&dst.0);
+    f.extend_from_slice(&src.0);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(ip);
+    f
+}
+
+/// A buffer with HEADROOM free bytes and `data` after them.
+fn buffer(data: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; HEADROOM + data.len() + 64];
+    buf[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
+    buf
+}
+
+fn run(snap: &Snapshot, ingress: Ingress, data: &[u8]) -> (Verdict, Vec<u8>) {
+    let mut buf = buffer(data);
+    let v = forward(snap, ingress, &mut buf, HEADROOM, data.len(), NOW);
+    (v, buf)
+}
+
+/// The bytes an action sends.
+fn sent(buf: &[u8], action: Action) -> Vec<u8> {
+    match action {
+        Action::Deliver { start, len, .. } | Action::Transmit { start, len, .. } => {
+            buf[start..start + len].to_vec()
+        }
+    }
+}
+
+/// Compares two IPv4 packets ignoring TTL and header checksum, and checks the checksum of `got`.
+fn assert_same_but_ttl(got: &[u8], want: &[u8], ttl_drop: u8) {
+    assert_eq!(got.len(), want.len(), "length");
+    assert_eq!(got[8], want[8] - ttl_drop, "TTL");
+    let mask = |p: &[u8]| {
+        let mut p = p.to_vec();
+        p[8] = 0;
+        p[10] = 0;
+        p[11] = 0;
+        p
+    };
+    assert_eq!(mask(got), mask(want), "bytes other than TTL and checksum");
+    assert_eq!(
+        checksum::data(&got[..20]),
+        0xffff,
+        "header checksum of the delivered packet"
+    );
+}
+
+/// Sends `frame` from node A's `from` port and carries it to node B, returning B's verdict and
+/// buffer. `via_socket` receives on B as a UDP socket would (outer IPv4+UDP stripped).
+fn a_to_b(mode: Mode, from: PortId, frame: &[u8], via_socket: bool) -> (Verdict, Vec<u8>, Vec<u8>) {
+    let (a, b) = (node(1), node(2));
+    let snap_a = tables(&a, &b, mode);
+    let snap_b = tables(&b, &a, mode);
+    let (va, buf_a) = run(&snap_a, Ingress::Local(from), frame);
+    let Verdict::Forward(
+        action @ Action::Transmit {
+            next_hop, encap, ..
+        },
+    ) = va
+    else {
+        panic!("node A did not transmit: {va:?}");
+    };
+    assert_eq!(next_hop, b.underlay);
+    let wire = sent(&buf_a, action);
+    // Re-parse the outer packet independently.
+    let sliced = SlicedPacket::from_ip(&wire).expect("etherparse parses the outer packet");
+    let Some(NetSlice::Ipv4(outer)) = sliced.net else {
+        panic!("outer is not IPv4")
+    };
+    assert_eq!(outer.header().source_addr(), a.underlay);
+    assert_eq!(outer.header().destination_addr(), b.underlay);
+    match (mode, encap) {
+        (Mode::Vxlan, Encap::Vxlan { src_port }) => {
+            let Some(TransportSlice::Udp(udp)) = sliced.transport else {
+                panic!("outer is not UDP")
+            };
+            assert_eq!(udp.destination_port(), 8472);
+            assert_eq!(udp.source_port(), src_port);
+            assert!((32768..61000).contains(&src_port));
+            let vx = udp.payload();
+            assert_eq!(vx[0], 0x08, "VXLAN I flag");
+            assert_eq!(&vx[4..7], &[0, 0, 1], "VNI 1");
+            assert_eq!(
+                &vx[8..14],
+                &b.vtep_mac.0,
+                "inner destination = B's VTEP MAC"
+            );
+            assert_eq!(&vx[14..20], &a.vtep_mac.0, "inner source = A's VTEP MAC");
+        }
+        (Mode::Ipip, Encap::Ipip) => {
+            assert_eq!(outer.header().protocol(), etherparse::IpNumber::IPV4);
+        }
+        other => panic!("unexpected encapsulation {other:?}"),
+    }
+    let (vb, buf_b) = if via_socket {
+        run(
+            &snap_b,
+            Ingress::VxlanUdp { src: a.underlay },
+            &wire[VXLAN_UDP_PAYLOAD_OFFSET..],
+        )
+    } else {
+        run(&snap_b, Ingress::Underlay, &wire)
+    };
+    (vb, buf_b, wire.clone())
+}
+
+#[test]
+fn tun_to_tun_vxlan_is_byte_exact() {
+    let (a, b) = (node(1), node(2));
+    let ip = udp_packet(a.pod_ip, Ipv4Addr::new(10, 244, 2, 7), 63, 1000, true);
+    for via_socket in [false, true] {
+        let (v, buf, _) = a_to_b(Mode::Vxlan, TUN, &ip, via_socket);
+        let Verdict::Forward(action @ Action::Deliver { port, .. }) = v else {
+            panic!("node B did not deliver: {v:?}");
+        };
+        assert_eq!(port, TUN);
+        // Behind TUN, Weft is the tunnel device: the packet is not routed, so not even TTL changes.
+        assert_eq!(sent(&buf, action), ip);
+    }
+    let _ = b;
+}
+
+#[test]
+fn pod_to_pod_vxlan_and_ipip() {
+    let (a, b) = (node(1), node(2));
+    let ip = udp_packet(a.pod_ip, b.pod_ip, 64, 1400, true);
+    let frame = ethernet(a.pod_mac, POD_PORT_MAC, 0x0800, &ip);
+    for (mode, via_socket) in [
+        (Mode::Vxlan, false),
+        (Mode::Vxlan, true),
+        (Mode::Ipip, false),
+    ] {
+        let (v, buf, _) = a_to_b(mode, POD, &frame, via_socket);
+        let Verdict::Forward(action @ Action::Deliver { port, .. }) = v else {
+            panic!("node B did not deliver: {v:?}");
+        };
+        assert_eq!(port, POD);
+        let got = sent(&buf, action);
+        assert_eq!(&got[0..6], &b.pod_mac.0, "to the pod's MAC");
+        assert_eq!(&got[6..12], &POD_PORT_MAC.0, "from the port's MAC");
+        assert_eq!(&got[12..14], &[0x08, 0x00]);
+        // Routed on A (from a pod port) and on B (to a pod port): TTL down by two.
+        assert_same_but_ttl(&got[14..], &ip, 2);
+    }
+}
+
+#[test]
+fn encapsulated_packets_carry_a_valid_outer_checksum() {
+    let (a, b) = (node(1), node(2));
+    let ip = udp_packet(a.pod_ip, b.pod_ip, 64, 200, false);
+    let (_, _, wire) = a_to_b(Mode::Vxlan, TUN, &ip, false);
+    assert_eq!(checksum::data(&wire[..20]), 0xffff);
+    assert_eq!(&wire[26..28], &[0, 0], "UDP checksum zero, RFC 7348 §5");
+    assert_eq!(wire[6] & 0x40, 0, "outer DF clear, as flannel.1 sends");
+    assert_eq!(wire[8], 64, "outer TTL");
+    // One flow keeps one source port; another flow may get another.
+    let (_, _, wire2) = a_to_b(Mode::Vxlan, TUN, &ip, false);
+    assert_eq!(wire[20..22], wire2[20..22]);
+}
+
+#[test]
+fn computed_udp_checksum_verifies() {
+    let (a, b) = (node(1), node(2));
+    let mut t = Tables::new(NodeConfig {
+        udp_checksum: dataplane::wire::udp::UdpChecksum::Compute,
+        ..NodeConfig::flannel_defaults(a.vtep_mac, a.underlay, a.subnet.network())
+    });
+    t.set_port(
+        TUN,
+        Port {
+            kind: PortKind::L3,
+            mtu: 1450,
+        },
+    );
+    t.add_vxlan_peer(b.subnet, b.underlay, b.vtep_mac);
+    let ip = udp_packet(a.pod_ip, b.pod_ip, 64, 333, false);
+    let (v, buf) = run(&t.snapshot(), Ingress::Local(TUN), &ip);
+    let wire = sent(&buf, v.action().expect("transmitted"));
+    let sliced = SlicedPacket::from_ip(&wire).expect("parses");
+    let Some(TransportSlice::Udp(udp)) = sliced.transport else {
+        panic!("not UDP")
+    };
+    let Some(NetSlice::Ipv4(outer)) = sliced.net else {
+        panic!("not IPv4")
+    };
+    let want = udp
+        .to_header()
+        .calc_checksum_ipv4(&outer.header().to_header(), udp.payload())
+        .expect("checksum computes");
+    assert_ne!(udp.checksum(), 0);
+    assert_eq!(udp.checksum(), want);
+}
+
+fn icmp_from(buf: &[u8], action: Action, l2: bool) -> (Ipv4Addr, Ipv4Addr, Icmpv4Type, Vec<u8>) {
+    let bytes = sent(buf, action);
+    let ip = if l2 { &bytes[14..] } else { &bytes[..] };
+    let sliced = SlicedPacket::from_ip(ip).expect("etherparse parses the ICMP error");
+    let Some(NetSlice::Ipv4(v4)) = sliced.net else {
+        panic!("not IPv4")
+    };
+    let Some(TransportSlice::Icmpv4(icmp)) = sliced.transport else {
+        panic!("not ICMP")
+    };
+    // etherparse does not verify; check the ICMP checksum over the whole message ourselves.
+    assert_eq!(
+        checksum::data(v4.payload().payload),
+        0xffff,
+        "ICMP checksum"
+    );
+    assert_eq!(
+        checksum::data(&ip[..20]),
+        0xffff,
+        "IPv4 checksum of the error"
+    );
+    (
+        v4.header().source_addr(),
+        v4.header().destination_addr(),
+        icmp.icmp_type(),
+        icmp.payload().to_vec(),
+    )
+}
+
+#[test]
+fn df_packet_above_tunnel_mtu_gets_frag_needed() {
+    let (a, b) = (node(1), node(2));
+    let snap = tables(&a, &b, Mode::Vxlan);
+    // From a pod port: 1451 bytes does not fit the 1450-byte tunnel MTU.
+    let ip = udp_packet(a.pod_ip, b.pod_ip, 64, 1451 - 28, true);
+    let frame = ethernet(a.pod_mac, POD_PORT_MAC, 0x0800, &ip);
+    let (v, buf) = run(&snap, Ingress::Local(POD), &frame);
+    let Verdict::Reply {
+        cause: Some(DropReason::FragNeeded),
+        action,
+    } = v
+    else {
+        panic!("expected a frag-needed reply, got {v:?}");
+    };
+    assert!(matches!(action, Action::Deliver { port: POD, .. }));
+    let (src, dst, ty, quote) = icmp_from(&buf, action, true);
+    assert_eq!(src, a.subnet.network(), "from the node's tunnel address");
+    assert_eq!(dst, a.pod_ip);
+    match ty {
+        Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu },
+        ) => assert_eq!(next_hop_mtu, 1450),
+        other => panic!("wrong ICMP type {other:?}"),
+    }
+    assert_eq!(
+        &quote[..],
+        &ip[..548],
+        "quotes the datagram as received, up to 576 bytes total"
+    );
+
+    // Without DF the packet is dropped, not fragmented.
+    let ip = udp_packet(a.pod_ip, b.pod_ip, 64, 1451 - 28, false);
+    let (v, _) = run(&snap, Ingress::Local(TUN), &ip);
+    assert_eq!(v, Verdict::Drop(DropReason::TooBig));
+}
+
+#[test]
+fn ttl_one_from_a_pod_gets_time_exceeded() {
+    let (a, b) = (node(1), node(2));
+    let snap = tables(&a, &b, Mode::Vxlan);
+    let ip = udp_packet(a.pod_ip, b.pod_ip, 1, 100, false);
+    let frame = ethernet(a.pod_mac, POD_PORT_MAC, 0x0800, &ip);
+    let (v, buf) = run(&snap, Ingress::Local(POD), &frame);
+    let Verdict::Reply {
+        cause: Some(DropReason::TtlExceeded),
+        action,
+    } = v
+    else {
+        panic!("expected time exceeded, got {v:?}");
+    };
+    let (_, dst, ty, quote) = icmp_from(&buf, action, true);
+    assert_eq!(dst, a.pod_ip);
+    assert!(matches!(
+        ty,
+        Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit)
+    ));
+    assert_eq!(quote, ip);
+}
+
+#[test]
+fn unknown_subnet_gets_net_unreachable_and_counts_no_route() {
+    let (a, b) = (node(1), node(2));
+    let snap = tables(&a, &b, Mode::Vxlan);
+    // A source behind the TUN port (the node's bridge), so the error goes back there.
+    let src = Ipv4Addr::new(10, 244, 1, 50);
+    let ip = udp_packet(src, Ipv4Addr::new(10, 244, 99, 2), 64, 100, false);
+    let (v, buf) = run(&snap, Ingress::Local(TUN), &ip);
+    assert_eq!(v.drop_reason(), Some(DropReason::NoRoute));
+    let action = v.action().expect("an ICMP error");
+    assert!(matches!(action, Action::Deliver { port: TUN, .. }));
+    let (_, dst, ty, _) = icmp_from(&buf, action, false);
+    assert_eq!(dst, src);
+    assert!(matches!(
+        ty,
+        Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Network)
+    ));
+}
+
+#[test]
+fn no_error_about_an_icmp_error() {
+    let (a, b) = (node(1), node(2));
+    let snap = tables(&a, &b, Mode::Vxlan);
+    let mut ip = udp_packet(a.pod_ip, Ipv4Addr::new(10, 244, 99, 2), 64, 100, false);
+    ip[9] = 1; // ICMP
+    ip[20] = 3; // destination unreachable
+    ip[10] = 0;
+    ip[11] = 0;
+    let c = checksum::checksum(&ip[..20]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let (v, _) = run(&snap, Ingress::Local(TUN), &ip);
+    assert_eq!(v, Verdict::Drop(DropReason::NoRoute));
+}
+
+#[test]
+fn proxy_arp_answers_for_the_gateway() {
+    let (a, b) = (node(1), node(2));
+    let snap = tables(&a, &b, Mode::Vxlan);
+    let gw = Ipv4Addr::new(169, 254, 1, 1);
+    let mut arp = vec![0u8; 28];
+    arp[..8].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    arp[8..14].copy_from_slice(&a.pod_mac.0);
+    arp[14..18].copy_from_slice(&a.pod_ip.octets());
+    arp[24..28].copy_from_slice(&gw.octets());
+    let frame = ethernet(a.pod_mac, EthernetAddress::BROADCAST, 0x0806, &arp);
+    let (v, buf) = run(&snap, Ingress::Local(POD), &frame);
+    let Verdict::Reply {
+        cause: None,
+        action: action @ Action::Deliver { port: POD, .. },
+    } = v
+    else {
+        panic!("expected an ARP reply, got {v:?}");
+    };
+    let reply = sent(&buf, action);
+    let sliced = SlicedPacket::from_ethernet(&reply).expect("etherparse parses the reply");
+    let Some(NetSlice::Arp(arp)) = sliced.net else {
+        panic!("not ARP")
+    };
+    assert_eq!(arp.operation(), etherparse::ArpOperation::REPLY);
+    assert_eq!(arp.sender_hw_addr(), &POD_PORT_MAC.0);
+    assert_eq!(arp.sender_protocol_addr(), &gw.octets());
+    assert_eq!(arp.target_hw_addr(), &a.pod_mac.0);
+    assert_eq!(arp.target_protocol_addr(), &a.pod_ip.octets());
+    assert_eq!(&reply[0..6], &a.pod_mac.0);
+}
+
+/// Every way a frame on the VXLAN port can be wrong is dropped with its own reason.
+#[test]
+fn bad_vxlan_frames_are_dropped_by_reason() {
+    let (a, b) = (node(1), node(2));
+    let snap_b = tables(&b, &a, Mode::Vxlan);
+    let ip = udp_packet(a.pod_ip, b.pod_ip, 64, 100, false);
+    let (_, _, wire) = a_to_b(Mode::Vxlan, TUN, &ip, true);
+    let vx = &wire[VXLAN_UDP_PAYLOAD_OFFSET..];
+    let udp_in = |bytes: &[u8]| run(&snap_b, Ingress::VxlanUdp { src: a.underlay }, bytes).0;
+
+    let mut no_flag = vx.to_vec();
+    no_flag[0] = 0;
+    assert_eq!(udp_in(&no_flag), Verdict::Drop(DropReason::VxlanFlags));
+    let mut reserved = vx.to_vec();
+    reserved[0] = 0xff; // reserved bits are ignored on receipt (RFC 7348 §5)
+    reserved[7] = 0xff;
+    assert!(matches!(udp_in(&reserved), Verdict::Forward(_)));
+    let mut vni = vx.to_vec();
+    vni[6] = 2;
+    assert_eq!(udp_in(&vni), Verdict::Drop(DropReason::VxlanVni));
+    let mut mac = vx.to_vec();
+    mac[8] ^= 0x80;
+    assert_eq!(udp_in(&mac), Verdict::Drop(DropReason::VxlanInnerMac));
+    let mut v6 = vx.to_vec();
+    v6[20..22].copy_from_slice(&[0x86, 0xdd]);
+    assert_eq!(udp_in(&v6), Verdict::Drop(DropReason::NotIpv4));
+    assert_eq!(udp_in(&vx[..7]), Verdict::Drop(DropReason::Truncated));
+    assert_eq!(udp_in(&vx[..20]), Verdict::Drop(DropReason::Truncated));
+    assert_eq!(udp_in(&vx[..40]), Verdict::Drop(DropReason::Truncated));
+    // The inner packet must be routed locally, not reflected into the tunnel again.
+    let to_elsewhere = udp_packet(a.pod_ip, Ipv4Addr::new(10, 244, 1, 9), 64, 10, false);
+    let mut reflect = vx[..22].to_vec();
+    reflect.extend_from_slice(&to_elsewhere);
+    assert_eq!(udp_in(&reflect), Verdict::Drop(DropReason::NotLocal));
+
+    // Through the raw underlay path: other port, bad outer checksum.
+    let mut port = wire.clone();
+    port[22..24].copy_from_slice(&4789u16.to_be_bytes());
+    assert_eq!(
+        run(&snap_b, Ingress::Underlay, &port).0,
+        Verdict::Drop(DropReason::UnderlayNotForUs)
+    );
+    let mut csum = wire.clone();
+    csum[10] ^= 1;
+    assert_eq!(
+        run(&snap_b, Ingress::Underlay, &csum).0,
+        Verdict::Drop(DropReason::Ipv4Checksum)
+    );
+    let mut other_dst = wire.clone();
+    other_dst[19] = 77;
+    assert!(matches!(
+        run(&snap_b, Ingress::Underlay, &other_dst).0,
+        Verdict::Drop(DropReason::UnderlayNotForUs | DropReason::Ipv4Checksum)
+    ));
+}
+
+#[test]
+fn bad_ipip_packets_are_dropped() {
+    let (a, b) = (node(1), node(2));
+    let snap_b = tables(&b, &a, Mode::Ipip);
+    let ip = udp_packet(a.pod_ip, b.pod_ip, 64, 100, false);
+    let (_, _, wire) = a_to_b(Mode::Ipip, TUN, &ip, false);
+    // The inner header lies about its length.
+    let mut lie = wire.clone();
+    lie[22..24].copy_from_slice(&((ip.len() + 10) as u16).to_be_bytes());
+    assert!(matches!(
+        run(&snap_b, Ingress::Underlay, &lie).0,
+        Verdict::Drop(DropReason::IpipMalformed | DropReason::Truncated)
+    ));
+    // Inner is not IPv4.
+    let mut v6 = wire.clone();
+    v6[20] = 0x60;
+    assert_eq!(
+        run(&snap_b, Ingress::Underlay, &v6).0,
+        Verdict::Drop(DropReason::IpipMalformed)
+    );
+    // Truncated everywhere: never a panic, always a drop.
+    for cut in 0..wire.len() {
+        let v = run(&snap_b, Ingress::Underlay, &wire[..cut]).0;
+        assert!(matches!(v, Verdict::Drop(_)), "cut {cut}: {v:?}");
+    }
+}
+
+#[test]
+fn every_truncation_of_a_vxlan_frame_is_dropped_not_panicked() {
+    let (a, b) = (node(1), node(2));
+    let snap_b = tables(&b, &a, Mode::Vxlan);
+    let ip = udp_packet(a.pod_ip, b.pod_ip, 64, 100, false);
+    let (_, _, wire) = a_to_b(Mode::Vxlan, TUN, &ip, false);
+    for cut in 0..wire.len() {
+        let v = run(&snap_b, Ingress::Underlay, &wire[..cut]).0;
+        assert!(matches!(v, Verdict::Drop(_)), "cut {cut}: {v:?}");
+        if cut >= VXLAN_UDP_PAYLOAD_OFFSET {
+            let v = run(
+                &snap_b,
+                Ingress::VxlanUdp { src: a.underlay },
+                &wire[VXLAN_UDP_PAYLOAD_OFFSET..cut],
+            )
+            .0;
+            assert!(matches!(v, Verdict::Drop(_)), "socket cut {cut}: {v:?}");
+        }
+    }
+}
+
+#[test]
+fn random_buffers_never_panic_the_core() {
+    let (a, b) = (node(1), node(2));
+    let snap = tables(&a, &b, Mode::Vxlan);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..100_000u32 {
+        let len = (next() % 200) as usize;
+        let mut data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        // Bias towards plausible headers so the deeper layers are reached too.
+        if len > 0 && i % 2 == 0 {
+            data[0] = 0x45;
+        }
+        if len > 28 && i % 4 == 0 {
+            data[20] = 0x08;
+            data[9] = 17;
+        }
+        let ingress = match i % 4 {
+            0 => Ingress::Local(TUN),
+            1 => Ingress::Local(POD),
+            2 => Ingress::Underlay,
+            _ => Ingress::VxlanUdp { src: b.underlay },
+        };
+        let _ = run(&snap, ingress, &data);
+    }
+}
+
+#[test]
+fn leave_removes_the_peer() {
+    let (a, b) = (node(1), node(2));
+    let mut t = Tables::new(NodeConfig::flannel_defaults(
+        a.vtep_mac,
+        a.underlay,
+        a.subnet.network(),
+    ));
+    t.set_port(
+        TUN,
+        Port {
+            kind: PortKind::L3,
+            mtu: 1450,
+        },
+    );
+    t.add_vxlan_peer(b.subnet, b.underlay, b.vtep_mac);
+    assert_eq!((t.fib.len(), t.neigh.len(), t.fdb.len()), (1, 1, 1));
+    assert!(t.remove_vxlan_peer(b.subnet));
+    assert_eq!((t.fib.len(), t.neigh.len(), t.fdb.len()), (0, 0, 0));
+    let ip = udp_packet(a.pod_ip, b.pod_ip, 64, 10, false);
+    let (v, _) = run(&t.snapshot(), Ingress::Local(TUN), &ip);
+    assert_eq!(v.drop_reason(), Some(DropReason::NoRoute));
+}
