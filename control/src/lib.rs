@@ -1,3 +1,11 @@
 //! Weft's node agent: turns datastore state (static file, etcd, Kubernetes) into dataplane table
-//! snapshots and plumbs the node (TUN, bridge, routes). Filled by the weftd issues; empty for now.
-#![forbid(unsafe_code)]
+//! snapshots and plumbs the node (TUN, bridge, routes).
+//!
+//! `unsafe` is denied everywhere but [`sys`], which holds the few syscall wrappers (STYLE.md habit 6).
+#![deny(unsafe_code)]
+
+pub mod autodetect;
+pub mod config;
+pub mod netlink;
+pub mod netns;
+pub mod sys;

@@ -76,6 +76,10 @@ drop_reasons! {
     TooBig => "too_big",
     /// The caller's buffer has too little headroom for the outer headers (a bug in the I/O shell).
     NoHeadroom => "no_headroom",
+    /// The I/O shell could not carry out the verdict: a write to a local port or a send into the
+    /// underlay failed (full socket buffer or device queue, device down, no underlay route), or
+    /// the egress port is not one the worker has a handle for.
+    IoError => "io_error",
 }
 
 impl DropReason {

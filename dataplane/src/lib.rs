@@ -15,6 +15,7 @@ pub mod drop;
 pub mod fdb;
 pub mod fib;
 pub mod forward;
+pub mod io;
 pub mod neigh;
 pub mod snapshot;
 pub mod time;

@@ -1,0 +1,716 @@
+//! The agent's configuration file (`weftd run --config FILE`), TOML, with the static datastore
+//! embedded: the node, the cluster network, the backend and the peers.
+//!
+//! Every field, with its default (`deploy/weftd.example.toml` is the annotated version):
+//!
+//! ```toml
+//! [node]
+//! name = "node-a"              # required; also the seed of the node's VTEP MAC (vtep_mac_for)
+//! public_ip = "192.168.50.1"   # the underlay address; exclusive with autodetect
+//! autodetect = "first-found"   # default when public_ip is absent; or "can-reach=IP", "interface=REGEX"
+//! subnet = "10.244.1.0/24"     # required; this node's pod subnet, inside network, /30 or larger
+//!
+//! [network]
+//! network = "10.244.0.0/16"    # default; flannel's Network
+//!
+//! [backend]
+//! type = "vxlan"               # default and, for now, the only backend
+//! vni = 1                      # default 1; 0..=16777215
+//! port = 8472                  # default 8472 (flannel's; Calico and IANA use 4789)
+//! mtu = "auto"                 # default "auto": underlay MTU - 50; or a number 576..=8950
+//!
+//! [dataplane]
+//! workers = 0                  # default 0: one per core
+//! bridge = "weft0"             # default; the local pod bridge
+//! control_socket = "/run/weft/weftd.sock"   # default
+//!
+//! [[peers]]                    # default none; one table per remote node
+//! name = "node-b"
+//! public_ip = "192.168.50.2"
+//! subnet = "10.244.2.0/24"
+//! vtep_mac = "0e:..."          # default vtep_mac_for(name), as the peer derives its own
+//! ```
+//!
+//! Parsing happens in two steps: serde reads the file into raw sections (unknown keys rejected,
+//! TOML syntax and type errors reported by the `toml` crate with line, column and key), then
+//! [`Config::from_toml_str`] validates every value into typed fields. Each validation error names
+//! the field by its path, e.g. `peers[1].subnet`.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use dataplane::wire::EthernetAddress;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::autodetect::AutodetectMethod;
+
+/// Default cluster network, flannel's documented default.
+pub const DEFAULT_NETWORK: &str = "10.244.0.0/16";
+/// Default VXLAN network identifier (flannel's).
+pub const DEFAULT_VNI: u32 = 1;
+/// Default VXLAN UDP port (flannel's; Linux's legacy default, not IANA's 4789).
+pub const DEFAULT_PORT: u16 = 8472;
+/// Default pod bridge name.
+pub const DEFAULT_BRIDGE: &str = "weft0";
+/// Default control socket path.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/weft/weftd.sock";
+/// Smallest tunnel MTU accepted: the IPv4 minimum datagram every host must accept (RFC 791).
+pub const MIN_MTU: u32 = 576;
+/// Largest tunnel MTU accepted: a 9000-byte jumbo underlay minus the VXLAN overhead.
+pub const MAX_MTU: u32 = 9000 - VXLAN_OVERHEAD;
+/// Bytes VXLAN over IPv4 adds: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// Largest VNI: 24 bits (RFC 7348 §5).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+/// Longest pod subnet prefix accepted: a /30 holds the TUN's `.0`, the bridge's `.1` and one pod.
+pub const MAX_SUBNET_PREFIX: u8 = 30;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}; check the path given to --config and its permissions")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key, or a value of the wrong type. The `toml`
+    /// crate's message carries the line, column and key.
+    #[error("{}{source}", path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
+    Parse {
+        /// The file, when read from one.
+        path: Option<PathBuf>,
+        /// The TOML error.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is malformed or out of range.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field path, e.g. `backend.vni`.
+        field: String,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
+    /// A subnet is not inside the cluster network.
+    #[error("{field}: {subnet} is not inside network {network}; pick a subnet of network.network or widen it")]
+    NotInside {
+        /// The field path.
+        field: String,
+        /// The subnet.
+        subnet: Ipv4Net,
+        /// The cluster network.
+        network: Ipv4Net,
+    },
+    /// Two pod subnets overlap.
+    #[error(
+        "{field}: {subnet} overlaps {other} of {other_field}; every node needs its own subnet"
+    )]
+    Overlap {
+        /// The field path of the later subnet.
+        field: String,
+        /// The later subnet.
+        subnet: Ipv4Net,
+        /// The field path of the earlier subnet.
+        other_field: String,
+        /// The earlier subnet.
+        other: Ipv4Net,
+    },
+    /// Two entries that must differ are equal (peer names, VTEP MACs).
+    #[error("{field}: {value} is already used by {other_field}; each must be unique")]
+    Duplicate {
+        /// The field path of the later entry.
+        field: String,
+        /// The repeated value.
+        value: String,
+        /// The field path of the earlier entry.
+        other_field: String,
+    },
+    /// A backend Weft does not implement yet.
+    #[error("backend.type: {0:?} is not supported yet; only \"vxlan\" is (IP-in-IP and host-gw come later)")]
+    UnsupportedBackend(String),
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+// ---- raw (serde) form: what the file says, before validation -------------------------------
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: RawNode,
+    #[serde(default)]
+    network: RawNetwork,
+    #[serde(default)]
+    backend: RawBackend,
+    #[serde(default)]
+    dataplane: RawDataplane,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    peers: Vec<RawPeer>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    public_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    autodetect: Option<String>,
+    subnet: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    network: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vni: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    port: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mtu: Option<toml::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataplane {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    workers: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bridge: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    control_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: String,
+    public_ip: String,
+    subnet: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vtep_mac: Option<String>,
+}
+
+// ---- validated form ------------------------------------------------------------------------
+
+/// How the node's public (underlay) address is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicAddress {
+    /// Given in `node.public_ip`.
+    Static(Ipv4Addr),
+    /// Found at start-up with `node.autodetect`.
+    Autodetect(AutodetectMethod),
+}
+
+/// `[node]`: this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSection {
+    /// The node's name, unique in the cluster; the seed of its VTEP MAC.
+    pub name: String,
+    /// The underlay address, or how to find it.
+    pub public_address: PublicAddress,
+    /// This node's pod subnet.
+    pub subnet: Ipv4Net,
+}
+
+/// `[network]`: the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSection {
+    /// The cluster network every pod subnet lies in (flannel's `Network`).
+    pub network: Ipv4Net,
+}
+
+/// Which encapsulation the node uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// VXLAN, wire-compatible with flannel's vxlan backend.
+    Vxlan,
+}
+
+/// The tunnel MTU setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mtu {
+    /// Underlay interface MTU minus the encapsulation overhead (50 for VXLAN over IPv4).
+    Auto,
+    /// A fixed tunnel MTU.
+    Fixed(u32),
+}
+
+/// `[backend]`: encapsulation parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSection {
+    /// The backend type.
+    pub kind: BackendKind,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// VXLAN UDP destination port.
+    pub port: u16,
+    /// Tunnel MTU.
+    pub mtu: Mtu,
+}
+
+/// `[dataplane]`: the local forwarding engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneSection {
+    /// Worker threads; 0 means one per core.
+    pub workers: usize,
+    /// The local pod bridge.
+    pub bridge: String,
+    /// Path of the agent's control socket.
+    pub control_socket: PathBuf,
+}
+
+/// `[[peers]]`: a remote node of the static datastore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The peer's node name.
+    pub name: String,
+    /// The peer's underlay address (flannel's `PublicIP`).
+    pub public_ip: Ipv4Addr,
+    /// The peer's pod subnet.
+    pub subnet: Ipv4Net,
+    /// The peer's VTEP MAC (flannel's `VtepMAC`).
+    pub vtep_mac: EthernetAddress,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `[node]`.
+    pub node: NodeSection,
+    /// `[network]`.
+    pub network: NetworkSection,
+    /// `[backend]`.
+    pub backend: BackendSection,
+    /// `[dataplane]`.
+    pub dataplane: DataplaneSection,
+    /// `[[peers]]`.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// The VTEP MAC of node `node_name`: a locally administered unicast MAC derived from a hash of the
+/// name.
+///
+/// Peers cache a node's VTEP MAC in permanent neighbour and FDB entries; when the MAC changes on
+/// restart they keep sending to the old one until they re-sync (flannel issue #1795). Flannel keeps
+/// its MAC stable by reading it back from the lease it published; Weft derives it from the node name
+/// so it is stable without any state, and so a static peer list can leave `vtep_mac` out. The hash
+/// (FNV-1a 64 over `"weft-vtep:" + name`, then the splitmix64 finaliser) is part of the wire
+/// contract: changing it changes every node's MAC.
+pub fn vtep_mac_for(node_name: &str) -> EthernetAddress {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in b"weft-vtep:".iter().chain(node_name.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    let b = h.to_be_bytes();
+    // Locally administered (bit 1 set), unicast (bit 0 clear).
+    EthernetAddress([(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]])
+}
+
+fn parse_ip(field: &str, s: &str) -> Result<Ipv4Addr, ConfigError> {
+    let ip: Ipv4Addr = s
+        .trim()
+        .parse()
+        .map_err(|_| invalid(field, format!("{s:?} is not an IPv4 address")))?;
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() {
+        return Err(invalid(
+            field,
+            format!("{ip} cannot be a node address; use the node's underlay unicast address"),
+        ));
+    }
+    Ok(ip)
+}
+
+fn parse_net(field: &str, s: &str) -> Result<Ipv4Net, ConfigError> {
+    let net: Ipv4Net = s.trim().parse().map_err(|_| {
+        invalid(
+            field,
+            format!("{s:?} is not an IPv4 CIDR like 10.244.1.0/24"),
+        )
+    })?;
+    if net != net.trunc() {
+        return Err(invalid(
+            field,
+            format!("{net} has host bits set; did you mean {}?", net.trunc()),
+        ));
+    }
+    Ok(net)
+}
+
+fn parse_subnet(field: &str, s: &str, network: Ipv4Net) -> Result<Ipv4Net, ConfigError> {
+    let subnet = parse_net(field, s)?;
+    if subnet.prefix_len() > MAX_SUBNET_PREFIX {
+        return Err(invalid(
+            field,
+            format!(
+                "{subnet} is too small: a node subnet needs at least a /{MAX_SUBNET_PREFIX} (the tunnel's .0, the bridge's .1 and a pod)"
+            ),
+        ));
+    }
+    if !network.contains(&subnet) || subnet.prefix_len() <= network.prefix_len() {
+        return Err(ConfigError::NotInside {
+            field: field.to_string(),
+            subnet,
+            network,
+        });
+    }
+    Ok(subnet)
+}
+
+fn parse_mac(field: &str, s: &str) -> Result<EthernetAddress, ConfigError> {
+    let mac: EthernetAddress = s
+        .trim()
+        .parse()
+        .map_err(|e| invalid(field, format!("{e}")))?;
+    if mac.is_multicast() || mac == EthernetAddress([0; 6]) {
+        return Err(invalid(
+            field,
+            format!("{mac} is not a unicast MAC; a VTEP MAC must be unicast and non-zero"),
+        ));
+    }
+    Ok(mac)
+}
+
+fn in_range(field: &str, v: i64, lo: i64, hi: i64) -> Result<i64, ConfigError> {
+    if v < lo || v > hi {
+        return Err(invalid(field, format!("{v} is out of range {lo}..={hi}")));
+    }
+    Ok(v)
+}
+
+fn validate_ifname(field: &str, name: &str) -> Result<(), ConfigError> {
+    // IFNAMSIZ is 16 with the NUL; the kernel's dev_valid_name rejects '/', ':' and whitespace.
+    if name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(invalid(
+            field,
+            format!("{name:?} is not a valid interface name: 1-15 bytes, no '/', ':' or spaces"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_node_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.trim().is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: Some(path.to_path_buf()),
+            source,
+        })?;
+        Self::validate(raw)
+    }
+
+    /// Parses and validates a configuration from TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|source| ConfigError::Parse { path: None, source })?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        // [network] first: subnets are checked against it.
+        let network = parse_net(
+            "network.network",
+            raw.network.network.as_deref().unwrap_or(DEFAULT_NETWORK),
+        )?;
+        if network.prefix_len() > 28 {
+            return Err(invalid(
+                "network.network",
+                format!("{network} is too small for a cluster; flannel rejects networks longer than /28"),
+            ));
+        }
+
+        // [node]
+        validate_node_name("node.name", &raw.node.name)?;
+        let public_address = match (&raw.node.public_ip, &raw.node.autodetect) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "node",
+                    "set either public_ip or autodetect, not both",
+                ))
+            }
+            (Some(ip), None) => PublicAddress::Static(parse_ip("node.public_ip", ip)?),
+            (None, method) => PublicAddress::Autodetect(
+                method
+                    .as_deref()
+                    .unwrap_or("first-found")
+                    .parse()
+                    .map_err(|e| invalid("node.autodetect", format!("{e}")))?,
+            ),
+        };
+        let subnet = parse_subnet("node.subnet", &raw.node.subnet, network)?;
+        let node = NodeSection {
+            name: raw.node.name.trim().to_string(),
+            public_address,
+            subnet,
+        };
+
+        // [backend]
+        let kind = match raw.backend.kind.as_deref().unwrap_or("vxlan") {
+            "vxlan" => BackendKind::Vxlan,
+            other => return Err(ConfigError::UnsupportedBackend(other.to_string())),
+        };
+        let vni = in_range(
+            "backend.vni",
+            raw.backend.vni.unwrap_or(i64::from(DEFAULT_VNI)),
+            0,
+            i64::from(MAX_VNI),
+        )? as u32;
+        let port = in_range(
+            "backend.port",
+            raw.backend.port.unwrap_or(i64::from(DEFAULT_PORT)),
+            1,
+            65535,
+        )? as u16;
+        let mtu = match &raw.backend.mtu {
+            None => Mtu::Auto,
+            Some(toml::Value::String(s)) if s == "auto" => Mtu::Auto,
+            Some(toml::Value::Integer(n)) => {
+                Mtu::Fixed(
+                    in_range("backend.mtu", *n, i64::from(MIN_MTU), i64::from(MAX_MTU))? as u32,
+                )
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "backend.mtu",
+                    format!("{other} is neither \"auto\" nor a number {MIN_MTU}..={MAX_MTU}"),
+                ))
+            }
+        };
+        let backend = BackendSection {
+            kind,
+            vni,
+            port,
+            mtu,
+        };
+
+        // [dataplane]
+        let workers = in_range(
+            "dataplane.workers",
+            raw.dataplane.workers.unwrap_or(0),
+            0,
+            1024,
+        )? as usize;
+        let bridge = raw
+            .dataplane
+            .bridge
+            .clone()
+            .unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+        validate_ifname("dataplane.bridge", &bridge)?;
+        if bridge == crate::netlink::tun_name(vni) {
+            return Err(invalid(
+                "dataplane.bridge",
+                format!("{bridge:?} is the name of the TUN device; pick another"),
+            ));
+        }
+        let control_socket = raw
+            .dataplane
+            .control_socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        if !control_socket.is_absolute() {
+            return Err(invalid(
+                "dataplane.control_socket",
+                format!("{} is not an absolute path", control_socket.display()),
+            ));
+        }
+        let dataplane = DataplaneSection {
+            workers,
+            bridge,
+            control_socket,
+        };
+
+        // [[peers]]
+        let own_mac = vtep_mac_for(&node.name);
+        let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peers.len());
+        for (i, p) in raw.peers.iter().enumerate() {
+            let f = |name: &str| format!("peers[{i}].{name}");
+            validate_node_name(&f("name"), &p.name)?;
+            let name = p.name.trim().to_string();
+            if name == node.name {
+                return Err(ConfigError::Duplicate {
+                    field: f("name"),
+                    value: name,
+                    other_field: "node.name".into(),
+                });
+            }
+            if let Some(j) = peers.iter().position(|q| q.name == name) {
+                return Err(ConfigError::Duplicate {
+                    field: f("name"),
+                    value: name,
+                    other_field: format!("peers[{j}].name"),
+                });
+            }
+            let public_ip = parse_ip(&f("public_ip"), &p.public_ip)?;
+            let subnet = parse_subnet(&f("subnet"), &p.subnet, network)?;
+            if subnet.contains(&node.subnet) || node.subnet.contains(&subnet) {
+                return Err(ConfigError::Overlap {
+                    field: f("subnet"),
+                    subnet,
+                    other_field: "node.subnet".into(),
+                    other: node.subnet,
+                });
+            }
+            if let Some((j, q)) = peers
+                .iter()
+                .enumerate()
+                .find(|(_, q)| q.subnet.contains(&subnet) || subnet.contains(&q.subnet))
+            {
+                return Err(ConfigError::Overlap {
+                    field: f("subnet"),
+                    subnet,
+                    other_field: format!("peers[{j}].subnet"),
+                    other: q.subnet,
+                });
+            }
+            let vtep_mac = match &p.vtep_mac {
+                Some(s) => parse_mac(&f("vtep_mac"), s)?,
+                None => vtep_mac_for(&name),
+            };
+            if vtep_mac == own_mac {
+                return Err(ConfigError::Duplicate {
+                    field: f("vtep_mac"),
+                    value: vtep_mac.to_string(),
+                    other_field: "node (its derived VTEP MAC)".into(),
+                });
+            }
+            if let Some(j) = peers.iter().position(|q| q.vtep_mac == vtep_mac) {
+                return Err(ConfigError::Duplicate {
+                    field: f("vtep_mac"),
+                    value: vtep_mac.to_string(),
+                    other_field: format!("peers[{j}].vtep_mac"),
+                });
+            }
+            peers.push(PeerConfig {
+                name,
+                public_ip,
+                subnet,
+                vtep_mac,
+            });
+        }
+
+        Ok(Config {
+            node,
+            network: NetworkSection { network },
+            backend,
+            dataplane,
+            peers,
+        })
+    }
+
+    /// This node's VTEP MAC, [`vtep_mac_for`] its name.
+    pub fn vtep_mac(&self) -> EthernetAddress {
+        vtep_mac_for(&self.node.name)
+    }
+
+    /// The tunnel MTU for an underlay interface of MTU `underlay_mtu`: the fixed `backend.mtu`, or
+    /// `underlay_mtu - 50` when it is `auto`.
+    pub fn tunnel_mtu(&self, underlay_mtu: u32) -> u32 {
+        match self.backend.mtu {
+            Mtu::Fixed(mtu) => mtu,
+            Mtu::Auto => underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
+        }
+    }
+
+    /// The effective configuration as TOML, every default filled in (for `--print-config` and
+    /// logs). Parsing the result gives back an equal [`Config`]; peer VTEP MACs are written out.
+    pub fn to_toml_string(&self) -> String {
+        let (public_ip, autodetect) = match &self.node.public_address {
+            PublicAddress::Static(ip) => (Some(ip.to_string()), None),
+            PublicAddress::Autodetect(m) => (None, Some(m.to_string())),
+        };
+        let raw = RawConfig {
+            node: RawNode {
+                name: self.node.name.clone(),
+                public_ip,
+                autodetect,
+                subnet: self.node.subnet.to_string(),
+            },
+            network: RawNetwork {
+                network: Some(self.network.network.to_string()),
+            },
+            backend: RawBackend {
+                kind: Some(
+                    match self.backend.kind {
+                        BackendKind::Vxlan => "vxlan",
+                    }
+                    .to_string(),
+                ),
+                vni: Some(i64::from(self.backend.vni)),
+                port: Some(i64::from(self.backend.port)),
+                mtu: Some(match self.backend.mtu {
+                    Mtu::Auto => toml::Value::String("auto".into()),
+                    Mtu::Fixed(n) => toml::Value::Integer(i64::from(n)),
+                }),
+            },
+            dataplane: RawDataplane {
+                workers: Some(self.dataplane.workers as i64),
+                bridge: Some(self.dataplane.bridge.clone()),
+                control_socket: Some(self.dataplane.control_socket.clone()),
+            },
+            peers: self
+                .peers
+                .iter()
+                .map(|p| RawPeer {
+                    name: p.name.clone(),
+                    public_ip: p.public_ip.to_string(),
+                    subnet: p.subnet.to_string(),
+                    vtep_mac: Some(p.vtep_mac.to_string()),
+                })
+                .collect(),
+        };
+        // Serialising plain strings, integers and tables cannot fail; should a future field break
+        // that, say so in the output rather than panic.
+        toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_toml_string())
+    }
+}

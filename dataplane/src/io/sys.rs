@@ -1,0 +1,448 @@
+//! The crate's only `unsafe`: thin wrappers over the Linux syscalls the I/O shell needs.
+//!
+//! Each wrapper turns a C return value into an `io::Result`, and a raw fd into an [`OwnedFd`] on
+//! the line after the syscall that made it (STYLE.md habit 6, after rust-vmm). Nothing here decides
+//! policy: retries, drops and counting live in the safe modules around it.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::marker::PhantomData;
+use std::mem;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr;
+
+use libc::{c_int, c_void, socklen_t};
+
+use super::udp::RecvMeta;
+
+/// Turns a negative C return value into the thread's `errno`.
+fn cvt(ret: c_int) -> io::Result<c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Moves the calling *thread* into a new, empty network namespace (`unshare(CLONE_NEWNET)`).
+///
+/// Only the calling thread changes namespace; sockets and devices it creates afterwards belong to
+/// the new namespace, as do processes it spawns. The namespace lives while a thread is in it or a
+/// socket or TUN queue created in it is open. Meant for tests and tools, as in aya's netns tests.
+pub fn unshare_net() -> io::Result<()> {
+    // SAFETY: unshare takes no pointers; CLONE_NEWNET affects only the calling thread's namespaces.
+    cvt(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
+    Ok(())
+}
+
+/// A NUL-terminated interface name, checked the way the kernel's `dev_valid_name` checks it, so
+/// that a bad name is an `InvalidInput` error here rather than a puzzling `EINVAL` from an ioctl.
+fn ifname(name: &str) -> io::Result<CString> {
+    let bad = name.is_empty()
+        || name.len() >= libc::IFNAMSIZ
+        || name == "."
+        || name == ".."
+        || name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace());
+    if bad {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid interface name {name:?} (1-15 bytes, no '/', ':' or whitespace)"),
+        ));
+    }
+    CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// `ioctl(fd, TUNSETIFF)`: attaches the `/dev/net/tun` file `fd` to interface `name` (creating it
+/// if needed) with `flags`. Returns the name the kernel settled on (it expands a `%d`).
+pub(crate) fn tun_set_iff(fd: BorrowedFd<'_>, name: &str, flags: c_int) -> io::Result<String> {
+    let cname = ifname(name)?;
+    // SAFETY: ifreq is a plain C struct (a name array and a union of integers and plain structs),
+    // for which all-zero bytes are a valid value.
+    let mut req: libc::ifreq = unsafe { mem::zeroed() };
+    for (dst, &src) in req.ifr_name.iter_mut().zip(cname.as_bytes_with_nul()) {
+        *dst = src as libc::c_char;
+    }
+    // IFF_* flags fit a c_short by definition of the ioctl ABI.
+    req.ifr_ifru.ifru_flags = flags as libc::c_short;
+    // SAFETY: fd is an open /dev/net/tun file for the duration of the borrow; TUNSETIFF reads and
+    // writes exactly one `struct ifreq`, which `req` is, and keeps no pointer to it.
+    cvt(unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETIFF,
+            &mut req as *mut libc::ifreq,
+        )
+    })?;
+    let actual: Vec<u8> = req
+        .ifr_name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    Ok(String::from_utf8_lossy(&actual).into_owned())
+}
+
+/// `if_nametoindex(3)`, in the calling thread's network namespace.
+pub(crate) fn if_nametoindex(name: &str) -> io::Result<u32> {
+    let cname = ifname(name)?;
+    // SAFETY: cname is a valid NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if index == 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(index)
+    }
+}
+
+/// `socket(2)`, always close-on-exec and nonblocking.
+pub(crate) fn socket(domain: c_int, ty: c_int, protocol: c_int) -> io::Result<OwnedFd> {
+    // SAFETY: socket takes no pointers.
+    let fd = cvt(unsafe {
+        libc::socket(
+            domain,
+            ty | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            protocol,
+        )
+    })?;
+    // SAFETY: socket just returned this fd, so it is open and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `setsockopt(2)` with an `int` value.
+pub(crate) fn setsockopt_int(
+    fd: BorrowedFd<'_>,
+    level: c_int,
+    name: c_int,
+    value: c_int,
+) -> io::Result<()> {
+    // SAFETY: the option value points to a live c_int of the length passed; fd is open for the
+    // borrow; the kernel copies the value and keeps no pointer.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const c_int).cast::<c_void>(),
+            mem::size_of::<c_int>() as socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// `getsockopt(2)` of an `int` option.
+pub(crate) fn getsockopt_int(fd: BorrowedFd<'_>, level: c_int, name: c_int) -> io::Result<c_int> {
+    let mut value: c_int = 0;
+    let mut len = mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: value and len are live locals of the sizes the kernel is told; fd is open.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut c_int).cast::<c_void>(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
+}
+
+/// The kernel's form of an IPv4 socket address.
+fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Reads back a `sockaddr_in` the kernel filled in; anything not AF_INET becomes `0.0.0.0:0`.
+fn from_sockaddr_in(sa: &libc::sockaddr_in, len: socklen_t) -> SocketAddrV4 {
+    if (len as usize) < mem::size_of::<libc::sockaddr_in>()
+        || c_int::from(sa.sin_family) != libc::AF_INET
+    {
+        return SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+    }
+    SocketAddrV4::new(
+        Ipv4Addr::from(sa.sin_addr.s_addr.to_ne_bytes()),
+        u16::from_be(sa.sin_port),
+    )
+}
+
+/// `bind(2)` to an IPv4 address.
+pub(crate) fn bind_v4(fd: BorrowedFd<'_>, addr: SocketAddrV4) -> io::Result<()> {
+    let sa = sockaddr_in(addr);
+    // SAFETY: sa is a live sockaddr_in of the length passed; fd is open; bind copies the address.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in).cast::<libc::sockaddr>(),
+            mem::size_of::<libc::sockaddr_in>() as socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// `poll(2)` for readability on `fds`, waiting at most `timeout_ms`. An fd counts as ready when
+/// it is readable or has an error or hangup to report (a read then returns that error). A signal
+/// (`EINTR`) reports nothing ready.
+pub(crate) fn poll_in<const N: usize>(
+    fds: [BorrowedFd<'_>; N],
+    timeout_ms: c_int,
+) -> io::Result<[bool; N]> {
+    let mut pfds = fds.map(|fd| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    // SAFETY: pfds is a live array of N pollfd structs whose fds are open for the borrow of `fds`.
+    let ret = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, timeout_ms) };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            return Ok([false; N]);
+        }
+        return Err(err);
+    }
+    let ready = libc::POLLIN | libc::POLLERR | libc::POLLHUP | libc::POLLNVAL;
+    Ok(pfds.map(|p| p.revents & ready != 0))
+}
+
+/// The header arrays `recvmmsg(2)` fills, allocated once.
+///
+/// They hold raw pointers into the caller's buffers, but only for the duration of one
+/// [`RecvScratch::recvmmsg`] call: every pointer is rewritten right before the syscall and never
+/// read by Rust afterwards.
+pub(crate) struct RecvScratch {
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_in>,
+}
+
+// SAFETY: the raw pointers inside are scratch values that are set from live `&mut` borrows at the
+// start of each `recvmmsg` call and dead after it; no pointer is ever dereferenced by Rust, so
+// moving the arrays to another thread cannot create shared access to anything.
+unsafe impl Send for RecvScratch {}
+
+impl std::fmt::Debug for RecvScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvScratch")
+            .field("capacity", &self.hdrs.len())
+            .finish()
+    }
+}
+
+impl RecvScratch {
+    /// Headers for up to `n` datagrams per call.
+    pub(crate) fn new(n: usize) -> Self {
+        // SAFETY: mmsghdr, iovec and sockaddr_in are plain C structs (integers and raw pointers)
+        // for which all-zero bytes are a valid value.
+        let (hdr, iov, addr) = unsafe {
+            (
+                mem::zeroed::<libc::mmsghdr>(),
+                mem::zeroed::<libc::iovec>(),
+                mem::zeroed::<libc::sockaddr_in>(),
+            )
+        };
+        RecvScratch {
+            hdrs: vec![hdr; n],
+            iovs: vec![iov; n],
+            addrs: vec![addr; n],
+        }
+    }
+
+    /// `recvmmsg(fd, MSG_DONTWAIT)`: receives up to `out.len()` datagrams, datagram `i` into
+    /// `bufs[i * slot_size + offset..(i + 1) * slot_size]`, and describes it in `out[i]`. Returns
+    /// how many arrived; `EAGAIN` is `Ok(0)`.
+    pub(crate) fn recvmmsg(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        bufs: &mut [u8],
+        slot_size: usize,
+        offset: usize,
+        out: &mut [RecvMeta],
+    ) -> io::Result<usize> {
+        if offset >= slot_size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "receive offset leaves no room in the slot",
+            ));
+        }
+        let mut n = 0;
+        for ((slot, iov), addr) in bufs
+            .chunks_exact_mut(slot_size)
+            .zip(self.iovs.iter_mut())
+            .zip(self.addrs.iter_mut())
+            .take(out.len())
+        {
+            let room = &mut slot[offset..];
+            *iov = libc::iovec {
+                iov_base: room.as_mut_ptr().cast::<c_void>(),
+                iov_len: room.len(),
+            };
+            *addr = sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        let iovs = self.iovs.as_mut_ptr();
+        let addrs = self.addrs.as_mut_ptr();
+        for (i, h) in self.hdrs.iter_mut().take(n).enumerate() {
+            h.msg_len = 0;
+            h.msg_hdr.msg_name = addrs.wrapping_add(i).cast::<c_void>();
+            h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as socklen_t;
+            h.msg_hdr.msg_iov = iovs.wrapping_add(i);
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+        }
+        // SAFETY: hdrs[..n] each point at a live sockaddr_in (addrs[i]) of the length given and a
+        // live iovec (iovs[i]) describing a disjoint, writable part of `bufs`, which is mutably
+        // borrowed for the whole call; n <= hdrs.len(); fd is open; no timeout pointer. The kernel
+        // keeps none of these pointers after returning.
+        let ret = unsafe {
+            libc::recvmmsg(
+                fd.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                ptr::null_mut(),
+            )
+        };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock {
+                return Ok(0);
+            }
+            return Err(err);
+        }
+        let got = ret as usize;
+        for ((meta, h), addr) in out
+            .iter_mut()
+            .zip(self.hdrs.iter())
+            .zip(self.addrs.iter())
+            .take(got)
+        {
+            *meta = RecvMeta {
+                len: h.msg_len as usize,
+                src: from_sockaddr_in(addr, h.msg_hdr.msg_namelen),
+                truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            };
+        }
+        Ok(got)
+    }
+}
+
+/// Datagrams one `sendmmsg(2)` call carries at most; the headers live on the stack.
+pub const SEND_CHUNK: usize = 64;
+
+/// Up to [`SEND_CHUNK`] IPv4 datagrams queued for one `sendmmsg(2)`, on the stack: no allocation.
+///
+/// `'a` is the lifetime of the packet bytes; the pointers to the headers' own arrays are written
+/// only inside [`SendScratch::sendmmsg`], so the struct may be moved freely between calls.
+pub(crate) struct SendScratch<'a> {
+    hdrs: [libc::mmsghdr; SEND_CHUNK],
+    iovs: [libc::iovec; SEND_CHUNK],
+    addrs: [libc::sockaddr_in; SEND_CHUNK],
+    len: usize,
+    _bufs: PhantomData<&'a [u8]>,
+}
+
+impl<'a> SendScratch<'a> {
+    /// An empty batch.
+    pub(crate) fn new() -> Self {
+        // SAFETY: mmsghdr, iovec and sockaddr_in are plain C structs (integers and raw pointers)
+        // for which all-zero bytes are a valid value.
+        let (hdr, iov, addr) = unsafe {
+            (
+                mem::zeroed::<libc::mmsghdr>(),
+                mem::zeroed::<libc::iovec>(),
+                mem::zeroed::<libc::sockaddr_in>(),
+            )
+        };
+        SendScratch {
+            hdrs: [hdr; SEND_CHUNK],
+            iovs: [iov; SEND_CHUNK],
+            addrs: [addr; SEND_CHUNK],
+            len: 0,
+            _bufs: PhantomData,
+        }
+    }
+
+    /// Queued datagrams.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether another datagram fits.
+    pub(crate) fn is_full(&self) -> bool {
+        self.len == SEND_CHUNK
+    }
+
+    /// Forgets every queued datagram.
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Queues `pkt` for `dst` (port 0: a raw socket has none). Returns false, queuing nothing,
+    /// when the batch is full.
+    pub(crate) fn push(&mut self, dst: Ipv4Addr, pkt: &'a [u8]) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        self.iovs[self.len] = libc::iovec {
+            // The kernel only reads through this pointer (sendmmsg), so casting away const is sound.
+            iov_base: pkt.as_ptr().cast_mut().cast::<c_void>(),
+            iov_len: pkt.len(),
+        };
+        self.addrs[self.len] = sockaddr_in(SocketAddrV4::new(dst, 0));
+        self.len += 1;
+        true
+    }
+
+    /// The length of queued datagram `i`.
+    pub(crate) fn packet_len(&self, i: usize) -> usize {
+        self.iovs.get(i).map_or(0, |iov| iov.iov_len)
+    }
+
+    /// `sendmmsg(fd, MSG_DONTWAIT)` of the queued datagrams from index `first` on. Returns how
+    /// many the kernel took, in order; an error means datagram `first` itself failed.
+    pub(crate) fn sendmmsg(&mut self, fd: BorrowedFd<'_>, first: usize) -> io::Result<usize> {
+        if first >= self.len {
+            return Ok(0);
+        }
+        let iovs = self.iovs.as_mut_ptr();
+        let addrs = self.addrs.as_mut_ptr();
+        for (i, h) in self.hdrs.iter_mut().enumerate().take(self.len).skip(first) {
+            h.msg_len = 0;
+            h.msg_hdr.msg_name = addrs.wrapping_add(i).cast::<c_void>();
+            h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as socklen_t;
+            h.msg_hdr.msg_iov = iovs.wrapping_add(i);
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+        }
+        // SAFETY: hdrs[first..len] each point at a live sockaddr_in and a live iovec inside self,
+        // which is mutably borrowed for the call; each iovec points at packet bytes borrowed for
+        // 'a, which outlives self; first < len <= SEND_CHUNK; fd is open. The kernel only reads
+        // the packets, writes msg_len, and keeps no pointer after returning.
+        let ret = unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                self.hdrs.as_mut_ptr().wrapping_add(first),
+                (self.len - first) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        Ok(cvt(ret)? as usize)
+    }
+}
