@@ -18,6 +18,8 @@ run() {
 
 run fmt cargo fmt --all -- --check
 run clippy cargo clippy --workspace --all-targets -- -D warnings
+# The namespace tests run the weftd binary itself; build it first (cargo test alone need not).
+run build cargo build --workspace --bins
 run test cargo test --workspace
 
 echo "== all steps passed in $((SECONDS - total_start))s"

@@ -4,8 +4,12 @@
 //! `unsafe` is denied everywhere but [`sys`], which holds the few syscall wrappers (STYLE.md habit 6).
 #![deny(unsafe_code)]
 
+pub mod agent;
 pub mod autodetect;
 pub mod config;
+pub mod ctl;
+pub mod lab;
 pub mod netlink;
 pub mod netns;
+pub mod ping;
 pub mod sys;

@@ -110,3 +110,40 @@ pub fn kill(pid: i32, signal: i32) -> bool {
     // SAFETY: kill(2) takes plain integers and has no memory-safety preconditions.
     unsafe { libc::kill(pid, signal) == 0 }
 }
+
+/// Turns transmit checksum offload of link `ifname` on or off (`ethtool -K <if> tx on|off`, through
+/// the legacy `ETHTOOL_STXCSUM` ioctl), in the calling thread's network namespace.
+///
+/// The lab needs it: a veth hands `CHECKSUM_PARTIAL` packets to its peer unfinished, which a real
+/// NIC would complete on the wire. A kernel VXLAN node behind a veth would otherwise send inner
+/// TCP checksums that only a kernel receiver (which trusts the skb metadata) accepts.
+pub fn set_tx_checksum_offload(ifname: &str, on: bool) -> io::Result<()> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let name = ifname.as_bytes();
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name {ifname:?} is too long"),
+        ));
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: u32::from(on),
+    };
+    // SAFETY: `ifreq` is plain old data; all-zero is a valid value for it.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    // SAFETY: SIOCETHTOOL reads `req` (a valid, NUL-terminated ifreq) and the EthtoolValue it points
+    // to, both alive on this stack frame for the whole call; the socket fd is open.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut req) })
+}

@@ -36,7 +36,8 @@ drop_reasons! {
     Ipv4Malformed => "ipv4_malformed",
     /// An IPv4 header checksum that does not match.
     Ipv4Checksum => "ipv4_checksum",
-    /// An Ethernet frame or encapsulated payload that is neither IPv4 nor ARP.
+    /// An Ethernet frame, encapsulated payload or TUN packet that is neither IPv4 nor ARP (e.g. the
+    /// kernel's IPv6 router solicitations on the TUN device).
     NotIpv4 => "not_ipv4",
     /// A broadcast, multicast or otherwise non-unicast IPv4 destination, or a martian source.
     NotUnicast => "not_unicast",

@@ -317,6 +317,10 @@ fn route(
     len: usize,
     now: Instant,
 ) -> Verdict {
+    // A TUN device also carries the kernel's IPv6 (router solicitations and the like): not ours.
+    if buf.get(start).is_some_and(|b| b >> 4 == 6) {
+        return Verdict::Drop(DropReason::NotIpv4);
+    }
     let hdr = match Ipv4Packet::new_checked(&buf[start..start + len]) {
         Ok(ip) => {
             if origin != Origin::Generated && !ip.verify_checksum() {

@@ -1,0 +1,412 @@
+//! The agent's control socket: a unix socket that answers one JSON request per connection with the
+//! node's tables and counters, for `weftd show` (the `ip route` / `ip neigh` / `bridge fdb` of a
+//! userspace dataplane) and for scripts (`-o json`).
+//!
+//! Protocol: the client writes one line `{"cmd":"show"}` and reads one JSON document until EOF.
+//! The server runs on its own thread and reads only published snapshots and merged counters, so a
+//! slow or stuck client never touches the forwarding path.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use dataplane::drop::Counters;
+use dataplane::fdb::FdbEntry;
+use dataplane::fib::NextHop;
+use dataplane::snapshot::Snapshot;
+use dataplane::time::Instant;
+use serde::{Deserialize, Serialize};
+
+/// Errors of the control socket, on either side.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The socket could not be created (directory missing, permissions, address in use).
+    #[error("cannot listen on control socket {path}: {source}")]
+    Listen {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No agent answers on the socket.
+    #[error("cannot reach weftd at {path}: {source} (is weftd running, and is this its control_socket?)")]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The conversation broke off.
+    #[error("control socket I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The other side sent something that is not the expected JSON.
+    #[error("control socket answer is not valid JSON: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// A request on the control socket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Tables, counters and node facts.
+    Show,
+}
+
+/// The node's identity and tunnel parameters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeView {
+    /// Node name.
+    pub name: String,
+    /// Underlay address.
+    pub public_ip: Ipv4Addr,
+    /// This node's pod subnet.
+    pub subnet: String,
+    /// Cluster network.
+    pub network: String,
+    /// VTEP MAC.
+    pub vtep_mac: String,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// VXLAN UDP port.
+    pub port: u16,
+    /// The TUN device standing in for `flannel.<vni>`.
+    pub tun: String,
+    /// Its MTU.
+    pub tun_mtu: u16,
+    /// Underlay MTU.
+    pub underlay_mtu: u16,
+    /// Worker threads.
+    pub workers: usize,
+}
+
+/// One FIB route, as `ip route` would print it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouteView {
+    /// Destination prefix.
+    pub dst: String,
+    /// Gateway, if any.
+    pub via: Option<Ipv4Addr>,
+    /// Device name.
+    pub dev: String,
+    /// `onlink` flag (the flannel VXLAN route form).
+    pub onlink: bool,
+    /// `local`, `vxlan`, `ipip`, `direct` or `blackhole`.
+    pub kind: String,
+}
+
+/// One neighbour entry, as `ip neigh` would print it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NeighView {
+    /// Address.
+    pub ip: Ipv4Addr,
+    /// Device name.
+    pub dev: String,
+    /// Link-layer address.
+    pub lladdr: String,
+    /// PERMANENT, REACHABLE, STALE.
+    pub state: String,
+}
+
+/// One FDB entry, as `bridge fdb` would print it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FdbView {
+    /// MAC address.
+    pub mac: String,
+    /// Device name.
+    pub dev: String,
+    /// Remote VTEP, for remote entries.
+    pub dst: Option<Ipv4Addr>,
+}
+
+/// Packet and byte counts.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct TrafficView {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// Counters merged over all workers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct CountersView {
+    /// From local ports (TUN).
+    pub rx_local: TrafficView,
+    /// From the underlay.
+    pub rx_underlay: TrafficView,
+    /// To local ports.
+    pub tx_local: TrafficView,
+    /// Into the underlay.
+    pub tx_underlay: TrafficView,
+    /// ICMP errors and ARP replies generated.
+    pub replies: u64,
+    /// Drops by reason (every reason listed, zeros included, so scripts can rely on the keys).
+    pub drops: BTreeMap<String, u64>,
+}
+
+impl From<&Counters> for CountersView {
+    fn from(c: &Counters) -> Self {
+        let t = |t: dataplane::drop::Traffic| TrafficView {
+            packets: t.packets,
+            bytes: t.bytes,
+        };
+        CountersView {
+            rx_local: t(c.rx_local),
+            rx_underlay: t(c.rx_underlay),
+            tx_local: t(c.tx_local),
+            tx_underlay: t(c.tx_underlay),
+            replies: c.replies,
+            drops: dataplane::drop::DropReason::ALL
+                .iter()
+                .map(|r| (r.label().to_string(), c.drops(*r)))
+                .collect(),
+        }
+    }
+}
+
+/// The answer to [`Request::Show`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShowReply {
+    /// Node facts.
+    pub node: NodeView,
+    /// Routes.
+    pub routes: Vec<RouteView>,
+    /// Neighbours.
+    pub neighbors: Vec<NeighView>,
+    /// FDB.
+    pub fdb: Vec<FdbView>,
+    /// Counters.
+    pub counters: CountersView,
+}
+
+/// Builds the [`ShowReply`] views of a snapshot; `dev` names the TUN device (the only port yet).
+pub fn tables_view(
+    snap: &Snapshot,
+    dev: &str,
+    now: Instant,
+) -> (Vec<RouteView>, Vec<NeighView>, Vec<FdbView>) {
+    let routes = snap
+        .fib
+        .routes()
+        .iter()
+        .map(|r| {
+            let (via, onlink, kind) = match r.next_hop {
+                NextHop::Local { .. } => (None, false, "local"),
+                NextHop::Vxlan { gateway } => (Some(gateway), true, "vxlan"),
+                NextHop::Ipip { remote } => (Some(remote), true, "ipip"),
+                NextHop::Direct { gateway } => (Some(gateway), false, "direct"),
+                NextHop::Blackhole => (None, false, "blackhole"),
+            };
+            RouteView {
+                dst: r.prefix.to_string(),
+                via,
+                dev: dev.to_string(),
+                onlink,
+                kind: kind.to_string(),
+            }
+        })
+        .collect();
+    let neighbors = snap
+        .neigh
+        .iter()
+        .map(|(ip, n)| NeighView {
+            ip,
+            dev: dev.to_string(),
+            lladdr: n.mac.to_string(),
+            state: snap.neigh.state_name(ip, now).to_string(),
+        })
+        .collect();
+    let fdb = snap
+        .fdb
+        .iter()
+        .map(|(mac, e)| FdbView {
+            mac: mac.to_string(),
+            dev: dev.to_string(),
+            dst: match e {
+                FdbEntry::Remote { vtep } => Some(vtep),
+                FdbEntry::Local { .. } => None,
+            },
+        })
+        .collect();
+    (routes, neighbors, fdb)
+}
+
+impl ShowReply {
+    /// Renders the reply the way `ip route`, `ip neigh` and `bridge fdb` print, then the counters.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let n = &self.node;
+        let _ = writeln!(
+            s,
+            "node {} public-ip {} subnet {} network {} vtep {} vni {} port {} dev {} mtu {} (underlay {}) workers {}",
+            n.name, n.public_ip, n.subnet, n.network, n.vtep_mac, n.vni, n.port, n.tun, n.tun_mtu, n.underlay_mtu, n.workers
+        );
+        let _ = writeln!(s, "# ip route (Weft FIB)");
+        for r in &self.routes {
+            match (r.kind.as_str(), r.via) {
+                ("blackhole", _) => {
+                    let _ = writeln!(s, "blackhole {}", r.dst);
+                }
+                (_, Some(via)) => {
+                    let _ = writeln!(
+                        s,
+                        "{} via {} dev {}{}",
+                        r.dst,
+                        via,
+                        r.dev,
+                        if r.onlink { " onlink" } else { "" }
+                    );
+                }
+                (_, None) => {
+                    let _ = writeln!(s, "{} dev {}", r.dst, r.dev);
+                }
+            }
+        }
+        let _ = writeln!(s, "# ip neigh (Weft neighbours)");
+        for e in &self.neighbors {
+            let _ = writeln!(s, "{} dev {} lladdr {} {}", e.ip, e.dev, e.lladdr, e.state);
+        }
+        let _ = writeln!(s, "# bridge fdb (Weft FDB)");
+        for e in &self.fdb {
+            match e.dst {
+                Some(dst) => {
+                    let _ = writeln!(s, "{} dev {} dst {} self permanent", e.mac, e.dev, dst);
+                }
+                None => {
+                    let _ = writeln!(s, "{} dev {} self permanent", e.mac, e.dev);
+                }
+            }
+        }
+        let c = &self.counters;
+        let _ = writeln!(s, "# counters");
+        let _ = writeln!(
+            s,
+            "rx local {} pkts {} bytes | rx underlay {} pkts {} bytes | tx local {} pkts {} bytes | tx underlay {} pkts {} bytes | replies {}",
+            c.rx_local.packets, c.rx_local.bytes, c.rx_underlay.packets, c.rx_underlay.bytes,
+            c.tx_local.packets, c.tx_local.bytes, c.tx_underlay.packets, c.tx_underlay.bytes, c.replies
+        );
+        let drops: Vec<String> = c
+            .drops
+            .iter()
+            .filter(|(_, &v)| v > 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if drops.is_empty() {
+            let _ = writeln!(s, "drops: none");
+        } else {
+            let _ = writeln!(s, "drops: {}", drops.join(" "));
+        }
+        s
+    }
+}
+
+/// A running control socket server; stops and removes the socket when dropped.
+#[derive(Debug)]
+pub struct CtlServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CtlServer {
+    /// Listens on `path` (a stale socket file from a killed agent is replaced) and answers each
+    /// request with `show()`.
+    pub fn start<F>(path: &Path, show: F) -> Result<CtlServer, CtlError>
+    where
+        F: Fn() -> ShowReply + Send + 'static,
+    {
+        let listen_err = |source| CtlError::Listen {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(listen_err)?;
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(listen_err(e)),
+        }
+        let listener = UnixListener::bind(path).map_err(listen_err)?;
+        listener.set_nonblocking(true).map_err(listen_err)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("weft-ctl".into())
+            .spawn(move || serve(listener, stop2, show))
+            .map_err(listen_err)?;
+        Ok(CtlServer {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for CtlServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve<F: Fn() -> ShowReply>(listener: UnixListener, stop: Arc<AtomicBool>, show: F) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if let Err(e) = answer(stream, &show) {
+                    tracing::debug!("control socket client: {e}");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                tracing::warn!("control socket accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn answer<F: Fn() -> ShowReply>(stream: UnixStream, show: &F) -> Result<(), CtlError> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut line = String::new();
+    BufReader::new(&stream).take(4096).read_line(&mut line)?;
+    let mut out = &stream;
+    match serde_json::from_str::<Request>(line.trim()) {
+        Ok(Request::Show) => serde_json::to_writer(&mut out, &show())?,
+        Err(e) => serde_json::to_writer(
+            &mut out,
+            &serde_json::json!({ "error": format!("bad request: {e}") }),
+        )?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Asks the agent at `path` for its tables and counters.
+pub fn request_show(path: &Path) -> Result<ShowReply, CtlError> {
+    let mut stream = UnixStream::connect(path).map_err(|source| CtlError::Connect {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = serde_json::to_string(&Request::Show)?;
+    req.push('\n');
+    stream.write_all(req.as_bytes())?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    Ok(serde_json::from_str(&body)?)
+}

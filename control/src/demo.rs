@@ -1,0 +1,225 @@
+//! `weftd demo`: a three-node Weft cluster in network namespaces on this machine.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use control::lab::{Lab, NodeKind, PingResult};
+
+static CANCELLED: AtomicBool = AtomicBool::new(false);
+
+fn check_cancel() -> anyhow::Result<()> {
+    if CANCELLED.load(Ordering::Relaxed) {
+        bail!("interrupted; removed the demo's namespaces and agents");
+    }
+    Ok(())
+}
+
+/// Prints a progress line and times the step.
+struct Step {
+    start: Instant,
+}
+
+impl Step {
+    fn begin(n: usize, of: usize, what: &str) -> Step {
+        eprintln!("[{n}/{of}] {what} ...");
+        Step {
+            start: Instant::now(),
+        }
+    }
+
+    fn done(self, detail: &str) {
+        eprintln!(
+            "      ok ({:.1} s){}{detail}",
+            self.start.elapsed().as_secs_f64(),
+            if detail.is_empty() { "" } else { ": " }
+        );
+    }
+}
+
+/// Runs the demo; removes everything on return, error or Ctrl-C.
+pub fn run(seconds: u64, keep: bool) -> anyhow::Result<()> {
+    if !control::sys::is_root() {
+        bail!("weftd demo needs root (it creates network namespaces, veths and TUN devices); run it with sudo");
+    }
+    watch_ctrl_c();
+    let weftd = std::env::current_exe().context("cannot find the weftd binary itself")?;
+    const STEPS: usize = 6;
+
+    let step = Step::begin(
+        1,
+        STEPS,
+        "building the underlay and 3 nodes in network namespaces",
+    );
+    let mut lab = Lab::new(&weftd)?;
+    for i in 1..=3 {
+        lab.add_node(i, NodeKind::Weft)?;
+    }
+    step.done("underlay 192.168.77.0/24 on bridge ul0; node-1..3 at .1 .. .3, pod subnets 10.244.{1,2,3}.0/24");
+    check_cancel()?;
+
+    let step = Step::begin(
+        2,
+        STEPS,
+        "starting weftd on every node (static datastore: each config lists the other nodes)",
+    );
+    lab.start()?;
+    step.done(&format!("configs and logs in {}", lab.dir().display()));
+    check_cancel()?;
+
+    let step = Step::begin(3, STEPS, "creating one pod per node on bridge weft0");
+    let mut pods = Vec::new();
+    for idx in 0..3 {
+        pods.push(lab.add_pod(idx, 2)?);
+    }
+    step.done(
+        &pods
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    check_cancel()?;
+
+    let step = Step::begin(
+        4,
+        STEPS,
+        "pinging pod to pod across nodes (every ordered pair)",
+    );
+    let mut lines = Vec::new();
+    for &src in &pods {
+        for &dst in &pods {
+            if src == dst {
+                continue;
+            }
+            check_cancel()?;
+            let pod = lab.pod(src).context("pod vanished")?;
+            // The first packet may race the neighbour resolution on the bridge: allow a retry.
+            let mut result = pod.ping(dst, 56, false, Duration::from_secs(1));
+            if !result.is_reply() {
+                result = pod.ping(dst, 56, false, Duration::from_secs(2));
+            }
+            match result {
+                PingResult::Reply(rtt) => lines.push(format!(
+                    "      {src} -> {dst}: reply in {:.0} µs",
+                    rtt.as_secs_f64() * 1e6
+                )),
+                other => bail!(
+                    "ping {src} -> {dst} failed: {other:?}; see the agent logs in {}",
+                    lab.dir().display()
+                ),
+            }
+        }
+    }
+    step.done("");
+    for l in lines {
+        eprintln!("{l}");
+    }
+
+    let step = Step::begin(
+        5,
+        STEPS,
+        &format!("TCP throughput, {seconds} s each way, built-in sender and receiver"),
+    );
+    let ab = tcp_throughput(&lab, pods[0], pods[1], Duration::from_secs(seconds))?;
+    let ba = tcp_throughput(&lab, pods[1], pods[0], Duration::from_secs(seconds))?;
+    step.done("");
+    eprintln!("      {} -> {}: {:.2} Gbit/s", pods[0], pods[1], ab);
+    eprintln!("      {} -> {}: {:.2} Gbit/s", pods[1], pods[0], ba);
+
+    let step = Step::begin(6, STEPS, "each node's tables and counters (weftd show)");
+    step.done("");
+    for n in &lab.nodes {
+        let reply = control::ctl::request_show(&n.ctl_socket)?;
+        println!("===== {} =====", n.name);
+        print!("{}", reply.render());
+    }
+
+    if keep {
+        eprintln!("--keep: leaving the cluster up; namespaces are listed by `ip netns`; Ctrl-C removes everything");
+        while !CANCELLED.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    eprintln!("removing namespaces and agents ...");
+    drop(lab);
+    eprintln!("done");
+    Ok(())
+}
+
+/// Sends for `duration` from pod `src` to pod `dst` over TCP; returns Gbit/s as the receiver saw it.
+pub fn tcp_throughput(
+    lab: &Lab,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let listener = lab
+        .pod(dst)
+        .context("no such pod")?
+        .listen(5201)
+        .context("listen in the receiving pod")?;
+    let receiver = std::thread::spawn(move || -> std::io::Result<(u64, Duration)> {
+        let (mut conn, _) = listener.accept()?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        let mut first: Option<Instant> = None;
+        loop {
+            let n = conn.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            first.get_or_insert_with(Instant::now);
+            total += n as u64;
+        }
+        Ok((total, first.map_or(Duration::ZERO, |f| f.elapsed())))
+    });
+    let mut conn = lab
+        .pod(src)
+        .context("no such pod")?
+        .connect(SocketAddrV4::new(dst, 5201), Duration::from_secs(3))
+        .with_context(|| format!("TCP connect {src} -> {dst}:5201"))?;
+    let chunk = vec![0x5au8; 128 * 1024];
+    let start = Instant::now();
+    while start.elapsed() < duration && !CANCELLED.load(Ordering::Relaxed) {
+        conn.write_all(&chunk).context("TCP send")?;
+    }
+    drop(conn);
+    let (bytes, elapsed) = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?
+        .context("TCP receive")?;
+    check_cancel()?;
+    Ok(bytes as f64 * 8.0 / elapsed.as_secs_f64().max(1e-9) / 1e9)
+}
+
+/// Sets `CANCELLED` on SIGINT or SIGTERM instead of dying, so the lab's `Drop` cleans up.
+fn watch_ctrl_c() {
+    let _ = std::thread::Builder::new()
+        .name("weft-demo-signals".into())
+        .spawn(|| {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (Ok(mut int), Ok(mut term)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = int.recv() => {},
+                    _ = term.recv() => {},
+                }
+                eprintln!("interrupted: cleaning up ...");
+                CANCELLED.store(true, Ordering::Relaxed);
+            });
+        });
+}

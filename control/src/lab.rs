@@ -1,0 +1,509 @@
+//! A cluster in network namespaces on one machine: the demo, the integration tests and the
+//! benchmark harness all build their topology here.
+//!
+//! ```text
+//!  pod ns ──veth── node ns (weftd or kernel flannel.1, bridge weft0) ──veth── underlay ns (bridge ul0)
+//! ```
+//!
+//! Every namespace and link name carries a per-process prefix, so concurrent labs never collide,
+//! and everything is removed in `Drop`, also when a test fails half-way. Agents run as child
+//! processes (`weftd run`) inside their node's namespace and are killed on drop.
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+
+use crate::config::vtep_mac_for;
+use crate::netlink::Netlink;
+use crate::netns::{spawn_in_netns, NetNs};
+
+/// Errors while building or driving a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// A namespace operation failed.
+    #[error("namespace {name}: {msg}")]
+    Netns {
+        /// Namespace name.
+        name: String,
+        /// What failed.
+        msg: String,
+    },
+    /// Netlink plumbing failed.
+    #[error("plumbing in {ns}: {source}")]
+    Netlink {
+        /// Namespace name.
+        ns: String,
+        /// The netlink error.
+        source: crate::netlink::NetlinkError,
+    },
+    /// A file or process operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An agent did not come up.
+    #[error(
+        "agent on {node} did not answer on its control socket within {secs} s; its log:\n{log}"
+    )]
+    AgentStart {
+        /// Node name.
+        node: String,
+        /// Seconds waited.
+        secs: u64,
+        /// Tail of the agent's log.
+        log: String,
+    },
+}
+
+/// How a node carries pod traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// `weftd run`: the userspace dataplane.
+    Weft,
+    /// The Linux kernel VXLAN device configured exactly as flannel configures `flannel.1`.
+    KernelVxlan,
+}
+
+/// One node of the lab.
+#[derive(Debug)]
+pub struct LabNode {
+    /// Node name (also the VTEP MAC seed).
+    pub name: String,
+    /// Weft or kernel.
+    pub kind: NodeKind,
+    /// The node's namespace.
+    pub ns: NetNs,
+    /// Underlay address.
+    pub public_ip: Ipv4Addr,
+    /// Pod subnet.
+    pub subnet: Ipv4Net,
+    /// The agent's control socket (Weft nodes).
+    pub ctl_socket: PathBuf,
+    /// The agent's config file (Weft nodes).
+    pub config: PathBuf,
+    /// The agent's log file (Weft nodes).
+    pub log: PathBuf,
+    /// The agent process, while it runs.
+    pub agent: Option<Child>,
+    /// The pods on this node.
+    pub pods: Vec<LabPod>,
+}
+
+/// One pod: a namespace with `eth0` on its node's bridge.
+#[derive(Debug)]
+pub struct LabPod {
+    /// The pod's namespace.
+    pub ns: NetNs,
+    /// The pod's address.
+    pub ip: Ipv4Addr,
+    /// The host end of its veth, on the node.
+    pub host_veth: String,
+}
+
+/// A cluster in namespaces.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    dir: PathBuf,
+    underlay: NetNs,
+    /// The nodes, in creation order.
+    pub nodes: Vec<LabNode>,
+    weftd: PathBuf,
+    /// Underlay MTU.
+    pub underlay_mtu: u32,
+}
+
+/// Cluster network of every lab.
+pub const NETWORK: &str = "10.244.0.0/16";
+/// The underlay namespace's own address on `ul0`: a vantage point for tests that send raw frames
+/// to a node's VXLAN port.
+pub const UNDERLAY_HOST: &str = "192.168.77.254/24";
+/// The bridge every node's pods hang off.
+pub const BRIDGE: &str = "weft0";
+
+static LAB_SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
+    let what = what.into();
+    move |source| LabError::Io { what, source }
+}
+
+impl Lab {
+    /// An empty lab: an underlay namespace with bridge `ul0`. `weftd` is the agent binary to run
+    /// on Weft nodes.
+    pub fn new(weftd: &Path) -> Result<Lab, LabError> {
+        let seq = LAB_SEQ.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("wl{}x{}", std::process::id() % 100_000, seq);
+        let dir = std::env::temp_dir().join(format!("weft-lab-{prefix}"));
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        let underlay = netns(&format!("{prefix}-ul"))?;
+        in_ns(&underlay, |nl| {
+            nl.create_bridge("ul0")?;
+            nl.add_address("ul0", UNDERLAY_HOST.parse().expect("valid"))?;
+            nl.set_up("ul0")?;
+            nl.set_up("lo")
+        })?;
+        Ok(Lab {
+            prefix,
+            dir,
+            underlay,
+            nodes: Vec::new(),
+            weftd: weftd.to_path_buf(),
+            underlay_mtu: 1500,
+        })
+    }
+
+    /// A UDP socket in the underlay namespace (address 192.168.77.254), for sending crafted frames.
+    pub fn underlay_udp(&self) -> std::io::Result<std::net::UdpSocket> {
+        self.underlay
+            .run(|| {
+                std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, 254), 0))
+            })
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+
+    /// Where the lab keeps configs and logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Adds node number `i` (1..=250): underlay address 192.168.77.i, pod subnet 10.244.i.0/24.
+    pub fn add_node(&mut self, i: u8, kind: NodeKind) -> Result<usize, LabError> {
+        let name = format!("node-{i}");
+        let ns = netns(&format!("{}-n{i}", self.prefix))?;
+        let public_ip = Ipv4Addr::new(192, 168, 77, i);
+        let subnet: Ipv4Net = format!("10.244.{i}.0/24").parse().expect("valid subnet");
+        let ul_end = format!("{}n{i}", self.prefix);
+        let ul_fd = self.underlay.file();
+        let mtu = self.underlay_mtu;
+        in_ns(&ns, |nl| {
+            nl.set_up("lo")?;
+            nl.create_veth("eth0", &ul_end)?;
+            nl.move_to_netns(&ul_end, ul_fd.as_fd())?;
+            nl.set_mtu("eth0", mtu)?;
+            nl.add_address("eth0", Ipv4Net::new(public_ip, 24).expect("valid"))?;
+            nl.set_up("eth0")
+        })?;
+        in_ns(&self.underlay, |nl| {
+            nl.set_mtu(&ul_end, mtu)?;
+            nl.set_master(&ul_end, "ul0")?;
+            nl.set_up(&ul_end)
+        })?;
+        sysctl(&ns, "net/ipv4/ip_forward", "1")?;
+        self.nodes.push(LabNode {
+            ctl_socket: self.dir.join(format!("{name}.sock")),
+            config: self.dir.join(format!("{name}.toml")),
+            log: self.dir.join(format!("{name}.log")),
+            name,
+            kind,
+            ns,
+            public_ip,
+            subnet,
+            agent: None,
+            pods: Vec::new(),
+        });
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// Writes every Weft node's config (all other nodes as peers) and starts its agent; programs
+    /// every kernel node as flanneld would. Waits until every agent answers.
+    pub fn start(&mut self) -> Result<(), LabError> {
+        let peers: Vec<(String, Ipv4Addr, Ipv4Net)> = self
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.public_ip, n.subnet))
+            .collect();
+        for idx in 0..self.nodes.len() {
+            match self.nodes[idx].kind {
+                NodeKind::Weft => {
+                    self.write_config(idx, &peers)?;
+                    self.start_agent(idx)?;
+                }
+                NodeKind::KernelVxlan => self.program_kernel_node(idx, &peers)?,
+            }
+        }
+        for idx in 0..self.nodes.len() {
+            if self.nodes[idx].kind == NodeKind::Weft {
+                self.wait_agent(idx, Duration::from_secs(10))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_config(
+        &self,
+        idx: usize,
+        peers: &[(String, Ipv4Addr, Ipv4Net)],
+    ) -> Result<(), LabError> {
+        let n = &self.nodes[idx];
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "[node]\nname = \"{}\"\npublic_ip = \"{}\"\nsubnet = \"{}\"\n\n[network]\nnetwork = \"{NETWORK}\"\n\n[backend]\ntype = \"vxlan\"\n\n[dataplane]\nbridge = \"{BRIDGE}\"\ncontrol_socket = \"{}\"\n",
+            n.name,
+            n.public_ip,
+            n.subnet,
+            n.ctl_socket.display()
+        );
+        for (name, ip, subnet) in peers.iter().filter(|p| p.0 != n.name) {
+            let _ = writeln!(
+                s,
+                "[[peers]]\nname = \"{name}\"\npublic_ip = \"{ip}\"\nsubnet = \"{subnet}\"\n"
+            );
+        }
+        std::fs::write(&n.config, s).map_err(io_err(format!("write {}", n.config.display())))
+    }
+
+    /// Starts (or restarts) the agent of Weft node `idx`.
+    pub fn start_agent(&mut self, idx: usize) -> Result<(), LabError> {
+        let n = &mut self.nodes[idx];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .map_err(io_err(format!("open {}", n.log.display())))?;
+        let log2 = log.try_clone().map_err(io_err("dup log file"))?;
+        let mut cmd = Command::new(&self.weftd);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&n.config)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let child = spawn_in_netns(&mut cmd, &n.ns).map_err(io_err(format!(
+            "spawn {} in {}",
+            self.weftd.display(),
+            n.name
+        )))?;
+        n.agent = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the agent of node `idx` answers on its control socket.
+    pub fn wait_agent(&mut self, idx: usize, timeout: Duration) -> Result<(), LabError> {
+        let start = Instant::now();
+        let n = &mut self.nodes[idx];
+        loop {
+            if crate::ctl::request_show(&n.ctl_socket).is_ok() {
+                return Ok(());
+            }
+            let exited = n
+                .agent
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+                .is_some();
+            if exited || start.elapsed() > timeout {
+                let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                return Err(LabError::AgentStart {
+                    node: n.name.clone(),
+                    secs: timeout.as_secs(),
+                    log: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `signal` to the agent of node `idx` and waits for it to exit.
+    pub fn stop_agent(&mut self, idx: usize, signal: i32) {
+        if let Some(mut child) = self.nodes[idx].agent.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                crate::sys::kill(pid, signal);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Programs kernel node `idx` exactly as flanneld programs `flannel.1`: the VXLAN device
+    /// (VNI 1, dstport 8472, nolearning, MTU underlay - 50) with the node's `<subnet>.0/32`, a
+    /// bridge for pods, and per remote node a permanent neighbour, an FDB entry and an onlink route.
+    fn program_kernel_node(
+        &self,
+        idx: usize,
+        peers: &[(String, Ipv4Addr, Ipv4Net)],
+    ) -> Result<(), LabError> {
+        let n = &self.nodes[idx];
+        let mtu = self.underlay_mtu - 50;
+        let (name, public_ip, subnet) = (n.name.clone(), n.public_ip, n.subnet);
+        let peers: Vec<_> = peers.iter().filter(|p| p.0 != name).cloned().collect();
+        // A real NIC finishes the checksums the kernel leaves partial; a veth does not (see
+        // `sys::set_tx_checksum_offload`), so make this node's kernel finish them in software.
+        n.ns.run(|| crate::sys::set_tx_checksum_offload("eth0", false))
+            .map_err(|e| LabError::Netns {
+                name: n.ns.name().to_string(),
+                msg: e.to_string(),
+            })?
+            .map_err(io_err(format!("ethtool -K eth0 tx off in {}", n.name)))?;
+        in_ns(&n.ns, move |nl| {
+            let dev = "flannel.1";
+            let underlay = nl.link_index("eth0")?;
+            nl.create_vxlan(dev, 1, 8472, public_ip, underlay, false)?;
+            nl.set_mac(dev, vtep_mac_for(&name))?;
+            nl.set_mtu(dev, mtu)?;
+            nl.add_address(dev, Ipv4Net::new(subnet.network(), 32).expect("valid"))?;
+            nl.set_up(dev)?;
+            nl.create_bridge(BRIDGE)?;
+            nl.set_mtu(BRIDGE, mtu)?;
+            nl.add_address(
+                BRIDGE,
+                Ipv4Net::new(crate::agent::first_host(subnet), subnet.prefix_len()).expect("valid"),
+            )?;
+            nl.set_up(BRIDGE)?;
+            for (peer, ip, psubnet) in &peers {
+                let mac = vtep_mac_for(peer);
+                nl.replace_neighbor_permanent(psubnet.network(), mac, dev)?;
+                nl.append_fdb(mac, dev, *ip)?;
+                nl.replace_route(*psubnet, dev, Some(psubnet.network()), true)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Adds a pod to node `idx`: address `<subnet>.<host>`, default route via `<subnet>.1`, its
+    /// veth's host end on the node's bridge. Call after [`Lab::start`] (the bridge must exist).
+    pub fn add_pod(&mut self, idx: usize, host: u8) -> Result<Ipv4Addr, LabError> {
+        let (node_fd, subnet, tun_mtu) = {
+            let n = &self.nodes[idx];
+            (
+                n.ns.file().try_clone().map_err(io_err("dup netns fd"))?,
+                n.subnet,
+                self.underlay_mtu - 50,
+            )
+        };
+        let pod_name = format!("{}-p{}x{host}", self.prefix, idx + 1);
+        let ns = netns(&pod_name)?;
+        let host_veth = format!("{}v{}x{host}", self.prefix, idx + 1);
+        let ip = Ipv4Addr::from(u32::from(subnet.network()) + u32::from(host));
+        let gw = crate::agent::first_host(subnet);
+        {
+            let hv = host_veth.clone();
+            in_ns(&ns, move |nl| {
+                nl.set_up("lo")?;
+                nl.create_veth("eth0", &hv)?;
+                nl.move_to_netns(&hv, node_fd.as_fd())?;
+                nl.set_mtu("eth0", tun_mtu)?;
+                nl.add_address(
+                    "eth0",
+                    Ipv4Net::new(ip, subnet.prefix_len()).expect("valid"),
+                )?;
+                nl.set_up("eth0")?;
+                nl.replace_route("0.0.0.0/0".parse().expect("valid"), "eth0", Some(gw), false)
+            })?;
+        }
+        {
+            let hv = host_veth.clone();
+            in_ns(&self.nodes[idx].ns, move |nl| {
+                nl.set_mtu(&hv, tun_mtu)?;
+                nl.set_master(&hv, BRIDGE)?;
+                nl.set_up(&hv)
+            })?;
+        }
+        self.nodes[idx].pods.push(LabPod { ns, ip, host_veth });
+        Ok(ip)
+    }
+
+    /// The pod with address `ip`.
+    pub fn pod(&self, ip: Ipv4Addr) -> Option<&LabPod> {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.pods.iter())
+            .find(|p| p.ip == ip)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for idx in 0..self.nodes.len() {
+            self.stop_agent(idx, libc::SIGKILL);
+        }
+        // Pods and nodes go first (their veths die with them), the underlay last.
+        for n in self.nodes.drain(..) {
+            drop(n.pods);
+            drop(n.ns);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn netns(name: &str) -> Result<NetNs, LabError> {
+    NetNs::create(name).map_err(|e| LabError::Netns {
+        name: name.to_string(),
+        msg: e.to_string(),
+    })
+}
+
+/// Runs `f` with a netlink handle inside namespace `ns`.
+pub fn in_ns<F>(ns: &NetNs, f: F) -> Result<(), LabError>
+where
+    F: FnOnce(&Netlink) -> Result<(), crate::netlink::NetlinkError> + Send,
+{
+    let name = ns.name().to_string();
+    ns.run(move || {
+        let nl = Netlink::new()?;
+        f(&nl)
+    })
+    .map_err(|e| LabError::Netns {
+        name: name.clone(),
+        msg: e.to_string(),
+    })?
+    .map_err(|source| LabError::Netlink { ns: name, source })
+}
+
+/// Writes a sysctl inside `ns` (`key` is the path under /proc/sys).
+pub fn sysctl(ns: &NetNs, key: &str, value: &str) -> Result<(), LabError> {
+    let path = format!("/proc/sys/{key}");
+    let what = format!("write {path} in {}", ns.name());
+    let value = value.to_string();
+    ns.run(move || std::fs::write(&path, value))
+        .map_err(|e| LabError::Netns {
+            name: ns.name().to_string(),
+            msg: e.to_string(),
+        })?
+        .map_err(io_err(what))
+}
+
+impl LabPod {
+    /// A TCP listener inside the pod (the socket stays in the pod's namespace on any thread).
+    pub fn listen(&self, port: u16) -> std::io::Result<TcpListener> {
+        self.ns
+            .run(move || TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)))
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+
+    /// A TCP connection from inside the pod.
+    pub fn connect(&self, to: SocketAddrV4, timeout: Duration) -> std::io::Result<TcpStream> {
+        self.ns
+            .run(move || TcpStream::connect_timeout(&to.into(), timeout))
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+
+    /// A UDP socket inside the pod, bound to `port` (0 = any).
+    pub fn udp(&self, port: u16) -> std::io::Result<std::net::UdpSocket> {
+        self.ns
+            .run(move || std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)))
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+
+    /// Pings `dst` from the pod: ICMP echo over a raw socket, `payload` data bytes, optional DF.
+    pub fn ping(&self, dst: Ipv4Addr, payload: usize, df: bool, timeout: Duration) -> PingResult {
+        match self
+            .ns
+            .run(move || crate::ping::ping(dst, payload, df, timeout))
+        {
+            Ok(r) => r,
+            Err(e) => PingResult::Error(e.to_string()),
+        }
+    }
+}
+
+pub use crate::ping::PingResult;
