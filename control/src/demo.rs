@@ -1,14 +1,13 @@
 //! `weftd demo`: a three-node Weft cluster in network namespaces on this machine.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use control::lab::{Lab, NodeKind, PingResult};
 
-static CANCELLED: AtomicBool = AtomicBool::new(false);
+pub static CANCELLED: AtomicBool = AtomicBool::new(false);
 
 fn check_cancel() -> anyhow::Result<()> {
     if CANCELLED.load(Ordering::Relaxed) {
@@ -150,53 +149,19 @@ pub fn run(seconds: u64, keep: bool) -> anyhow::Result<()> {
 }
 
 /// Sends for `duration` from pod `src` to pod `dst` over TCP; returns Gbit/s as the receiver saw it.
-pub fn tcp_throughput(
+fn tcp_throughput(
     lab: &Lab,
     src: Ipv4Addr,
     dst: Ipv4Addr,
     duration: Duration,
 ) -> anyhow::Result<f64> {
-    let listener = lab
-        .pod(dst)
-        .context("no such pod")?
-        .listen(5201)
-        .context("listen in the receiving pod")?;
-    let receiver = std::thread::spawn(move || -> std::io::Result<(u64, Duration)> {
-        let (mut conn, _) = listener.accept()?;
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0u64;
-        let mut first: Option<Instant> = None;
-        loop {
-            let n = conn.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            first.get_or_insert_with(Instant::now);
-            total += n as u64;
-        }
-        Ok((total, first.map_or(Duration::ZERO, |f| f.elapsed())))
-    });
-    let mut conn = lab
-        .pod(src)
-        .context("no such pod")?
-        .connect(SocketAddrV4::new(dst, 5201), Duration::from_secs(3))
-        .with_context(|| format!("TCP connect {src} -> {dst}:5201"))?;
-    let chunk = vec![0x5au8; 128 * 1024];
-    let start = Instant::now();
-    while start.elapsed() < duration && !CANCELLED.load(Ordering::Relaxed) {
-        conn.write_all(&chunk).context("TCP send")?;
-    }
-    drop(conn);
-    let (bytes, elapsed) = receiver
-        .join()
-        .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?
-        .context("TCP receive")?;
+    let t = lab.tcp_throughput(src, dst, 5201, duration, &CANCELLED)?;
     check_cancel()?;
-    Ok(bytes as f64 * 8.0 / elapsed.as_secs_f64().max(1e-9) / 1e9)
+    Ok(t.gbps())
 }
 
 /// Sets `CANCELLED` on SIGINT or SIGTERM instead of dying, so the lab's `Drop` cleans up.
-fn watch_ctrl_c() {
+pub fn watch_ctrl_c() {
     let _ = std::thread::Builder::new()
         .name("weft-demo-signals".into())
         .spawn(|| {

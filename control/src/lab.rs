@@ -71,6 +71,8 @@ pub enum NodeKind {
     Weft,
     /// The Linux kernel VXLAN device configured exactly as flannel configures `flannel.1`.
     KernelVxlan,
+    /// Kernel routing as flannel's host-gw backend does it: `<subnet> via <peer public IP>`.
+    KernelHostGw,
 }
 
 /// One node of the lab.
@@ -229,6 +231,7 @@ impl Lab {
                     self.start_agent(idx)?;
                 }
                 NodeKind::KernelVxlan => self.program_kernel_node(idx, &peers)?,
+                NodeKind::KernelHostGw => self.program_host_gw_node(idx, &peers)?,
             }
         }
         for idx in 0..self.nodes.len() {
@@ -337,13 +340,18 @@ impl Lab {
         let (name, public_ip, subnet) = (n.name.clone(), n.public_ip, n.subnet);
         let peers: Vec<_> = peers.iter().filter(|p| p.0 != name).cloned().collect();
         // A real NIC finishes the checksums the kernel leaves partial; a veth does not (see
-        // `sys::set_tx_checksum_offload`), so make this node's kernel finish them in software.
-        n.ns.run(|| crate::sys::set_tx_checksum_offload("eth0", false))
-            .map_err(|e| LabError::Netns {
-                name: n.ns.name().to_string(),
-                msg: e.to_string(),
-            })?
-            .map_err(io_err(format!("ethtool -K eth0 tx off in {}", n.name)))?;
+        // `sys::set_tx_checksum_offload`). A kernel receiver trusts the skb metadata and does not
+        // care, but Weft reads the bytes: when this node has Weft peers, make its kernel finish
+        // checksums in software. An all-kernel lab keeps its offloads, so the kernel reference in
+        // the benchmark harness runs at full speed.
+        if self.nodes.iter().any(|m| m.kind == NodeKind::Weft) {
+            n.ns.run(|| crate::sys::set_tx_checksum_offload("eth0", false))
+                .map_err(|e| LabError::Netns {
+                    name: n.ns.name().to_string(),
+                    msg: e.to_string(),
+                })?
+                .map_err(io_err(format!("ethtool -K eth0 tx off in {}", n.name)))?;
+        }
         in_ns(&n.ns, move |nl| {
             let dev = "flannel.1";
             let underlay = nl.link_index("eth0")?;
@@ -367,6 +375,40 @@ impl Lab {
             }
             Ok(())
         })
+    }
+
+    /// Programs node `idx` as flannel's host-gw backend does: a bridge for pods and per remote
+    /// node a route `<subnet> via <public IP> dev eth0`. No encapsulation; pods get the full MTU.
+    fn program_host_gw_node(
+        &self,
+        idx: usize,
+        peers: &[(String, Ipv4Addr, Ipv4Net)],
+    ) -> Result<(), LabError> {
+        let n = &self.nodes[idx];
+        let mtu = self.underlay_mtu;
+        let (name, subnet) = (n.name.clone(), n.subnet);
+        let peers: Vec<_> = peers.iter().filter(|p| p.0 != name).cloned().collect();
+        in_ns(&n.ns, move |nl| {
+            nl.create_bridge(BRIDGE)?;
+            nl.set_mtu(BRIDGE, mtu)?;
+            nl.add_address(
+                BRIDGE,
+                Ipv4Net::new(crate::agent::first_host(subnet), subnet.prefix_len()).expect("valid"),
+            )?;
+            nl.set_up(BRIDGE)?;
+            for (_, ip, psubnet) in &peers {
+                nl.replace_route(*psubnet, "eth0", Some(*ip), false)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The MTU pods on node `idx` get: the tunnel MTU, or the underlay MTU under host-gw.
+    pub fn pod_mtu(&self, idx: usize) -> u32 {
+        match self.nodes[idx].kind {
+            NodeKind::KernelHostGw => self.underlay_mtu,
+            NodeKind::Weft | NodeKind::KernelVxlan => self.underlay_mtu - 50,
+        }
     }
 
     /// Adds a pod to node `idx`: address `<subnet>.<host>`, default route via `<subnet>.1`, its
@@ -507,3 +549,79 @@ impl LabPod {
 }
 
 pub use crate::ping::PingResult;
+
+/// What one TCP throughput run measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Throughput {
+    /// Bytes the receiver got.
+    pub bytes: u64,
+    /// From the receiver's first byte to its last.
+    pub elapsed: Duration,
+}
+
+impl Throughput {
+    /// Gigabits per second.
+    pub fn gbps(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.elapsed.as_secs_f64().max(1e-9) / 1e9
+    }
+}
+
+impl Lab {
+    /// A single TCP stream from pod `src` to pod `dst` for `duration`, with the built-in sender
+    /// and receiver (no external tool). `stop` ends it early.
+    pub fn tcp_throughput(
+        &self,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        port: u16,
+        duration: Duration,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<Throughput, LabError> {
+        use std::io::{Read, Write};
+        let pod = |ip: Ipv4Addr| {
+            self.pod(ip).ok_or_else(|| LabError::Netns {
+                name: ip.to_string(),
+                msg: "no pod with this address".into(),
+            })
+        };
+        let listener = pod(dst)?
+            .listen(port)
+            .map_err(io_err(format!("listen on {dst}:{port}")))?;
+        let receiver = std::thread::spawn(move || -> std::io::Result<Throughput> {
+            let (mut conn, _) = listener.accept()?;
+            conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut bytes = 0u64;
+            let mut first: Option<Instant> = None;
+            let mut last = Instant::now();
+            loop {
+                let n = conn.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                first.get_or_insert_with(Instant::now);
+                last = Instant::now();
+                bytes += n as u64;
+            }
+            let elapsed = first.map_or(Duration::ZERO, |f| last.saturating_duration_since(f));
+            Ok(Throughput { bytes, elapsed })
+        });
+        let mut conn = pod(src)?
+            .connect(SocketAddrV4::new(dst, port), Duration::from_secs(3))
+            .map_err(io_err(format!("TCP connect {src} -> {dst}:{port}")))?;
+        let chunk = vec![0x5au8; 128 * 1024];
+        let start = Instant::now();
+        while start.elapsed() < duration && !stop.load(Ordering::Relaxed) {
+            conn.write_all(&chunk)
+                .map_err(io_err(format!("TCP send {src} -> {dst}")))?;
+        }
+        drop(conn);
+        receiver
+            .join()
+            .map_err(|_| LabError::Io {
+                what: "TCP receiver".into(),
+                source: std::io::Error::other("receiver thread panicked"),
+            })?
+            .map_err(io_err(format!("TCP receive {src} -> {dst}")))
+    }
+}

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod demo;
+mod harness;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use control::config::Config;
@@ -46,6 +47,24 @@ enum Command {
         /// Leave the namespaces and agents running at the end (remove them with Ctrl-C).
         #[arg(long)]
         keep: bool,
+    },
+    /// Benchmark harness: kernel VXLAN (flannel layout), kernel routing (host-gw) and Weft VXLAN
+    /// on the same two-node namespace topology, measured in alternation: single-stream TCP
+    /// (iperf3 when installed), ping RTT p50/p99 and Weft's CPU seconds per GB, with ratios to
+    /// kernel VXLAN. Needs root; about 2 minutes with the defaults.
+    Bench {
+        /// Rounds; every round measures every variant once.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds of TCP per variant and round.
+        #[arg(long, default_value_t = 4)]
+        seconds: u64,
+        /// Pings per variant and round.
+        #[arg(long, default_value_t = 100)]
+        pings: usize,
+        /// Use the built-in TCP generator even when iperf3 is installed.
+        #[arg(long)]
+        builtin: bool,
     },
     /// Print a running agent's FIB, neighbour and FDB tables (as `ip route`, `ip neigh` and
     /// `bridge fdb` print them) and its counters, read over the agent's control socket.
@@ -95,6 +114,12 @@ fn main() -> ExitCode {
             report(run(&cfg))
         }
         Command::Demo { seconds, keep } => report(demo::run(seconds, keep)),
+        Command::Bench {
+            rounds,
+            seconds,
+            pings,
+            builtin,
+        } => report(harness::run(rounds, seconds, pings, builtin)),
         Command::Show { socket, output } => match control::ctl::request_show(&socket) {
             Ok(reply) => {
                 match output {

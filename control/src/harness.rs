@@ -1,0 +1,249 @@
+//! `weftd bench`: the benchmark harness. Builds the two-node topology
+//! (pod ↔ bridge ↔ node ↔ veth underlay ↔ node ↔ bridge ↔ pod) once per variant — kernel VXLAN in
+//! flannel's layout, kernel routing (host-gw), Weft VXLAN — and measures them in turn, round after
+//! round, so slow drifts of a shared 2-core machine hit every variant alike. Reports medians and
+//! each figure's ratio to kernel VXLAN.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use control::lab::{Lab, NodeKind, PingResult};
+use control::netns::spawn_in_netns;
+
+use crate::demo::CANCELLED;
+
+/// One dataplane under test.
+struct Variant {
+    name: &'static str,
+    kind: NodeKind,
+    lab: Lab,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    gbps: Vec<f64>,
+    rtt_us: Vec<f64>,
+    cpu_s_per_gb: Vec<f64>,
+}
+
+/// How throughput is generated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generator {
+    /// iperf3 from Debian's package, when installed.
+    Iperf3,
+    /// Weft's own sender and receiver.
+    Builtin,
+}
+
+/// Runs the harness: `rounds` rounds of `seconds` of TCP plus `pings` pings per variant.
+pub fn run(rounds: usize, seconds: u64, pings: usize, builtin: bool) -> anyhow::Result<()> {
+    if !control::sys::is_root() {
+        bail!("weftd bench needs root (network namespaces, veths, TUN); run it with sudo");
+    }
+    crate::demo::watch_ctrl_c();
+    let generator = if !builtin && which("iperf3") {
+        Generator::Iperf3
+    } else {
+        Generator::Builtin
+    };
+    let weftd = std::env::current_exe().context("cannot find the weftd binary itself")?;
+    let started = Instant::now();
+    eprintln!(
+        "weftd bench: {rounds} rounds x 3 variants, {seconds} s single-stream TCP ({}) and {pings} pings each",
+        match generator {
+            Generator::Iperf3 => "iperf3",
+            Generator::Builtin => "built-in generator; install iperf3 to use it",
+        }
+    );
+    let mut variants = Vec::new();
+    for (name, kind) in [
+        ("kernel VXLAN (flannel.1)", NodeKind::KernelVxlan),
+        ("kernel routing (host-gw)", NodeKind::KernelHostGw),
+        ("Weft VXLAN", NodeKind::Weft),
+    ] {
+        eprintln!("[setup] {name} ...");
+        let mut lab = Lab::new(&weftd)?;
+        lab.add_node(1, kind)?;
+        lab.add_node(2, kind)?;
+        lab.start()?;
+        let src = lab.add_pod(0, 2)?;
+        let dst = lab.add_pod(1, 2)?;
+        // Warm up ARP on both bridges and the path.
+        for _ in 0..3 {
+            if lab
+                .pod(src)
+                .context("pod")?
+                .ping(dst, 56, false, Duration::from_secs(1))
+                .is_reply()
+            {
+                break;
+            }
+        }
+        variants.push(Variant {
+            name,
+            kind,
+            lab,
+            src,
+            dst,
+            gbps: Vec::new(),
+            rtt_us: Vec::new(),
+            cpu_s_per_gb: Vec::new(),
+        });
+    }
+    for round in 1..=rounds {
+        for v in variants.iter_mut() {
+            if CANCELLED.load(Ordering::Relaxed) {
+                bail!("interrupted; removed the harness's namespaces and agents");
+            }
+            let cpu_before = agent_cpu_seconds(&v.lab);
+            let (bytes, gbps) = match generator {
+                Generator::Iperf3 => iperf3(&v.lab, v.src, v.dst, seconds)?,
+                Generator::Builtin => {
+                    let t = v.lab.tcp_throughput(
+                        v.src,
+                        v.dst,
+                        5201,
+                        Duration::from_secs(seconds),
+                        &CANCELLED,
+                    )?;
+                    (t.bytes, t.gbps())
+                }
+            };
+            let cpu = agent_cpu_seconds(&v.lab) - cpu_before;
+            if v.kind == NodeKind::Weft && bytes > 0 {
+                v.cpu_s_per_gb.push(cpu / (bytes as f64 / 1e9));
+            }
+            v.gbps.push(gbps);
+            let pod = v.lab.pod(v.src).context("pod")?;
+            let mut lost = 0;
+            for _ in 0..pings {
+                match pod.ping(v.dst, 56, false, Duration::from_secs(1)) {
+                    PingResult::Reply(rtt) => v.rtt_us.push(rtt.as_secs_f64() * 1e6),
+                    _ => lost += 1,
+                }
+            }
+            eprintln!(
+                "[round {round}/{rounds}] {:<26} {:>6.2} Gbit/s  rtt p50 {:>5.0} µs{}",
+                v.name,
+                gbps,
+                median(&v.rtt_us[v.rtt_us.len().saturating_sub(pings - lost)..]),
+                if lost > 0 {
+                    format!("  ({lost} pings lost)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    println!();
+    println!(
+        "| variant | TCP Gbit/s (median of {rounds}) | vs kernel VXLAN | RTT p50 µs | RTT p99 µs | p50 vs kernel VXLAN | Weft CPU s/GB |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let base_gbps = median(&variants[0].gbps);
+    let base_p50 = median(&variants[0].rtt_us);
+    for v in &variants {
+        let p50 = median(&v.rtt_us);
+        println!(
+            "| {} | {:.2} | {:.2}x | {:.0} | {:.0} | {:+.0} µs | {} |",
+            v.name,
+            median(&v.gbps),
+            median(&v.gbps) / base_gbps,
+            p50,
+            percentile(&v.rtt_us, 0.99),
+            p50 - base_p50,
+            if v.cpu_s_per_gb.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.2}", median(&v.cpu_s_per_gb))
+            }
+        );
+    }
+    eprintln!(
+        "\nharness took {:.0} s; removing namespaces and agents ...",
+        started.elapsed().as_secs_f64()
+    );
+    drop(variants);
+    Ok(())
+}
+
+/// CPU seconds (user + system) used so far by the lab's running agents, from /proc/<pid>/stat.
+fn agent_cpu_seconds(lab: &Lab) -> f64 {
+    lab.nodes
+        .iter()
+        .filter_map(|n| n.agent.as_ref())
+        .filter_map(|c| std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may contain spaces) start at ") ".
+            let rest = stat.rsplit_once(") ")?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of stat(5): 12 and 13 after the name.
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            // USER_HZ, the unit of /proc tick counts, is 100 on every Linux ABI.
+            Some(ticks as f64 / 100.0)
+        })
+        .sum()
+}
+
+/// One iperf3 run from pod `src` to pod `dst`: (bytes received, Gbit/s received).
+fn iperf3(lab: &Lab, src: Ipv4Addr, dst: Ipv4Addr, seconds: u64) -> anyhow::Result<(u64, f64)> {
+    let server_ns = &lab.pod(dst).context("pod")?.ns;
+    let mut server = spawn_in_netns(
+        Command::new("iperf3")
+            .args(["-s", "-1", "-p", "5201"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        server_ns,
+    )
+    .context("start iperf3 -s in the receiving pod")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let client_ns = &lab.pod(src).context("pod")?.ns;
+    let out = spawn_in_netns(
+        Command::new("iperf3")
+            .args([
+                "-c",
+                &dst.to_string(),
+                "-p",
+                "5201",
+                "-t",
+                &seconds.to_string(),
+                "-J",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+        client_ns,
+    )
+    .context("start iperf3 -c in the sending pod")?
+    .wait_with_output()
+    .context("iperf3 client")?;
+    let _ = server.kill();
+    let _ = server.wait();
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("iperf3 -J output is not JSON")?;
+    let recv = &json["end"]["sum_received"];
+    let bps = recv["bits_per_second"]
+        .as_f64()
+        .context("iperf3: no end.sum_received")?;
+    let bytes = recv["bytes"].as_u64().unwrap_or(0);
+    Ok((bytes, bps / 1e9))
+}
+
+fn which(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+}
+
+fn median(xs: &[f64]) -> f64 {
+    percentile(xs, 0.5)
+}
+
+fn percentile(xs: &[f64], q: f64) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let idx = ((v.len() - 1) as f64 * q).round() as usize;
+    v[idx.min(v.len() - 1)]
+}
