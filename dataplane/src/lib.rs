@@ -8,7 +8,11 @@
 //! - [`forward`]: the forwarding decision as a pure function of bytes, a snapshot and the time.
 //! - [`drop`](mod@drop): why a packet was dropped, as a `Copy` enum indexing per-worker counters.
 //!
-//! Nothing in this crate performs I/O or reads a clock; the I/O shells live in the agent.
+//! - [`io`]: the thin I/O shell around the core: TUN queues, batched UDP receive and raw send,
+//!   and the worker loop. Its `sys` module holds the crate's only `unsafe` code.
+//!
+//! Everything but [`io`] is pure: no syscalls, no clock reads; the core takes the time as an
+//! argument and the caller's buffers.
 #![deny(unsafe_code)]
 
 pub mod drop;

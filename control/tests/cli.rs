@@ -1,0 +1,124 @@
+//! The `weftd` command line: an invalid config exits 2 and names the field; `--print-config`
+//! prints the effective configuration; `show` without an agent says what to check.
+
+use std::process::Command;
+
+fn weftd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weftd"))
+}
+
+fn write_config(text: &str) -> tempfile_path::TempPath {
+    tempfile_path::TempPath::with(text)
+}
+
+/// A file removed on drop, without a dependency for it.
+mod tempfile_path {
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    pub struct TempPath(pub PathBuf);
+
+    impl TempPath {
+        pub fn with(text: &str) -> TempPath {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "weftd-cli-{}-{}.toml",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::write(&p, text).expect("write temp config");
+            TempPath(p)
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+const GOOD: &str = r#"
+[node]
+name = "node-a"
+public_ip = "192.168.50.1"
+subnet = "10.244.1.0/24"
+
+[[peers]]
+name = "node-b"
+public_ip = "192.168.50.2"
+subnet = "10.244.2.0/24"
+"#;
+
+#[test]
+fn invalid_config_exits_2_and_names_the_field() {
+    let bad = GOOD.replace("10.244.2.0/24", "10.245.2.0/24");
+    let cfg = write_config(&bad);
+    let out = weftd()
+        .args(["run", "--config"])
+        .arg(&cfg.0)
+        .output()
+        .expect("run weftd");
+    assert_eq!(out.status.code(), Some(2), "exit status");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("peers[0].subnet"),
+        "stderr names the field: {err}"
+    );
+    assert!(
+        err.contains("10.245.2.0/24"),
+        "stderr names the value: {err}"
+    );
+
+    let cfg = write_config("[node]\nname = \"x\"\nsubnet = \"10.244.1.0/24\"\nbogus = 1\n");
+    let out = weftd()
+        .args(["run", "--config"])
+        .arg(&cfg.0)
+        .output()
+        .expect("run weftd");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
+
+    let out = weftd()
+        .args(["run", "--config", "/nonexistent/weftd.toml"])
+        .output()
+        .expect("run weftd");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/weftd.toml"));
+}
+
+#[test]
+fn print_config_fills_in_defaults() {
+    let cfg = write_config(GOOD);
+    let out = weftd()
+        .args(["run", "--print-config", "--config"])
+        .arg(&cfg.0)
+        .output()
+        .expect("run weftd");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "10.244.0.0/16",
+        "vni = 1",
+        "port = 8472",
+        "weft0",
+        "vtep_mac",
+    ] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn show_without_an_agent_says_what_to_check() {
+    let out = weftd()
+        .args(["show", "--socket", "/nonexistent/weftd.sock"])
+        .output()
+        .expect("run weftd");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is weftd running"), "{err}");
+}
