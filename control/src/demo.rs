@@ -155,9 +155,10 @@ fn tcp_throughput(
     dst: Ipv4Addr,
     duration: Duration,
 ) -> anyhow::Result<f64> {
-    let t = lab.tcp_throughput(src, dst, 5201, duration, &CANCELLED)?;
+    let t = lab.tcp_throughput(src, dst, 5201, duration, &CANCELLED);
+    // An interrupted transfer fails in whatever way it was cut; say it was interrupted.
     check_cancel()?;
-    Ok(t.gbps())
+    Ok(t?.gbps())
 }
 
 /// Sets `CANCELLED` on SIGINT or SIGTERM instead of dying, so the lab's `Drop` cleans up.
