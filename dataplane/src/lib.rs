@@ -7,6 +7,7 @@
 //!   publishes new versions.
 //! - [`forward`]: the forwarding decision as a pure function of bytes, a snapshot and the time.
 //! - [`drop`](mod@drop): why a packet was dropped, as a `Copy` enum indexing per-worker counters.
+//! - [`offload`]: TUN offloads: the virtio-net header, TCP segmentation and coalescing.
 //!
 //! - [`io`]: the thin I/O shell around the core: TUN queues, batched UDP receive and raw send,
 //!   and the worker loop. Its `sys` module holds the crate's only `unsafe` code.
@@ -21,6 +22,7 @@ pub mod fib;
 pub mod forward;
 pub mod io;
 pub mod neigh;
+pub mod offload;
 pub mod snapshot;
 pub mod time;
 pub mod wire;

@@ -1,0 +1,317 @@
+//! Coalescing decapsulated TCP segments into one super-frame for a TUN write (receive offload).
+//!
+//! A [`Coalescer`] takes the inner packets of one receive batch in order. Consecutive segments of
+//! one flow merge, as the kernel's `tcp_gro_receive` (Linux `net/ipv4/tcp_offload.c`) and
+//! wireguard-go's `tcpGRO` merge them, when all of these hold:
+//!
+//! - both are unfragmented IPv4 without options, with DF set, the same addresses, TOS and TTL,
+//!   and a valid IPv4 header checksum;
+//! - both are TCP with the same ports, ACK number and options (byte for byte: timestamps differ
+//!   between segments sent at different ticks, which ends a merge as in the kernel), ACK set, no
+//!   SYN, RST, URG, FIN or CWR, and flags otherwise equal except PSH;
+//! - the new segment starts where the merged payload ends (sequence numbers), carries at most the
+//!   first segment's payload, and the super-frame stays within 65,535 bytes;
+//! - the merge is still open: a PSH segment or one shorter than the first closes it (the kernel
+//!   flushes there too; `gso_size` must describe every segment but the last);
+//! - the new segment's TCP checksum is valid: the super-frame is written with a partial checksum
+//!   (`CHECKSUM_PARTIAL`), which the kernel trusts, so a corrupt segment must not hide in it.
+//!
+//! The super-frame keeps the first segment's headers with the total length, IP header checksum,
+//! the latest window and, if any segment had it, PSH; its TCP checksum field holds the folded
+//! pseudo-header sum over the whole TCP length, and its virtio-net header says `GSO_TCPV4`,
+//! `gso_size` = the first segment's payload, `NEEDS_CSUM` with `csum_start` at the TCP header
+//! and `csum_offset` 16: what the kernel itself hands a TUN reader for a TSO packet. A merge of one
+//! packet is written as it came, behind an all-zero header.
+
+use super::tcp4::{self, addrs, be16, be32, ip, tcp, Tcp4};
+use super::vnet::{Gso, VnetHeader, VnetRepr, VNET_HDR_LEN};
+use super::OffloadError;
+use crate::wire::checksum;
+
+/// Bytes a [`Coalescer`] buffer needs: a virtio-net header and the largest IPv4 packet.
+pub const SUPER_FRAME_BUF: usize = VNET_HDR_LEN + 65_535;
+
+/// What [`Coalescer::push`] did with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// The coalescer was empty and now holds this packet as the head of a merge.
+    Started,
+    /// Appended to the merge.
+    Appended,
+    /// Not taken: call [`Coalescer::finish`] to write out what is held (if anything), then push
+    /// again or write the packet singly. A packet that cannot start a merge is rejected even by
+    /// an empty coalescer.
+    Rejected,
+}
+
+/// A finished merge, ready for one TUN write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coalesced<'a> {
+    /// The virtio-net header followed by the packet.
+    pub bytes: &'a [u8],
+    /// How many packets were merged.
+    pub packets: usize,
+    /// Their lengths summed (the IPv4 total lengths as received).
+    pub packet_bytes: usize,
+}
+
+/// The head of the merge being built.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    ip_len: usize,
+    hdr_len: usize,
+    gso_size: usize,
+    next_seq: u32,
+    packets: usize,
+    packet_bytes: usize,
+    /// A PSH or short segment was appended: nothing more may follow.
+    closed: bool,
+}
+
+/// Merges consecutive segments of one TCP flow into a buffer the caller provides (at least
+/// [`SUPER_FRAME_BUF`] bytes), without allocating.
+#[derive(Debug)]
+pub struct Coalescer<B> {
+    buf: B,
+    /// Bytes of packet held at `buf[VNET_HDR_LEN..]`.
+    len: usize,
+    head: Option<Head>,
+}
+
+/// Checks a packet may take part in a merge at all; returns its layout.
+fn eligible(pkt: &[u8]) -> Option<Tcp4> {
+    let t = Tcp4::parse(pkt).ok()?;
+    let flags = pkt[t.ip_len + tcp::FLAGS];
+    let forbidden = tcp::SYN | tcp::RST | tcp::URG | tcp::FIN | tcp::CWR;
+    let ok = t.ip_len == 20
+        && be16(pkt, ip::FLAGS_FRAG) & ip::DF != 0
+        && flags & forbidden == 0
+        && flags & tcp::ACK_FLAG != 0
+        && t.payload_len() > 0
+        && checksum::data(&pkt[..t.ip_len]) == 0xffff
+        && tcp_checksum_ok(pkt, &t);
+    ok.then_some(t)
+}
+
+fn tcp_checksum_ok(pkt: &[u8], t: &Tcp4) -> bool {
+    let (src, dst) = addrs(pkt);
+    let acc = tcp4::pseudo(src, dst, t.total - t.ip_len);
+    checksum::fold(checksum::accumulate(acc, &pkt[t.ip_len..t.total])) == 0xffff
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
+    /// An empty coalescer over `buf`.
+    ///
+    /// # Panics
+    ///
+    /// If `buf` is shorter than [`SUPER_FRAME_BUF`]: a bug in the caller's setup.
+    pub fn new(buf: B) -> Self {
+        assert!(
+            buf.as_ref().len() >= SUPER_FRAME_BUF,
+            "a coalescer buffer needs {SUPER_FRAME_BUF} bytes"
+        );
+        Coalescer {
+            buf,
+            len: 0,
+            head: None,
+        }
+    }
+
+    /// Whether a merge is held.
+    pub fn is_empty(&self) -> bool {
+        self.head.is_none()
+    }
+
+    /// Offers the IPv4 packet `pkt` (its bytes are copied if taken).
+    pub fn push(&mut self, pkt: &[u8]) -> Push {
+        let Some(t) = eligible(pkt) else {
+            return Push::Rejected;
+        };
+        let payload = t.payload_len();
+        let seq = be32(pkt, t.ip_len + tcp::SEQ);
+        let Some(head) = self.head else {
+            let buf = self.buf.as_mut();
+            buf[VNET_HDR_LEN..VNET_HDR_LEN + t.total].copy_from_slice(&pkt[..t.total]);
+            self.len = t.total;
+            let closed = pkt[t.ip_len + tcp::FLAGS] & tcp::PSH != 0;
+            self.head = Some(Head {
+                ip_len: t.ip_len,
+                hdr_len: t.hdr_len(),
+                gso_size: payload,
+                next_seq: seq.wrapping_add(payload as u32),
+                packets: 1,
+                packet_bytes: t.total,
+                closed,
+            });
+            return Push::Started;
+        };
+        let held = &self.buf.as_ref()[VNET_HDR_LEN..VNET_HDR_LEN + self.len];
+        let th = head.ip_len;
+        let same = head.hdr_len == t.hdr_len()
+            && !head.closed
+            && seq == head.next_seq
+            && payload <= head.gso_size
+            && self.len + payload <= 65_535
+            && held[ip::TOS] == pkt[ip::TOS]
+            && held[ip::TTL] == pkt[ip::TTL]
+            && held[ip::SRC..ip::DST + 4] == pkt[ip::SRC..ip::DST + 4]
+            // Ports, then the ACK number.
+            && held[th..th + 4] == pkt[th..th + 4]
+            && held[th + tcp::ACK..th + tcp::ACK + 4] == pkt[th + tcp::ACK..th + tcp::ACK + 4]
+            && (held[th + tcp::FLAGS] ^ pkt[th + tcp::FLAGS]) & !tcp::PSH == 0
+            // Options.
+            && held[th + tcp::MIN_LEN..head.hdr_len] == pkt[th + tcp::MIN_LEN..head.hdr_len];
+        if !same {
+            return Push::Rejected;
+        }
+        let flags = pkt[th + tcp::FLAGS];
+        let buf = self.buf.as_mut();
+        let at = VNET_HDR_LEN + self.len;
+        buf[at..at + payload].copy_from_slice(&pkt[t.hdr_len()..t.total]);
+        // The latest window, and PSH if this segment pushes.
+        let h = VNET_HDR_LEN + th;
+        buf[h + 14..h + 16].copy_from_slice(&pkt[th + 14..th + 16]);
+        buf[h + tcp::FLAGS] |= flags & tcp::PSH;
+        self.len += payload;
+        self.head = Some(Head {
+            next_seq: seq.wrapping_add(payload as u32),
+            packets: head.packets + 1,
+            packet_bytes: head.packet_bytes + t.total,
+            closed: flags & tcp::PSH != 0 || payload < head.gso_size,
+            ..head
+        });
+        Push::Appended
+    }
+
+    /// Ends the merge held, if any, and returns it with its virtio-net header in front; the
+    /// coalescer is empty afterwards.
+    pub fn finish(&mut self) -> Option<Coalesced<'_>> {
+        let head = self.head.take()?;
+        let len = self.len;
+        self.len = 0;
+        let buf = self.buf.as_mut();
+        let vnet = if head.packets == 1 {
+            VnetRepr::NONE
+        } else {
+            let pkt = &mut buf[VNET_HDR_LEN..VNET_HDR_LEN + len];
+            // len <= 65535, checked on every append.
+            pkt[ip::TOTAL_LEN..ip::TOTAL_LEN + 2].copy_from_slice(&(len as u16).to_be_bytes());
+            tcp4::fill_ip_checksum(&mut pkt[..head.ip_len]);
+            let (src, dst) = addrs(pkt);
+            let partial = checksum::fold(tcp4::pseudo(src, dst, len - head.ip_len));
+            let c = head.ip_len + tcp::CHECKSUM;
+            pkt[c..c + 2].copy_from_slice(&partial.to_be_bytes());
+            // Header lengths and gso_size are bounded by the 65535-byte packet.
+            VnetRepr {
+                needs_csum: true,
+                gso: Gso::TcpV4,
+                ecn: false,
+                hdr_len: head.hdr_len as u16,
+                gso_size: head.gso_size as u16,
+                csum_start: head.ip_len as u16,
+                csum_offset: tcp::CHECKSUM as u16,
+            }
+        };
+        vnet.emit(&mut VnetHeader::new_unchecked(&mut buf[..VNET_HDR_LEN]));
+        Some(Coalesced {
+            bytes: &self.buf.as_ref()[..VNET_HDR_LEN + len],
+            packets: head.packets,
+            packet_bytes: head.packet_bytes,
+        })
+    }
+}
+
+/// Merges `segments`, which must all coalesce, into `out` (at least [`SUPER_FRAME_BUF`] bytes):
+/// `out[..VNET_HDR_LEN]` receives the virtio-net header and the packet follows. Returns the bytes
+/// written.
+pub fn coalesce_tcp4(segments: &[&[u8]], out: &mut [u8]) -> Result<usize, OffloadError> {
+    if out.len() < SUPER_FRAME_BUF {
+        return Err(OffloadError::BufferTooSmall);
+    }
+    let mut c = Coalescer::new(out);
+    for s in segments {
+        if c.push(s) == Push::Rejected {
+            return Err(OffloadError::NotCoalescable);
+        }
+    }
+    c.finish()
+        .map(|m| m.bytes.len())
+        .ok_or(OffloadError::NotCoalescable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offload::segment::segment_tcp4;
+
+    /// Three 100-byte segments and a 40-byte tail of one flow, cut from a fixture super-frame.
+    fn segments(flags: u8) -> Vec<Vec<u8>> {
+        let payload: Vec<u8> = (0..340u32).map(|i| (i * 3) as u8).collect();
+        let frame = crate::offload::segment::tests::super_frame(&payload, flags);
+        let vnet = VnetRepr {
+            needs_csum: true,
+            gso: Gso::TcpV4,
+            ecn: false,
+            hdr_len: 52,
+            gso_size: 100,
+            csum_start: 20,
+            csum_offset: 16,
+        };
+        let mut scratch = [0u8; 200];
+        let mut segs = Vec::new();
+        segment_tcp4(&frame, &vnet, &mut scratch, |s| segs.push(s.to_vec())).expect("segments");
+        segs
+    }
+
+    #[test]
+    fn merges_one_flow_and_stops_where_the_kernel_would() {
+        let segs = segments(tcp::ACK_FLAG | tcp::PSH);
+        let mut c = Coalescer::new(vec![0u8; SUPER_FRAME_BUF]);
+        assert_eq!(c.push(&segs[0]), Push::Started);
+        assert_eq!(c.push(&segs[2]), Push::Rejected, "out of order");
+        assert_eq!(c.push(&segs[1]), Push::Appended);
+        assert_eq!(c.push(&segs[2]), Push::Appended);
+        assert_eq!(c.push(&segs[3]), Push::Appended, "the short, pushing tail");
+        let m = c.finish().expect("a merge");
+        assert_eq!((m.packets, m.packet_bytes), (4, 3 * 152 + 92));
+        let vnet = VnetRepr::parse_bytes(m.bytes).expect("header");
+        assert_eq!(
+            (vnet.gso, vnet.gso_size, vnet.hdr_len),
+            (Gso::TcpV4, 100, 52)
+        );
+        assert_eq!((vnet.csum_start, vnet.csum_offset), (20, 16));
+        let pkt = &m.bytes[VNET_HDR_LEN..];
+        assert_eq!(pkt.len(), 52 + 340);
+        assert_eq!(pkt[20 + tcp::FLAGS], tcp::ACK_FLAG | tcp::PSH);
+        assert_eq!(checksum::data(&pkt[..20]), 0xffff, "IP header checksum");
+        assert!(c.is_empty());
+        // A pure ACK never starts a merge; a lone segment comes back unchanged behind zeros.
+        let mut ack = segs[0][..52].to_vec();
+        ack[2..4].copy_from_slice(&52u16.to_be_bytes());
+        assert_eq!(c.push(&ack), Push::Rejected);
+        assert_eq!(c.push(&segs[1]), Push::Started);
+        let m = c.finish().expect("a single");
+        assert_eq!(m.bytes[..VNET_HDR_LEN], [0; VNET_HDR_LEN]);
+        assert_eq!(&m.bytes[VNET_HDR_LEN..], &segs[1][..]);
+    }
+
+    #[test]
+    fn corrupt_or_fin_segments_do_not_merge() {
+        let segs = segments(tcp::ACK_FLAG);
+        let mut other = segs[1].clone();
+        other[20 + tcp::ACK + 3] ^= 1;
+        let mut c = Coalescer::new(vec![0u8; SUPER_FRAME_BUF]);
+        assert_eq!(c.push(&segs[0]), Push::Started);
+        assert_eq!(
+            c.push(&other),
+            Push::Rejected,
+            "the checksum no longer matches"
+        );
+        let fin = segments(tcp::ACK_FLAG | tcp::FIN);
+        assert_eq!(c.push(&fin[3]), Push::Rejected);
+        assert_eq!(
+            coalesce_tcp4(&[&segs[0]], &mut [0u8; 10]),
+            Err(OffloadError::BufferTooSmall)
+        );
+    }
+}

@@ -1,0 +1,276 @@
+//! TCP segmentation of a super-frame read from a TUN with `TUN_F_TSO4`, and completion of a
+//! partial checksum (`VIRTIO_NET_HDR_F_NEEDS_CSUM`) on a plain packet.
+//!
+//! The segments are what the kernel's `tcp_gso_segment`/`inet_gso_segment` would have sent
+//! (Linux `net/ipv4/tcp_offload.c`, `af_inet.c`):
+//!
+//! - every segment carries a copy of the IPv4 header (options included) and the TCP header
+//!   (options, such as timestamps, included) and `gso_size` payload bytes, the last one the rest;
+//! - the IPv4 total length is the segment's, the IP ID is the super-frame's plus the segment's
+//!   index (wrapping), and the header checksum is recomputed;
+//! - the TCP sequence number advances by the payload before the segment; FIN and PSH stay only
+//!   on the last segment and CWR only on the first (RFC 3168 §6.1.2: CWR is sent once);
+//! - the TCP checksum is complete (pseudo-header, header and payload; RFC 793 §3.1), whatever the
+//!   super-frame's checksum field held (the kernel leaves the pseudo-header sum there).
+//!
+//! `hdr_len` from the kernel is only a hint (`skb_headlen`, not always the header length), so it
+//! is recomputed from the IPv4 IHL and TCP data offset, as wireguard-go does.
+
+use super::tcp4::{self, addrs, be16, be32, ip, tcp, Tcp4};
+use super::vnet::{Gso, VnetRepr};
+use super::OffloadError;
+use crate::wire::checksum;
+
+/// The segments of one IPv4/TCP super-frame, emitted one at a time into caller buffers.
+#[derive(Debug, Clone)]
+pub struct Tcp4Segments<'a> {
+    frame: &'a [u8],
+    t: Tcp4,
+    mss: usize,
+    /// Payload bytes already emitted.
+    offset: usize,
+    /// Segments already emitted.
+    index: usize,
+    /// Segments in all.
+    count: usize,
+}
+
+impl<'a> Tcp4Segments<'a> {
+    /// Checks the super-frame `frame` (an IPv4 packet, the virtio-net header already removed)
+    /// against its header `vnet`, which must say [`Gso::TcpV4`] with a non-zero `gso_size`.
+    pub fn new(frame: &'a [u8], vnet: &VnetRepr) -> Result<Self, OffloadError> {
+        if vnet.gso != Gso::TcpV4 {
+            return Err(OffloadError::UnsupportedGso(vnet.to_bytes()[1]));
+        }
+        if vnet.gso_size == 0 {
+            return Err(OffloadError::ZeroGsoSize);
+        }
+        let t = Tcp4::parse(frame)?;
+        let mss = usize::from(vnet.gso_size);
+        let count = t.payload_len().div_ceil(mss).max(1);
+        Ok(Tcp4Segments {
+            frame,
+            t,
+            mss,
+            offset: 0,
+            index: 0,
+            count,
+        })
+    }
+
+    /// Segments not yet emitted.
+    pub fn remaining(&self) -> usize {
+        self.count - self.index
+    }
+
+    /// Whether every segment has been emitted.
+    pub fn is_done(&self) -> bool {
+        self.index >= self.count
+    }
+
+    /// The length of the next segment, if any.
+    pub fn next_len(&self) -> Option<usize> {
+        if self.is_done() {
+            return None;
+        }
+        Some(self.t.hdr_len() + self.mss.min(self.t.payload_len() - self.offset))
+    }
+
+    /// Writes the next segment at the start of `out` and returns its length; `None` once all are
+    /// emitted. If `out` is too small nothing is written, the segment is skipped and
+    /// [`OffloadError::BufferTooSmall`] returned.
+    pub fn emit_next(&mut self, out: &mut [u8]) -> Option<Result<usize, OffloadError>> {
+        let seg_len = self.next_len()?;
+        let Tcp4 {
+            ip_len, tcp_len, ..
+        } = self.t;
+        let hl = self.t.hdr_len();
+        let n = seg_len - hl;
+        let (first, last) = (self.index == 0, self.index + 1 == self.count);
+        let (offset, index) = (self.offset, self.index);
+        self.offset += n;
+        self.index += 1;
+        let Some(out) = out.get_mut(..seg_len) else {
+            return Some(Err(OffloadError::BufferTooSmall));
+        };
+        out[..hl].copy_from_slice(&self.frame[..hl]);
+        out[hl..].copy_from_slice(&self.frame[hl + offset..hl + offset + n]);
+
+        // seg_len <= the super-frame's total length, a u16.
+        out[ip::TOTAL_LEN..ip::TOTAL_LEN + 2].copy_from_slice(&(seg_len as u16).to_be_bytes());
+        let id = be16(self.frame, ip::IDENT).wrapping_add(index as u16);
+        out[ip::IDENT..ip::IDENT + 2].copy_from_slice(&id.to_be_bytes());
+        tcp4::fill_ip_checksum(&mut out[..ip_len]);
+
+        let th = ip_len;
+        let seq = be32(self.frame, th + tcp::SEQ).wrapping_add(offset as u32);
+        out[th + tcp::SEQ..th + tcp::SEQ + 4].copy_from_slice(&seq.to_be_bytes());
+        let mut flags = out[th + tcp::FLAGS];
+        if !last {
+            flags &= !(tcp::FIN | tcp::PSH);
+        }
+        if !first {
+            flags &= !tcp::CWR;
+        }
+        out[th + tcp::FLAGS] = flags;
+        out[th + tcp::CHECKSUM..th + tcp::CHECKSUM + 2].fill(0);
+        let (src, dst) = addrs(out);
+        let acc = checksum::accumulate(tcp4::pseudo(src, dst, tcp_len + n), &out[th..]);
+        let c = !checksum::fold(acc);
+        out[th + tcp::CHECKSUM..th + tcp::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
+        Some(Ok(seg_len))
+    }
+}
+
+/// Cuts the super-frame `frame` described by `vnet` into segments, writing each into `scratch`
+/// and handing it to `each`. Returns how many segments were emitted.
+pub fn segment_tcp4(
+    frame: &[u8],
+    vnet: &VnetRepr,
+    scratch: &mut [u8],
+    mut each: impl FnMut(&[u8]),
+) -> Result<usize, OffloadError> {
+    let mut segs = Tcp4Segments::new(frame, vnet)?;
+    let mut n = 0;
+    while let Some(r) = segs.emit_next(scratch) {
+        let len = r?;
+        each(&scratch[..len]);
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Completes the partial checksum of the IPv4 packet `pkt` that a header with
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM` describes: the field at `csum_start + csum_offset` holds the
+/// pseudo-header sum, so the ones'-complement sum from `csum_start` to the end, complemented, is
+/// the checksum (the kernel's `skb_checksum_help`). A UDP result of zero is sent as `0xffff`
+/// (RFC 768: zero means "no checksum").
+pub fn complete_checksum(
+    pkt: &mut [u8],
+    csum_start: u16,
+    csum_offset: u16,
+) -> Result<(), OffloadError> {
+    let start = usize::from(csum_start);
+    let field = start + usize::from(csum_offset);
+    if start > pkt.len() || field + 2 > pkt.len() {
+        return Err(OffloadError::ChecksumOutOfRange);
+    }
+    let mut c = !checksum::fold(checksum::accumulate(0, &pkt[start..]));
+    if c == 0 && pkt.get(ip::PROTOCOL) == Some(&17) {
+        c = 0xffff;
+    }
+    pkt[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An IPv4/TCP super-frame (DF, ID 0x1234, TTL 64) with the given TCP flags, a timestamp
+    /// option, and `payload`; its TCP checksum field holds the pseudo-header sum, as the kernel
+    /// leaves it.
+    pub(crate) fn super_frame(payload: &[u8], flags: u8) -> Vec<u8> {
+        let tcp_len = 32;
+        let total = 20 + tcp_len + payload.len();
+        let mut p = vec![
+            0x45, 0x00, 0, 0, 0x12, 0x34, 0x40, 0x00, 64, 6, 0, 0, 10, 244, 1, 5, 10, 244, 2, 5,
+        ];
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        tcp4::fill_ip_checksum(&mut p[..20]);
+        p.extend_from_slice(&[
+            0x9c, 0x40, 0x23, 0x28, // ports 40000 -> 9000
+            0xff, 0xff, 0xff, 0x00, // seq (wraps within the frame)
+            0, 0, 0x10, 0x00, // ack
+            0x80, flags, 0xfa, 0xf0, // doff 8, flags, window
+            0, 0, 0, 0, // checksum, urgent
+            1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2, // NOP NOP timestamps
+        ]);
+        p.extend_from_slice(payload);
+        let (src, dst) = addrs(&p);
+        let c = checksum::fold(tcp4::pseudo(src, dst, tcp_len + payload.len()));
+        p[36..38].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    fn tso(mss: u16) -> VnetRepr {
+        VnetRepr {
+            needs_csum: true,
+            gso: Gso::TcpV4,
+            ecn: false,
+            hdr_len: 52,
+            gso_size: mss,
+            csum_start: 20,
+            csum_offset: 16,
+        }
+    }
+
+    #[test]
+    fn three_segments_from_a_fixture() {
+        let payload: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
+        let frame = super_frame(&payload, tcp::ACK_FLAG | tcp::PSH | tcp::CWR);
+        let mut scratch = [0u8; 2000];
+        let mut segs = Vec::new();
+        let n = segment_tcp4(&frame, &tso(1000), &mut scratch, |s| segs.push(s.to_vec()))
+            .expect("segments");
+        assert_eq!(n, 3);
+        for (i, s) in segs.iter().enumerate() {
+            let (ip4, rest) = etherparse::Ipv4Header::from_slice(s).expect("ipv4");
+            assert_eq!(ip4.identification, 0x1234 + i as u16);
+            assert_eq!(ip4.header_checksum, ip4.calc_header_checksum());
+            let (th, data) = etherparse::TcpHeader::from_slice(rest).expect("tcp");
+            assert_eq!(data, &payload[i * 1000..(i * 1000 + 1000).min(2500)]);
+            assert_eq!(
+                th.sequence_number,
+                0xffff_ff00u32.wrapping_add(i as u32 * 1000)
+            );
+            assert_eq!(th.psh, i == 2);
+            assert_eq!(th.cwr, i == 0);
+            assert!(th.ack);
+            assert_eq!(
+                th.checksum,
+                th.calc_checksum_ipv4(&ip4, data).expect("checksum")
+            );
+        }
+        assert_eq!(segs[2].len(), 52 + 500);
+    }
+
+    #[test]
+    fn rejects_bad_frames_without_panicking() {
+        let frame = super_frame(&[1, 2, 3], tcp::ACK_FLAG);
+        let mut scratch = [0u8; 100];
+        let mut zero = tso(0);
+        assert_eq!(
+            segment_tcp4(&frame, &zero, &mut scratch, |_| {}),
+            Err(OffloadError::ZeroGsoSize)
+        );
+        zero.gso = Gso::Udp;
+        assert!(matches!(
+            segment_tcp4(&frame, &zero, &mut scratch, |_| {}),
+            Err(OffloadError::UnsupportedGso(_))
+        ));
+        assert_eq!(
+            segment_tcp4(&frame[..30], &tso(10), &mut scratch, |_| {}),
+            Err(OffloadError::Truncated)
+        );
+        assert_eq!(
+            segment_tcp4(&frame, &tso(10), &mut scratch[..40], |_| {}),
+            Err(OffloadError::BufferTooSmall)
+        );
+        let mut short = [0u8; 4];
+        assert_eq!(
+            complete_checksum(&mut short, 2, 2),
+            Err(OffloadError::ChecksumOutOfRange)
+        );
+    }
+
+    #[test]
+    fn completes_a_partial_checksum() {
+        let payload = b"partial checksum";
+        let mut frame = super_frame(payload, tcp::ACK_FLAG | tcp::PSH);
+        complete_checksum(&mut frame, 20, 16).expect("in range");
+        let (ip4, rest) = etherparse::Ipv4Header::from_slice(&frame).expect("ipv4");
+        let (th, data) = etherparse::TcpHeader::from_slice(rest).expect("tcp");
+        assert_eq!(th.checksum, th.calc_checksum_ipv4(&ip4, data).expect("sum"));
+    }
+}
