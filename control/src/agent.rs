@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use dataplane::fib::NextHop;
-use dataplane::io::tun::TunDevice;
+use dataplane::io::tun::{TunDevice, TunOffload};
 use dataplane::io::worker::{self, WorkerConfig, WorkerIo, WorkerShared};
 use dataplane::snapshot::{NodeConfig, Port, PortKind, SnapshotCell, Tables};
 use dataplane::PortId;
@@ -119,12 +119,22 @@ impl Agent {
         let tables = build_tables(cfg, &facts);
         let cell = Arc::new(SnapshotCell::new(tables.snapshot()));
 
-        let tun = TunDevice::create(&facts.tun_name, facts.workers).map_err(|source| {
-            AgentError::Tun {
-                name: facts.tun_name.clone(),
-                source,
-            }
-        })?;
+        let offload = if cfg.dataplane.offload {
+            TunOffload::TSO4
+        } else {
+            TunOffload::NONE
+        };
+        let tun =
+            TunDevice::create_with(&facts.tun_name, facts.workers, offload).map_err(|source| {
+                AgentError::Tun {
+                    name: facts.tun_name.clone(),
+                    source,
+                }
+            })?;
+        if offload.tso4 && !tun.offload().tso4 {
+            tracing::warn!(tun = %facts.tun_name, "TUN offloads refused by the kernel; plain packets");
+        }
+        let tun_offload = tun.offload().tso4;
         let nl = Netlink::new()?;
         let plan = NodePlan::new(
             cfg.backend.vni,
@@ -165,6 +175,7 @@ impl Agent {
             tun = %facts.tun_name,
             mtu = facts.tun_mtu,
             workers = facts.workers,
+            tun_offload,
             peers = cfg.peers.iter().filter(|p| p.name != cfg.node.name).count(),
             "weftd is up"
         );

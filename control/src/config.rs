@@ -23,6 +23,7 @@
 //! workers = 0                  # default 0: one per core
 //! bridge = "weft0"             # default; the local pod bridge
 //! control_socket = "/run/weft/weftd.sock"   # default
+//! offload = true               # default: TUN offloads (virtio-net headers, TSO, coalescing)
 //!
 //! [[peers]]                    # default none; one table per remote node
 //! name = "node-b"
@@ -199,6 +200,8 @@ struct RawDataplane {
     bridge: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     control_socket: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    offload: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -278,6 +281,11 @@ pub struct DataplaneSection {
     pub bridge: String,
     /// Path of the agent's control socket.
     pub control_socket: PathBuf,
+    /// Open the TUN with offloads (`IFF_VNET_HDR`, `TUN_F_CSUM | TUN_F_TSO4`): the kernel hands
+    /// the workers 64 KiB TCP super-frames to segment, and takes coalesced ones back, instead of
+    /// one syscall per packet. On by default; the agent falls back to plain packets if the kernel
+    /// refuses.
+    pub offload: bool,
 }
 
 /// `[[peers]]`: a remote node of the static datastore.
@@ -562,6 +570,7 @@ impl Config {
             workers,
             bridge,
             control_socket,
+            offload: raw.dataplane.offload.unwrap_or(true),
         };
 
         // [[peers]]
@@ -691,6 +700,7 @@ impl Config {
                 workers: Some(self.dataplane.workers as i64),
                 bridge: Some(self.dataplane.bridge.clone()),
                 control_socket: Some(self.dataplane.control_socket.clone()),
+                offload: Some(self.dataplane.offload),
             },
             peers: self
                 .peers

@@ -81,6 +81,10 @@ drop_reasons! {
     /// underlay failed (full socket buffer or device queue, device down, no underlay route), or
     /// the egress port is not one the worker has a handle for.
     IoError => "io_error",
+    /// A TUN read with offloads whose virtio-net header or TCP super-frame could not be handled
+    /// (an unknown GSO type, a zero segment size, a checksum offset outside the packet, a
+    /// super-frame that is not well-formed IPv4/TCP); counted once per read.
+    OffloadMalformed => "offload_malformed",
 }
 
 impl DropReason {

@@ -86,6 +86,34 @@ pub(crate) fn tun_set_iff(fd: BorrowedFd<'_>, name: &str, flags: c_int) -> io::R
     Ok(String::from_utf8_lossy(&actual).into_owned())
 }
 
+/// `ioctl(fd, TUNSETOFFLOAD, flags)`: which offloads (`TUN_F_*`) the kernel may use in packets it
+/// hands this TUN device's reader. The argument is passed by value, not by pointer.
+pub(crate) fn tun_set_offload(fd: BorrowedFd<'_>, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: fd is an open TUN file for the borrow; TUNSETOFFLOAD takes an integer argument and
+    // dereferences nothing.
+    cvt(unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            libc::c_ulong::from(flags),
+        )
+    })?;
+    Ok(())
+}
+
+/// An `ioctl` on a TUN file whose argument is a pointer to one `int` the kernel reads
+/// (`TUNSETVNETHDRSZ`, `TUNSETVNETLE`).
+pub(crate) fn tun_set_int(
+    fd: BorrowedFd<'_>,
+    request: libc::Ioctl,
+    value: c_int,
+) -> io::Result<()> {
+    // SAFETY: fd is an open TUN file for the borrow; the request reads exactly one int through
+    // the pointer, which points at a live local, and keeps no pointer after returning.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), request, &value as *const c_int) })?;
+    Ok(())
+}
+
 /// `if_nametoindex(3)`, in the calling thread's network namespace.
 pub(crate) fn if_nametoindex(name: &str) -> io::Result<u32> {
     let cname = ifname(name)?;

@@ -6,13 +6,24 @@
 //! The kernel picks a queue per flow on transmit. The device is *not* persistent: it disappears
 //! when the last queue closes, so a crashed agent leaves nothing behind and a restarted one simply
 //! creates it again. Addresses, MTU and link state are the agent's business (netlink), not ours.
+//!
+//! **Offloads.** [`TunDevice::create_with`] can open the device with `IFF_VNET_HDR` and enable
+//! `TUN_F_CSUM | TUN_F_TSO4` (`TUNSETOFFLOAD`), as wireguard-go and tun-rs do: every read then
+//! starts with a virtio-net header ([`crate::offload::vnet`]) and may carry a TCP super-frame of up
+//! to 64 KiB, and every write must start with one (all zeros for a plain packet, which
+//! [`TunQueue::write`] adds). The header is 10 bytes (`TUNSETVNETHDRSZ`) in little-endian order
+//! (`TUNSETVNETLE`, a no-op on little-endian hosts). Whether the kernel takes all of that is probed
+//! on the first queue; if any step fails the device is created again without offloads, so
+//! [`TunDevice::offload`] says what the queues actually do. `TUN_F_TSO6` is not requested: the pod
+//! network is IPv4.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::sys;
+use crate::offload::VNET_HDR_LEN;
 
 /// The clone device every TUN queue is opened from.
 const CLONE_DEVICE: &str = "/dev/net/tun";
@@ -20,18 +31,38 @@ const CLONE_DEVICE: &str = "/dev/net/tun";
 /// The most queues the kernel allows per device (`MAX_TAP_QUEUES`).
 pub const MAX_QUEUES: usize = 256;
 
+/// The offloads to ask for when creating a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TunOffload {
+    /// `IFF_VNET_HDR` with checksum offload and IPv4 TSO (`TUN_F_CSUM | TUN_F_TSO4`).
+    pub tso4: bool,
+}
+
+impl TunOffload {
+    /// Plain packets, no virtio-net header.
+    pub const NONE: TunOffload = TunOffload { tso4: false };
+    /// Virtio-net headers, checksum offload and IPv4 TSO.
+    pub const TSO4: TunOffload = TunOffload { tso4: true };
+}
+
 /// A TUN device and its queues.
 #[derive(Debug)]
 pub struct TunDevice {
     name: String,
     queues: Vec<TunQueue>,
+    offload: TunOffload,
 }
 
-/// One queue of a TUN device: a nonblocking file that reads and writes whole IPv4 packets.
+/// One queue of a TUN device: a nonblocking file that reads and writes whole IPv4 packets, each
+/// behind a virtio-net header when the device was created with offloads.
 #[derive(Debug)]
 pub struct TunQueue {
     file: File,
+    vnet_hdr: bool,
 }
+
+/// All zeros: a plain packet with a complete checksum.
+const ZERO_VNET_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
 impl TunDevice {
     /// Creates TUN device `name` with `queues` queues (at least one), each opened nonblocking.
@@ -40,16 +71,41 @@ impl TunDevice {
     /// or without `CAP_NET_ADMIN`. The device lives in the calling thread's network namespace and
     /// vanishes when every queue is closed.
     pub fn create(name: &str, queues: usize) -> io::Result<TunDevice> {
+        Self::create_with(name, queues, TunOffload::NONE)
+    }
+
+    /// Like [`TunDevice::create`], asking for `offload`. If the kernel refuses a step of it, the
+    /// device is created without offloads and the refusal logged once to stderr;
+    /// [`TunDevice::offload`] tells which happened.
+    pub fn create_with(name: &str, queues: usize, offload: TunOffload) -> io::Result<TunDevice> {
+        if !offload.tso4 {
+            return Self::open(name, queues, false);
+        }
+        match Self::open(name, queues, true) {
+            Ok(dev) => Ok(dev),
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => Err(e),
+            Err(e) => {
+                // Off the hot path, once per device: the agent has no logger in this crate.
+                eprintln!("weft: TUN offloads unavailable on {name} ({e}); using plain packets");
+                Self::open(name, queues, false)
+            }
+        }
+    }
+
+    fn open(name: &str, queues: usize, vnet_hdr: bool) -> io::Result<TunDevice> {
         if queues == 0 || queues > MAX_QUEUES {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("a TUN device needs 1 to {MAX_QUEUES} queues, not {queues}"),
             ));
         }
-        let flags = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE;
+        let mut flags = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE;
+        if vnet_hdr {
+            flags |= libc::IFF_VNET_HDR;
+        }
         let mut name = name.to_owned();
-        let mut opened = Vec::with_capacity(queues);
-        for _ in 0..queues {
+        let mut opened: Vec<TunQueue> = Vec::with_capacity(queues);
+        for i in 0..queues {
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -57,12 +113,24 @@ impl TunDevice {
                 .open(CLONE_DEVICE)?;
             // The kernel may expand a `%d` in the first name; later queues attach by the result.
             name = sys::tun_set_iff(file.as_fd(), &name, flags)?;
-            opened.push(TunQueue { file });
+            if vnet_hdr && i == 0 {
+                // Device-wide settings, made once; later queues share them.
+                sys::tun_set_int(file.as_fd(), libc::TUNSETVNETHDRSZ, VNET_HDR_LEN as i32)?;
+                sys::tun_set_int(file.as_fd(), libc::TUNSETVNETLE, 1)?;
+                sys::tun_set_offload(file.as_fd(), libc::TUN_F_CSUM | libc::TUN_F_TSO4)?;
+            }
+            opened.push(TunQueue { file, vnet_hdr });
         }
         Ok(TunDevice {
             name,
             queues: opened,
+            offload: TunOffload { tso4: vnet_hdr },
         })
+    }
+
+    /// The offloads the queues use.
+    pub fn offload(&self) -> TunOffload {
+        self.offload
     }
 
     /// The device's name, as the kernel settled it.
@@ -88,15 +156,33 @@ impl TunDevice {
 }
 
 impl TunQueue {
-    /// Reads one packet into `buf`; `WouldBlock` when none is waiting. A packet longer than `buf`
-    /// is cut to fit, so make `buf` at least the device MTU.
+    /// Whether every read starts with, and every raw write must start with, a virtio-net header.
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// Reads one packet into `buf`, behind its virtio-net header if [`vnet_hdr`](Self::vnet_hdr);
+    /// `WouldBlock` when none is waiting. A packet longer than `buf` is cut to fit, so make `buf`
+    /// at least the device MTU (plus the header and 64 KiB with offloads).
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         (&self.file).read(buf)
     }
 
-    /// Writes one IPv4 packet, which enters the kernel's stack as if received on the device.
+    /// Writes one plain IPv4 packet (a complete checksum, no GSO), which enters the kernel's stack
+    /// as if received on the device; with offloads an all-zero virtio-net header goes in front.
+    /// Returns the packet bytes written.
     pub fn write(&self, pkt: &[u8]) -> io::Result<usize> {
-        (&self.file).write(pkt)
+        if !self.vnet_hdr {
+            return (&self.file).write(pkt);
+        }
+        let n = (&self.file).write_vectored(&[IoSlice::new(&ZERO_VNET_HDR), IoSlice::new(pkt)])?;
+        Ok(n.saturating_sub(VNET_HDR_LEN))
+    }
+
+    /// Writes `bytes` as they are: a virtio-net header and a packet (possibly a GSO super-frame)
+    /// on a queue with offloads, a plain packet otherwise.
+    pub fn write_raw(&self, bytes: &[u8]) -> io::Result<usize> {
+        (&self.file).write(bytes)
     }
 }
 

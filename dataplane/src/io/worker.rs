@@ -12,6 +12,16 @@
 //! `recvmmsg(2)`). Each batch's underlay transmits are sent with one `sendmmsg(2)` at its end;
 //! deliveries to the TUN are written at once. `poll(2)` waits at most [`POLL_TIMEOUT_MS`] when both
 //! are idle, so a stop request is seen within that time; after a full batch it is skipped.
+//!
+//! **Offloads.** On a TUN queue with virtio-net headers ([`TunQueue::vnet_hdr`]) a read brings a
+//! TCP super-frame of up to 64 KiB into a buffer of [`WorkerConfig::tun_read_size`]; it is cut
+//! into MSS-sized segments ([`Tcp4Segments`]) straight into the per-packet slots at [`HEADROOM`],
+//! and each segment goes through [`forward`] and the batch's `sendmmsg(2)` like any packet (when
+//! the slots run out mid-frame the batch is sent and the slots reused). A plain packet whose
+//! checksum the kernel left partial is completed first. On the way in, the inner TCP segments of
+//! one `recvmmsg(2)` batch that belong together are merged by a [`Coalescer`] and written to the
+//! TUN as one GSO super-frame (with [`WorkerConfig::coalesce`]); everything else is written singly
+//! behind an all-zero header, in the order it arrived. Counters still count inner packets.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -26,6 +36,9 @@ use super::udp::{RecvBatch, VxlanSocket};
 use super::{clock, sys, Slots};
 use crate::drop::{Counters, DropReason};
 use crate::forward::{forward, Action, Ingress, Verdict, HEADROOM};
+use crate::offload::{
+    complete_checksum, Coalescer, Gso, Push, Tcp4Segments, VnetRepr, SUPER_FRAME_BUF, VNET_HDR_LEN,
+};
 use crate::snapshot::{Snapshot, SnapshotCell};
 use crate::time::{Duration, Instant};
 use crate::PortId;
@@ -49,6 +62,14 @@ pub struct WorkerConfig {
     /// Bytes per packet buffer, headroom included: [`HEADROOM`] + the largest packet (a jumbo
     /// 9216 by default, so any sane MTU fits).
     pub slot_size: usize,
+    /// Bytes of the buffer one TUN read lands in when the queue has offloads: a virtio-net header
+    /// and a 64 KiB super-frame ([`SUPER_FRAME_BUF`]). Unused on a plain queue.
+    pub tun_read_size: usize,
+    /// Merge decapsulated TCP segments into super-frames for the TUN when the queue has
+    /// offloads. Off, each packet is written singly behind an all-zero header. (Whether the
+    /// kernel hands us super-frames is chosen when the TUN is created:
+    /// [`TunOffload`](super::tun::TunOffload).)
+    pub coalesce: bool,
 }
 
 impl Default for WorkerConfig {
@@ -56,16 +77,21 @@ impl Default for WorkerConfig {
         WorkerConfig {
             batch: 64,
             slot_size: HEADROOM + 9216,
+            tun_read_size: SUPER_FRAME_BUF,
+            coalesce: true,
         }
     }
 }
 
 impl WorkerConfig {
     fn validate(&self) -> io::Result<()> {
-        if self.batch == 0 || self.slot_size <= HEADROOM {
+        if self.batch == 0 || self.slot_size <= HEADROOM || self.tun_read_size <= VNET_HDR_LEN {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("worker batch must be > 0 and slot_size > {HEADROOM}, got {self:?}"),
+                format!(
+                    "worker batch must be > 0, slot_size > {HEADROOM} and tun_read_size > \
+                     {VNET_HDR_LEN}, got {self:?}"
+                ),
             ));
         }
         Ok(())
@@ -217,12 +243,19 @@ pub fn run_worker(
     }
     let mut tun_slots = Slots::new(cfg.batch, cfg.slot_size);
     let mut rx = RecvBatch::new(cfg.batch, cfg.slot_size);
+    let offload = tun.vnet_hdr();
+    let mut frame_buf = if offload {
+        vec![0u8; cfg.tun_read_size]
+    } else {
+        Vec::new()
+    };
     let mut w = Worker {
         tun_port,
         tun: &tun,
         raw: &raw,
         counters: Counters::default(),
         pending: Vec::with_capacity(cfg.batch),
+        coalescer: (offload && cfg.coalesce).then(|| Coalescer::new(vec![0u8; SUPER_FRAME_BUF])),
     };
     let mut last_publish = clock::now();
     let mut dirty = false;
@@ -245,7 +278,12 @@ pub fn run_worker(
         if tun_ready || udp_ready {
             let snap = shared.cell.load();
             if tun_ready {
-                match w.drain_tun(&snap, &mut tun_slots, now) {
+                let drained = if offload {
+                    w.drain_tun_offload(&snap, &mut tun_slots, &mut frame_buf, cfg.batch, now)
+                } else {
+                    w.drain_tun(&snap, &mut tun_slots, now)
+                };
+                match drained {
                     Ok(n) => {
                         busy |= n == cfg.batch;
                         dirty |= n > 0;
@@ -295,6 +333,8 @@ struct Worker<'a> {
     counters: Counters,
     /// Capacity `batch`, allocated once: one verdict per slot, so it never grows.
     pending: Vec<Pending>,
+    /// Merges TCP segments bound for the TUN, on a queue with offloads and `coalesce` on.
+    coalescer: Option<Coalescer<Vec<u8>>>,
 }
 
 impl Worker<'_> {
@@ -311,16 +351,7 @@ impl Worker<'_> {
                 Ok(0) => break,
                 Ok(len) => {
                     n += 1;
-                    self.counters.rx_local.add(len);
-                    let verdict = forward(
-                        snap,
-                        Ingress::Local(self.tun_port),
-                        slot,
-                        HEADROOM,
-                        len,
-                        now,
-                    );
-                    self.carry_out(verdict, i, slot);
+                    self.forward_local(snap, slot, i, len, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // Leaves this slot unused; the loop is bounded by the slot count.
@@ -332,6 +363,131 @@ impl Worker<'_> {
             }
         }
         self.flush(slots);
+        self.flush_coalesced();
+        match fatal {
+            Some(e) => Err(e),
+            None => Ok(n),
+        }
+    }
+
+    /// Counts and forwards the packet of `len` bytes at [`HEADROOM`] in slot `i`, read from the
+    /// TUN.
+    fn forward_local(
+        &mut self,
+        snap: &Snapshot,
+        slot: &mut [u8],
+        i: usize,
+        len: usize,
+        now: Instant,
+    ) {
+        self.counters.rx_local.add(len);
+        let verdict = forward(
+            snap,
+            Ingress::Local(self.tun_port),
+            slot,
+            HEADROOM,
+            len,
+            now,
+        );
+        self.carry_out(verdict, i, slot);
+    }
+
+    /// Like [`Worker::drain_tun`] on a queue with virtio-net headers: up to `reads` reads into
+    /// `frame_buf`, each a plain packet or a super-frame cut into segments in the slots. Returns
+    /// how many reads brought something.
+    fn drain_tun_offload(
+        &mut self,
+        snap: &Snapshot,
+        slots: &mut Slots,
+        frame_buf: &mut [u8],
+        reads: usize,
+        now: Instant,
+    ) -> io::Result<usize> {
+        let mut n = 0;
+        let mut attempts = 0;
+        let mut next = 0;
+        let mut fatal = None;
+        while attempts < reads {
+            attempts += 1;
+            let len = match self.tun.read(frame_buf) {
+                Ok(0) => break,
+                Ok(len) => len,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    fatal = Some(e);
+                    break;
+                }
+            };
+            n += 1;
+            let Some((hdr, frame)) = frame_buf
+                .get(..len)
+                .and_then(|b| b.split_at_checked(VNET_HDR_LEN))
+            else {
+                self.counters.drop(DropReason::Truncated);
+                continue;
+            };
+            let Ok(vnet) = VnetRepr::parse_bytes(hdr) else {
+                self.counters.drop(DropReason::OffloadMalformed);
+                continue;
+            };
+            match vnet.gso {
+                Gso::None => {
+                    if next == slots.len() {
+                        self.flush(slots);
+                        next = 0;
+                    }
+                    let Some(slot) = slots.slot_mut(next) else {
+                        break;
+                    };
+                    let Some(room) = slot.get_mut(HEADROOM..HEADROOM + frame.len()) else {
+                        self.counters.drop(DropReason::TooBig);
+                        continue;
+                    };
+                    room.copy_from_slice(frame);
+                    if vnet.needs_csum
+                        && complete_checksum(room, vnet.csum_start, vnet.csum_offset).is_err()
+                    {
+                        self.counters.drop(DropReason::OffloadMalformed);
+                        continue;
+                    }
+                    self.forward_local(snap, slot, next, frame.len(), now);
+                    next += 1;
+                }
+                Gso::TcpV4 => {
+                    let Ok(mut segs) = Tcp4Segments::new(frame, &vnet) else {
+                        self.counters.drop(DropReason::OffloadMalformed);
+                        continue;
+                    };
+                    while !segs.is_done() {
+                        if next == slots.len() {
+                            self.flush(slots);
+                            next = 0;
+                        }
+                        let Some(slot) = slots.slot_mut(next) else {
+                            break;
+                        };
+                        let Some(room) = slot.get_mut(HEADROOM..) else {
+                            break;
+                        };
+                        match segs.emit_next(room) {
+                            Some(Ok(seg_len)) => {
+                                self.forward_local(snap, slot, next, seg_len, now);
+                                next += 1;
+                            }
+                            // A segment larger than a slot: the MTU is above the slot size.
+                            Some(Err(_)) => self.counters.drop(DropReason::TooBig),
+                            None => break,
+                        }
+                    }
+                }
+                Gso::Udp | Gso::TcpV6 | Gso::UdpL4 => {
+                    self.counters.drop(DropReason::OffloadMalformed);
+                }
+            }
+        }
+        self.flush(slots);
+        self.flush_coalesced();
         match fatal {
             Some(e) => Err(e),
             None => Ok(n),
@@ -365,7 +521,46 @@ impl Worker<'_> {
             self.carry_out(verdict, i, slot);
         }
         self.flush(rx.slots());
+        self.flush_coalesced();
         n
+    }
+
+    /// Hands an IPv4 packet bound for the TUN to the coalescer, or writes it now. Packets leave
+    /// in the order they came: anything the coalescer will not take is written only after what
+    /// it holds.
+    fn deliver_tun(&mut self, pkt: &[u8]) {
+        if let Some(c) = self.coalescer.as_mut() {
+            match c.push(pkt) {
+                Push::Started | Push::Appended => return,
+                Push::Rejected if c.is_empty() => {}
+                Push::Rejected => {
+                    self.flush_coalesced();
+                    if let Some(c) = self.coalescer.as_mut() {
+                        if c.push(pkt) != Push::Rejected {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        match self.tun.write(pkt) {
+            Ok(_) => self.counters.tx_local.add(pkt.len()),
+            Err(_) => self.counters.drop(DropReason::IoError),
+        }
+    }
+
+    /// Writes what the coalescer holds, if anything, with one `write(2)`.
+    fn flush_coalesced(&mut self) {
+        let Some(m) = self.coalescer.as_mut().and_then(Coalescer::finish) else {
+            return;
+        };
+        match self.tun.write_raw(m.bytes) {
+            Ok(_) => {
+                self.counters.tx_local.packets += m.packets as u64;
+                self.counters.tx_local.bytes += m.packet_bytes as u64;
+            }
+            Err(_) => self.counters.drops[DropReason::IoError.index()] += m.packets as u64,
+        }
     }
 
     /// Counts a verdict and carries out its action: a TUN write now, an underlay transmit at the
@@ -382,10 +577,7 @@ impl Worker<'_> {
             Some(Action::Deliver { port, start, len }) => {
                 let bytes = start.checked_add(len).and_then(|end| slot.get(start..end));
                 match bytes {
-                    Some(pkt) if port == self.tun_port => match self.tun.write(pkt) {
-                        Ok(_) => self.counters.tx_local.add(len),
-                        Err(_) => self.counters.drop(DropReason::IoError),
-                    },
+                    Some(pkt) if port == self.tun_port => self.deliver_tun(pkt),
                     _ => self.counters.drop(DropReason::IoError),
                 }
             }
@@ -436,7 +628,15 @@ mod tests {
         let c = WorkerConfig::default();
         assert_eq!(c.batch, 64);
         assert_eq!(c.slot_size, HEADROOM + 9216);
+        assert_eq!(c.tun_read_size, VNET_HDR_LEN + 65_535);
+        assert!(c.coalesce);
         assert!(c.validate().is_ok());
+        assert!(WorkerConfig {
+            tun_read_size: VNET_HDR_LEN,
+            ..c
+        }
+        .validate()
+        .is_err());
         assert!(WorkerConfig { batch: 0, ..c }.validate().is_err());
         assert!(WorkerConfig {
             slot_size: HEADROOM,
