@@ -58,6 +58,7 @@ fn minimal_file_gets_every_default() {
         c.dataplane.control_socket,
         PathBuf::from(DEFAULT_CONTROL_SOCKET)
     );
+    assert!(c.dataplane.offload, "TUN offloads are on by default");
     assert!(c.peers.is_empty());
     assert_eq!(c.tunnel_mtu(1500), 1450);
     assert_eq!(c.vtep_mac(), vtep_mac_for("node-a"));
@@ -173,6 +174,7 @@ fn rendering_fills_defaults_and_round_trips() {
         "mtu = \"auto\"",
         "workers = 0",
         "bridge = \"weft0\"",
+        "offload = true",
         "autodetect = \"first-found\"",
         "vtep_mac = ",
     ] {
@@ -315,6 +317,11 @@ fn dataplane_errors_name_the_field() {
         &d("control_socket = \"weftd.sock\""),
         &["dataplane.control_socket:", "absolute"],
     );
+    assert_err(&d("offload = \"yes\""), &["offload"]);
+    let off = Config::from_toml_str(&d("offload = false")).unwrap();
+    assert!(!off.dataplane.offload);
+    assert!(off.to_toml_string().contains("offload = false"));
+    assert_eq!(Config::from_toml_str(&off.to_toml_string()).unwrap(), off);
 }
 
 #[test]
