@@ -37,7 +37,13 @@ pub enum Generator {
 }
 
 /// Runs the harness: `rounds` rounds of `seconds` of TCP plus `pings` pings per variant.
-pub fn run(rounds: usize, seconds: u64, pings: usize, builtin: bool) -> anyhow::Result<()> {
+pub fn run(
+    rounds: usize,
+    seconds: u64,
+    pings: usize,
+    builtin: bool,
+    workers: usize,
+) -> anyhow::Result<()> {
     if !control::sys::is_root() {
         bail!("weftd bench needs root (network namespaces, veths, TUN); run it with sudo");
     }
@@ -64,6 +70,7 @@ pub fn run(rounds: usize, seconds: u64, pings: usize, builtin: bool) -> anyhow::
     ] {
         eprintln!("[setup] {name} ...");
         let mut lab = Lab::new(&weftd)?;
+        lab.workers = workers;
         lab.add_node(1, kind)?;
         lab.add_node(2, kind)?;
         lab.start()?;

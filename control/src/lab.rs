@@ -122,6 +122,8 @@ pub struct Lab {
     weftd: PathBuf,
     /// Underlay MTU.
     pub underlay_mtu: u32,
+    /// Worker threads per Weft agent (0 = one per core, the agent's default).
+    pub workers: usize,
 }
 
 /// Cluster network of every lab.
@@ -161,6 +163,7 @@ impl Lab {
             nodes: Vec::new(),
             weftd: weftd.to_path_buf(),
             underlay_mtu: 1500,
+            workers: 0,
         })
     }
 
@@ -251,11 +254,12 @@ impl Lab {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "[node]\nname = \"{}\"\npublic_ip = \"{}\"\nsubnet = \"{}\"\n\n[network]\nnetwork = \"{NETWORK}\"\n\n[backend]\ntype = \"vxlan\"\n\n[dataplane]\nbridge = \"{BRIDGE}\"\ncontrol_socket = \"{}\"\n",
+            "[node]\nname = \"{}\"\npublic_ip = \"{}\"\nsubnet = \"{}\"\n\n[network]\nnetwork = \"{NETWORK}\"\n\n[backend]\ntype = \"vxlan\"\n\n[dataplane]\nbridge = \"{BRIDGE}\"\ncontrol_socket = \"{}\"\nworkers = {}\n",
             n.name,
             n.public_ip,
             n.subnet,
-            n.ctl_socket.display()
+            n.ctl_socket.display(),
+            self.workers
         );
         for (name, ip, subnet) in peers.iter().filter(|p| p.0 != n.name) {
             let _ = writeln!(

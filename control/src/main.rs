@@ -65,6 +65,9 @@ enum Command {
         /// Use the built-in TCP generator even when iperf3 is installed.
         #[arg(long)]
         builtin: bool,
+        /// Worker threads per Weft agent (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
     },
     /// Print a running agent's FIB, neighbour and FDB tables (as `ip route`, `ip neigh` and
     /// `bridge fdb` print them) and its counters, read over the agent's control socket.
@@ -119,7 +122,8 @@ fn main() -> ExitCode {
             seconds,
             pings,
             builtin,
-        } => report(harness::run(rounds, seconds, pings, builtin)),
+            workers,
+        } => report(harness::run(rounds, seconds, pings, builtin, workers)),
         Command::Show { socket, output } => match control::ctl::request_show(&socket) {
             Ok(reply) => {
                 match output {
