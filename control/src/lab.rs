@@ -280,6 +280,9 @@ impl Lab {
             .map_err(io_err(format!("open {}", n.log.display())))?;
         let log2 = log.try_clone().map_err(io_err("dup log file"))?;
         let mut cmd = Command::new(&self.weftd);
+        // Its own process group: a Ctrl-C in the terminal reaches the demo or harness, whose `Drop`
+        // stops the agents in order, not every agent at once behind its back.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.arg("run")
             .arg("--config")
             .arg(&n.config)
