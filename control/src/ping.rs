@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use dataplane::wire::icmpv4::{self, Icmpv4Packet, Icmpv4Repr};
-use dataplane::wire::ipv4::{self, Ipv4Packet};
+use dataplane::wire::ipv4::{self, Ipv4Packet, Ipv4Repr};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// What came back.
@@ -78,21 +78,18 @@ fn ping_inner(
     echo.emit(&mut Icmpv4Packet::new_unchecked(
         &mut pkt[ipv4::HEADER_LEN..],
     ));
-    {
-        let mut ip = Ipv4Packet::new_unchecked(&mut pkt[..]);
-        ip.set_version(4);
-        ip.set_header_len(ipv4::HEADER_LEN);
-        ip.set_tos(0);
-        ip.set_total_len(total as u16);
-        ip.set_ident(seq);
-        ip.set_flags_and_frag(df, false, 0);
-        ip.set_ttl(64);
-        ip.set_protocol(ipv4::protocol::ICMP);
-        // Source 0.0.0.0: the kernel fills in the route's source address for raw sockets.
-        ip.set_src_addr(Ipv4Addr::UNSPECIFIED);
-        ip.set_dst_addr(dst);
-        ip.fill_checksum();
+    // Source 0.0.0.0: the kernel fills in the route's source address for raw sockets.
+    Ipv4Repr {
+        src_addr: Ipv4Addr::UNSPECIFIED,
+        dst_addr: dst,
+        protocol: ipv4::protocol::ICMP,
+        payload_len: icmp_len,
+        ttl: ipv4::DEFAULT_TTL,
+        tos: 0,
+        ident: seq,
+        dont_frag: df,
     }
+    .emit(&mut Ipv4Packet::new_unchecked(&mut pkt[..ipv4::HEADER_LEN]));
     let start = Instant::now();
     sock.send_to(&pkt, &SocketAddrV4::new(dst, 0).into())?;
     let mut buf = vec![0u8; 65536];

@@ -7,7 +7,8 @@
 use std::net::Ipv4Addr;
 
 use crate::drop::DropReason;
-use crate::wire::ipv4::{self, Ipv4Packet};
+use crate::wire::ipip;
+use crate::wire::ipv4::{self, Ipv4Packet, Ipv4Repr};
 use crate::wire::udp::{UdpChecksum, UdpPacket, UdpRepr};
 use crate::wire::{
     ethernet, EtherType, EthernetAddress, EthernetFrame, EthernetRepr, VxlanPacket, VxlanRepr,
@@ -39,9 +40,9 @@ pub struct VxlanEncap {
 }
 
 /// Bytes VXLAN puts in front of the inner IPv4 packet: outer IPv4 20, UDP 8, VXLAN 8, Ethernet 14.
-pub const VXLAN_OVERHEAD: usize = 50;
+pub const VXLAN_OVERHEAD: usize = crate::wire::vxlan::OVERHEAD_V4;
 /// Bytes IP-in-IP puts in front of the inner IPv4 packet.
-pub const IPIP_OVERHEAD: usize = 20;
+pub const IPIP_OVERHEAD: usize = crate::wire::ipip::OVERHEAD;
 
 /// The range of UDP source ports VXLAN flows are spread over: Linux's default
 /// `ip_local_port_range`, which is what the kernel's `udp_flow_src_port` uses for `flannel.1`.
@@ -130,44 +131,39 @@ pub fn vxlan_encap(
     .emit(&mut EthernetFrame::new_unchecked(eth_hdr));
     VxlanRepr { vni: p.vni }.emit(&mut VxlanPacket::new_unchecked(vxlan_hdr));
 
-    let udp_len = total - ipv4::HEADER_LEN;
-    {
-        let mut ip = Ipv4Packet::new_unchecked(&mut *ip_hdr);
-        ip.set_version(4);
-        ip.set_header_len(ipv4::HEADER_LEN);
-        ip.set_tos(0);
-        ip.set_total_len(total as u16);
-        ip.set_ident(inner_ident ^ src_port.rotate_left(5));
-        ip.set_flags_and_frag(false, false, 0);
-        ip.set_ttl(p.ttl);
-        ip.set_protocol(ipv4::protocol::UDP);
-        ip.set_src_addr(p.src_addr);
-        ip.set_dst_addr(p.dst_addr);
-        ip.fill_checksum();
+    Ipv4Repr {
+        src_addr: p.src_addr,
+        dst_addr: p.dst_addr,
+        protocol: ipv4::protocol::UDP,
+        payload_len: total - ipv4::HEADER_LEN,
+        ttl: p.ttl,
+        tos: 0,
+        ident: inner_ident ^ src_port.rotate_left(5),
+        dont_frag: false,
     }
+    .emit(&mut Ipv4Packet::new_unchecked(ip_hdr));
     let repr = UdpRepr {
         src_port,
         dst_port: p.dst_port,
     };
+    let payload_len = total - ipv4::HEADER_LEN - 8;
     match p.udp_checksum {
-        UdpChecksum::Zero => {
-            let mut udp = UdpPacket::new_unchecked(udp_part);
-            udp.set_src_port(src_port);
-            udp.set_dst_port(p.dst_port);
-            udp.set_len(udp_len as u16);
-            udp.set_checksum(0);
-        }
-        UdpChecksum::Compute => {
-            // The checksum covers the payload, so the view must span it.
-            let whole = &mut buf[outer + ipv4::HEADER_LEN..start + len];
-            repr.emit(
-                &mut UdpPacket::new_unchecked(whole),
-                p.src_addr,
-                p.dst_addr,
-                udp_len - 8,
-                UdpChecksum::Compute,
-            );
-        }
+        // A zero checksum needs only the header in the view.
+        UdpChecksum::Zero => repr.emit(
+            &mut UdpPacket::new_unchecked(udp_part),
+            p.src_addr,
+            p.dst_addr,
+            payload_len,
+            UdpChecksum::Zero,
+        ),
+        // A computed one covers the payload, so the view must span it.
+        UdpChecksum::Compute => repr.emit(
+            &mut UdpPacket::new_unchecked(&mut buf[outer + ipv4::HEADER_LEN..start + len]),
+            p.src_addr,
+            p.dst_addr,
+            payload_len,
+            UdpChecksum::Compute,
+        ),
     }
     Ok((outer, total))
 }
@@ -215,21 +211,12 @@ pub fn ipip_encap(
     if total > usize::from(u16::MAX) || buf.len() < start + len {
         return Err(DropReason::TooBig);
     }
-    let (tos, dont_frag, ident) = {
+    let repr = {
         let inner = Ipv4Packet::new_unchecked(&buf[start..start + len]);
-        (inner.tos(), inner.dont_frag(), inner.ident())
+        // RFC 2003 §3.1 (TOS and DF from the inner header). The outer identification reuses the
+        // inner one: the core keeps no per-packet counter.
+        ipip::IpipRepr::for_inner(&inner, src_addr, dst_addr, ttl, inner.ident())
     };
-    let mut ip = Ipv4Packet::new_unchecked(&mut buf[outer..start]);
-    ip.set_version(4);
-    ip.set_header_len(ipv4::HEADER_LEN);
-    ip.set_tos(tos);
-    ip.set_total_len(total as u16);
-    ip.set_ident(ident);
-    ip.set_flags_and_frag(dont_frag, false, 0);
-    ip.set_ttl(ttl);
-    ip.set_protocol(ipv4::protocol::IPIP);
-    ip.set_src_addr(src_addr);
-    ip.set_dst_addr(dst_addr);
-    ip.fill_checksum();
+    repr.emit(&mut Ipv4Packet::new_unchecked(&mut buf[outer..start]));
     Ok((outer, total))
 }

@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 
 use crate::wire::icmpv4::{self, Icmpv4Packet};
-use crate::wire::ipv4::{self, Ipv4Packet};
+use crate::wire::ipv4::{self, Ipv4Packet, Ipv4Repr};
 
 /// The ICMP error to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +104,8 @@ pub fn write_error(
                 0,
             ),
         };
+        // Setters, not `Icmpv4Repr::emit`: the quote is already in place behind the header, and
+        // the Repr would copy it onto itself.
         icmp.set_msg_type(ty);
         icmp.set_msg_code(code);
         // Bytes 4..6 are unused (zero); 6..8 carry the next-hop MTU for frag-needed (RFC 1191 §4).
@@ -111,18 +113,17 @@ pub fn write_error(
         icmp.set_next_hop_mtu(mtu);
         icmp.fill_checksum();
     }
-    let mut ip = Ipv4Packet::new_unchecked(ip_hdr);
-    ip.set_version(4);
-    ip.set_header_len(ipv4::HEADER_LEN);
-    // Precedence "internetwork control", as Linux marks the ICMP errors it sends.
-    ip.set_tos(0xc0);
-    ip.set_total_len(total as u16);
-    ip.set_ident(0);
-    ip.set_flags_and_frag(false, false, 0);
-    ip.set_ttl(ipv4::DEFAULT_TTL);
-    ip.set_protocol(ipv4::protocol::ICMP);
-    ip.set_src_addr(src);
-    ip.set_dst_addr(orig_src);
-    ip.fill_checksum();
+    Ipv4Repr {
+        src_addr: src,
+        dst_addr: orig_src,
+        protocol: ipv4::protocol::ICMP,
+        payload_len: total - ipv4::HEADER_LEN,
+        ttl: ipv4::DEFAULT_TTL,
+        // Precedence "internetwork control", as Linux marks the ICMP errors it sends.
+        tos: 0xc0,
+        ident: 0,
+        dont_frag: false,
+    }
+    .emit(&mut Ipv4Packet::new_unchecked(ip_hdr));
     Some((err_start, total))
 }

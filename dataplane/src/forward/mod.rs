@@ -173,14 +173,16 @@ pub fn forward(
             }
         }
         Ingress::Underlay => from_underlay(snap, buf, start, len, now),
-        Ingress::VxlanUdp { src: _ } => {
-            match encap::vxlan_decap(&buf[start..start + len], snap.node.vni, snap.node.vtep_mac) {
-                Ok((off, inner_len)) => {
-                    route(snap, Origin::Tunnel, buf, start + off, inner_len, now)
-                }
-                Err(reason) => Verdict::Drop(reason),
-            }
-        }
+        Ingress::VxlanUdp { src: _ } => from_vxlan(snap, buf, start, len, now),
+    }
+}
+
+/// A VXLAN packet from the VXLAN header on: checked against our VNI and VTEP MAC, then its inner
+/// packet routed. Shared by the UDP-socket and the raw-underlay ingress.
+fn from_vxlan(snap: &Snapshot, buf: &mut [u8], start: usize, len: usize, now: Instant) -> Verdict {
+    match encap::vxlan_decap(&buf[start..start + len], snap.node.vni, snap.node.vtep_mac) {
+        Ok((off, inner_len)) => route(snap, Origin::Tunnel, buf, start + off, inner_len, now),
+        Err(reason) => Verdict::Drop(reason),
     }
 }
 
@@ -269,23 +271,8 @@ fn from_underlay(
             if !udp.verify_checksum(src, dst) {
                 return Verdict::Drop(DropReason::UdpMalformed);
             }
-            let payload_start = start + hlen + 8;
             let payload_len = usize::from(udp.len()) - 8;
-            match encap::vxlan_decap(
-                &buf[payload_start..payload_start + payload_len],
-                snap.node.vni,
-                snap.node.vtep_mac,
-            ) {
-                Ok((off, inner_len)) => route(
-                    snap,
-                    Origin::Tunnel,
-                    buf,
-                    payload_start + off,
-                    inner_len,
-                    now,
-                ),
-                Err(reason) => Verdict::Drop(reason),
-            }
+            from_vxlan(snap, buf, start + hlen + 8, payload_len, now)
         }
         ipv4::protocol::IPIP => {
             match ipip::inner(&outer) {
@@ -342,71 +329,54 @@ fn route(
     if !icmp::is_unicast(hdr.dst) || hdr.src.is_multicast() || hdr.src.is_broadcast() {
         return Verdict::Drop(DropReason::NotUnicast);
     }
+    // Drops the packet for `cause`, answering its sender with `kind` where RFC 1812 allows.
+    let fail = |buf: &mut [u8], cause, kind| error(snap, origin, buf, start, len, now, cause, kind);
     let Some(route) = snap.fib.lookup(hdr.dst) else {
-        return error(
-            snap,
-            origin,
-            buf,
-            start,
-            len,
-            now,
-            DropReason::NoRoute,
-            IcmpError::NetUnreachable,
-        );
+        return fail(buf, DropReason::NoRoute, IcmpError::NetUnreachable);
     };
     let next_hop = route.next_hop;
-
-    // Weft routes (and so owns the TTL) only where it stands in for a router: on pod ports.
-    let egress_l2 = match next_hop {
+    let egress = match next_hop {
         NextHop::Local { port } => match snap.port(port) {
-            Some(p) => matches!(p.kind, PortKind::L2 { .. }),
+            Some(&p) => Some((port, p)),
             None => return Verdict::Drop(DropReason::NoRoute),
         },
-        _ => false,
+        _ => None,
     };
+
+    // Weft routes (and so owns the TTL) only where it stands in for a router: on pod ports.
+    let egress_l2 = matches!(
+        egress,
+        Some((
+            _,
+            Port {
+                kind: PortKind::L2 { .. },
+                ..
+            }
+        ))
+    );
     let routed = origin != Origin::Generated
         && (matches!(origin, Origin::Port(_, PortKind::L2 { .. })) || egress_l2);
     if routed && hdr.ttl <= 1 {
-        return error(
-            snap,
-            origin,
-            buf,
-            start,
-            len,
-            now,
-            DropReason::TtlExceeded,
-            IcmpError::TtlExceeded,
-        );
+        return fail(buf, DropReason::TtlExceeded, IcmpError::TtlExceeded);
     }
 
-    let mtu = match next_hop {
-        NextHop::Local { port } => match snap.port(port) {
-            Some(p) => {
-                if origin == Origin::Port(port, p.kind) {
-                    return Verdict::Drop(DropReason::Hairpin);
-                }
-                p.mtu
+    let mtu = match (next_hop, egress) {
+        (_, Some((port, p))) => {
+            if origin == Origin::Port(port, p.kind) {
+                return Verdict::Drop(DropReason::Hairpin);
             }
-            None => return Verdict::Drop(DropReason::NoRoute),
-        },
-        NextHop::Blackhole => return Verdict::Drop(DropReason::Blackhole),
+            p.mtu
+        }
+        (NextHop::Blackhole, _) => return Verdict::Drop(DropReason::Blackhole),
         _ if origin == Origin::Tunnel => return Verdict::Drop(DropReason::NotLocal),
-        NextHop::Vxlan { .. } => snap.node.vxlan_mtu(),
-        NextHop::Ipip { .. } => snap.node.ipip_mtu(),
-        NextHop::Direct { .. } => snap.node.underlay_mtu,
+        (NextHop::Vxlan { .. }, _) => snap.node.vxlan_mtu(),
+        (NextHop::Ipip { .. }, _) => snap.node.ipip_mtu(),
+        (NextHop::Direct { .. }, _) => snap.node.underlay_mtu,
+        (NextHop::Local { .. }, None) => return Verdict::Drop(DropReason::NoRoute),
     };
     if len > usize::from(mtu) {
         if hdr.dont_frag {
-            return error(
-                snap,
-                origin,
-                buf,
-                start,
-                len,
-                now,
-                DropReason::FragNeeded,
-                IcmpError::FragNeeded { mtu },
-            );
+            return fail(buf, DropReason::FragNeeded, IcmpError::FragNeeded { mtu });
         }
         return Verdict::Drop(DropReason::TooBig);
     }
@@ -414,8 +384,12 @@ fn route(
         Ipv4Packet::new_unchecked(&mut buf[start..start + len]).decrement_ttl();
     }
 
+    if let Some((port, p)) = egress {
+        return deliver(snap, port, p, buf, start, len, now);
+    }
     match next_hop {
-        NextHop::Local { port } => deliver(snap, port, buf, start, len, now),
+        // Resolved above: local next hops have returned through `deliver`.
+        NextHop::Local { .. } => Verdict::Drop(DropReason::NoRoute),
         NextHop::Vxlan { gateway } => {
             let dst_mac = match snap.neigh.lookup(gateway, now) {
                 NeighborAnswer::Found(mac) | NeighborAnswer::Stale(mac) => mac,
@@ -478,14 +452,12 @@ fn route(
 fn deliver(
     snap: &Snapshot,
     port: PortId,
+    p: Port,
     buf: &mut [u8],
     start: usize,
     len: usize,
     now: Instant,
 ) -> Verdict {
-    let Some(p) = snap.port(port) else {
-        return Verdict::Drop(DropReason::NoRoute);
-    };
     match p.kind {
         PortKind::L3 => Verdict::Forward(Action::Deliver { port, start, len }),
         PortKind::L2 { mac } => {
