@@ -8,7 +8,6 @@
 //! second without being recreated.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -17,7 +16,6 @@ use dataplane::io::tun::{TunDevice, TunOffload};
 use dataplane::io::worker::{self, WorkerConfig, WorkerIo, WorkerShared};
 use dataplane::snapshot::{NodeConfig, Port, PortKind, SnapshotCell, Tables};
 use dataplane::PortId;
-use ipnet::Ipv4Net;
 
 use crate::config::{Config, PublicAddress};
 use crate::ctl::{self, CountersView, CtlServer, NodeView, ShowReply};
@@ -216,11 +214,6 @@ impl Drop for Agent {
     }
 }
 
-/// The first host address of `subnet` (flannel: FLANNEL_SUBNET's address; the bridge's address).
-pub fn first_host(subnet: Ipv4Net) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(subnet.network()) + 1)
-}
-
 fn node_facts(cfg: &Config) -> Result<NodeFacts, AgentError> {
     let (public_ip, underlay_if, underlay_mtu) = match &cfg.node.public_address {
         PublicAddress::Static(ip) => {
@@ -273,9 +266,4 @@ fn show_reply(cfg: &Config, facts: &NodeFacts, shared: &WorkerShared) -> ShowRep
         fdb,
         counters: CountersView::from(&counters),
     }
-}
-
-/// Default control socket path, for `weftd show` without a config.
-pub fn default_control_socket() -> PathBuf {
-    PathBuf::from("/run/weft/weftd.sock")
 }

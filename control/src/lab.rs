@@ -367,13 +367,7 @@ impl Lab {
             nl.set_mtu(dev, mtu)?;
             nl.add_address(dev, Ipv4Net::new(subnet.network(), 32).expect("valid"))?;
             nl.set_up(dev)?;
-            nl.create_bridge(BRIDGE)?;
-            nl.set_mtu(BRIDGE, mtu)?;
-            nl.add_address(
-                BRIDGE,
-                Ipv4Net::new(crate::agent::first_host(subnet), subnet.prefix_len()).expect("valid"),
-            )?;
-            nl.set_up(BRIDGE)?;
+            pod_bridge(nl, subnet, mtu)?;
             for (peer, ip, psubnet) in &peers {
                 let mac = vtep_mac_for(peer);
                 nl.replace_neighbor_permanent(psubnet.network(), mac, dev)?;
@@ -396,13 +390,7 @@ impl Lab {
         let (name, subnet) = (n.name.clone(), n.subnet);
         let peers: Vec<_> = peers.iter().filter(|p| p.0 != name).cloned().collect();
         in_ns(&n.ns, move |nl| {
-            nl.create_bridge(BRIDGE)?;
-            nl.set_mtu(BRIDGE, mtu)?;
-            nl.add_address(
-                BRIDGE,
-                Ipv4Net::new(crate::agent::first_host(subnet), subnet.prefix_len()).expect("valid"),
-            )?;
-            nl.set_up(BRIDGE)?;
+            pod_bridge(nl, subnet, mtu)?;
             for (_, ip, psubnet) in &peers {
                 nl.replace_route(*psubnet, "eth0", Some(*ip), false)?;
             }
@@ -433,7 +421,7 @@ impl Lab {
         let ns = netns(&pod_name)?;
         let host_veth = format!("{}v{}x{host}", self.prefix, idx + 1);
         let ip = Ipv4Addr::from(u32::from(subnet.network()) + u32::from(host));
-        let gw = crate::agent::first_host(subnet);
+        let gw = gateway(subnet);
         {
             let hv = host_veth.clone();
             in_ns(&ns, move |nl| {
@@ -482,6 +470,25 @@ impl Drop for Lab {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The bridge address of a node owning `subnet` — `<subnet>.1/<len>`, as flannel gives `cni0` —
+/// by the same rule `weftd` plumbs `weft0` with.
+fn bridge_addr(subnet: Ipv4Net) -> Ipv4Net {
+    crate::netlink::NodePlan::new(0, subnet, subnet, BRIDGE, 0).bridge_addr
+}
+
+/// The pods' gateway on a node: the bridge's address.
+fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
+    bridge_addr(subnet).addr()
+}
+
+/// The bridge kernel nodes hang their pods off, as `weftd` plumbs `weft0` for its own.
+fn pod_bridge(nl: &Netlink, subnet: Ipv4Net, mtu: u32) -> Result<(), crate::netlink::NetlinkError> {
+    nl.create_bridge(BRIDGE)?;
+    nl.set_mtu(BRIDGE, mtu)?;
+    nl.add_address(BRIDGE, bridge_addr(subnet))?;
+    nl.set_up(BRIDGE)
 }
 
 fn netns(name: &str) -> Result<NetNs, LabError> {

@@ -73,7 +73,7 @@ enum Command {
     /// `bridge fdb` print them) and its counters, read over the agent's control socket.
     Show {
         /// The agent's control socket.
-        #[arg(long, default_value = "/run/weft/weftd.sock")]
+        #[arg(long, default_value = control::config::DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]

@@ -242,6 +242,35 @@ pub(crate) fn poll_in<const N: usize>(
     Ok(pfds.map(|p| p.revents & ready != 0))
 }
 
+/// Points `hdrs[range]` at the matching `iovs` and `addrs` entries (one iovec and one
+/// `sockaddr_in` per message, no control data), as both `recvmmsg` and `sendmmsg` need. The
+/// pointers are only stored here; they are dereferenced by the kernel during the call that follows,
+/// while the caller still borrows all three arrays.
+fn link_headers(
+    hdrs: &mut [libc::mmsghdr],
+    iovs: &mut [libc::iovec],
+    addrs: &mut [libc::sockaddr_in],
+    range: std::ops::Range<usize>,
+) {
+    let iovs = iovs.as_mut_ptr();
+    let addrs = addrs.as_mut_ptr();
+    for (i, h) in hdrs
+        .iter_mut()
+        .enumerate()
+        .take(range.end)
+        .skip(range.start)
+    {
+        h.msg_len = 0;
+        h.msg_hdr.msg_name = addrs.wrapping_add(i).cast::<c_void>();
+        h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as socklen_t;
+        h.msg_hdr.msg_iov = iovs.wrapping_add(i);
+        h.msg_hdr.msg_iovlen = 1;
+        h.msg_hdr.msg_control = ptr::null_mut();
+        h.msg_hdr.msg_controllen = 0;
+        h.msg_hdr.msg_flags = 0;
+    }
+}
+
 /// The header arrays `recvmmsg(2)` fills, allocated once.
 ///
 /// They hold raw pointers into the caller's buffers, but only for the duration of one
@@ -320,18 +349,7 @@ impl RecvScratch {
         if n == 0 {
             return Ok(0);
         }
-        let iovs = self.iovs.as_mut_ptr();
-        let addrs = self.addrs.as_mut_ptr();
-        for (i, h) in self.hdrs.iter_mut().take(n).enumerate() {
-            h.msg_len = 0;
-            h.msg_hdr.msg_name = addrs.wrapping_add(i).cast::<c_void>();
-            h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as socklen_t;
-            h.msg_hdr.msg_iov = iovs.wrapping_add(i);
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-            h.msg_hdr.msg_flags = 0;
-        }
+        link_headers(&mut self.hdrs, &mut self.iovs, &mut self.addrs, 0..n);
         // SAFETY: hdrs[..n] each point at a live sockaddr_in (addrs[i]) of the length given and a
         // live iovec (iovs[i]) describing a disjoint, writable part of `bufs`, which is mutably
         // borrowed for the whole call; n <= hdrs.len(); fd is open; no timeout pointer. The kernel
@@ -447,18 +465,12 @@ impl<'a> SendScratch<'a> {
         if first >= self.len {
             return Ok(0);
         }
-        let iovs = self.iovs.as_mut_ptr();
-        let addrs = self.addrs.as_mut_ptr();
-        for (i, h) in self.hdrs.iter_mut().enumerate().take(self.len).skip(first) {
-            h.msg_len = 0;
-            h.msg_hdr.msg_name = addrs.wrapping_add(i).cast::<c_void>();
-            h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as socklen_t;
-            h.msg_hdr.msg_iov = iovs.wrapping_add(i);
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-            h.msg_hdr.msg_flags = 0;
-        }
+        link_headers(
+            &mut self.hdrs,
+            &mut self.iovs,
+            &mut self.addrs,
+            first..self.len,
+        );
         // SAFETY: hdrs[first..len] each point at a live sockaddr_in and a live iovec inside self,
         // which is mutably borrowed for the call; each iovec points at packet bytes borrowed for
         // 'a, which outlives self; first < len <= SEND_CHUNK; fd is open. The kernel only reads
