@@ -57,12 +57,13 @@ fn params() -> VxlanEncap {
     }
 }
 
-/// Node A's tables with `peers` remote VXLAN nodes in 10.0.0.0/8 and node B (10.244.2.0/24).
-fn tables(peers: u32) -> Tables {
+/// A node with VTEP `vtep`, underlay `underlay` and pod subnet 10.244.`n`.0/24 behind its TUN
+/// (port 0, MTU 1450), and no peers yet.
+fn node_tables(vtep: EthernetAddress, underlay: Ipv4Addr, n: u8) -> Tables {
     let mut t = Tables::new(NodeConfig::flannel_defaults(
-        VTEP_A,
-        UNDERLAY_A,
-        Ipv4Addr::new(10, 244, 1, 0),
+        vtep,
+        underlay,
+        Ipv4Addr::new(10, 244, n, 0),
     ));
     t.set_port(
         PortId(0),
@@ -72,9 +73,15 @@ fn tables(peers: u32) -> Tables {
         },
     );
     t.fib.insert(
-        "10.244.1.0/24".parse().expect("valid prefix"),
+        Ipv4Net::new(Ipv4Addr::new(10, 244, n, 0), 24).expect("valid prefix"),
         NextHop::Local { port: PortId(0) },
     );
+    t
+}
+
+/// Node A's tables with `peers` remote VXLAN nodes in 10.0.0.0/8 and node B (10.244.2.0/24).
+fn tables(peers: u32) -> Tables {
+    let mut t = node_tables(VTEP_A, UNDERLAY_A, 1);
     for i in 0..peers {
         let subnet =
             Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i + 1) << 8), 24).expect("valid prefix");
@@ -178,22 +185,7 @@ fn bench_forward(c: &mut Criterion) {
         })
     });
     // The receive side: node B decapsulating what A sent, from a UDP socket's view.
-    let mut tb = Tables::new(NodeConfig::flannel_defaults(
-        VTEP_B,
-        UNDERLAY_B,
-        Ipv4Addr::new(10, 244, 2, 0),
-    ));
-    tb.set_port(
-        PortId(0),
-        Port {
-            kind: PortKind::L3,
-            mtu: 1450,
-        },
-    );
-    tb.fib.insert(
-        "10.244.2.0/24".parse().expect("valid"),
-        NextHop::Local { port: PortId(0) },
-    );
+    let mut tb = node_tables(VTEP_B, UNDERLAY_B, 2);
     tb.add_vxlan_peer("10.244.1.0/24".parse().expect("valid"), UNDERLAY_A, VTEP_A);
     let snap_b = tb.snapshot();
     let mut wire = inner_packet();
