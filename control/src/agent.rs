@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 
 use dataplane::fib::NextHop;
 use dataplane::io::tun::{TunDevice, TunOffload};
-use dataplane::io::worker::{self, WorkerConfig, WorkerIo, WorkerShared};
+use dataplane::io::worker::{self, IoOptions, WorkerConfig, WorkerIo, WorkerShared};
 use dataplane::snapshot::{NodeConfig, Port, PortKind, SnapshotCell, Tables};
 use dataplane::PortId;
 
@@ -148,16 +148,29 @@ impl Agent {
         let mut io = Vec::with_capacity(facts.workers);
         for queue in tun.into_queues() {
             io.push(
-                WorkerIo::open(queue, vxlan_addr, SOCKET_BUFFER, SOCKET_BUFFER).map_err(
-                    |source| AgentError::Socket {
-                        port: cfg.backend.port,
-                        source,
+                WorkerIo::open_with(
+                    queue,
+                    vxlan_addr,
+                    IoOptions {
+                        rcvbuf: SOCKET_BUFFER,
+                        sndbuf: SOCKET_BUFFER,
+                        src: facts.public_ip,
+                        gso: cfg.dataplane.offload,
+                        ..IoOptions::default()
                     },
-                )?,
+                )
+                .map_err(|source| AgentError::Socket {
+                    port: cfg.backend.port,
+                    source,
+                })?,
             );
         }
-        let workers = worker::spawn_workers(TUN_PORT, io, &shared, WorkerConfig::default())
-            .map_err(AgentError::Spawn)?;
+        let wcfg = WorkerConfig {
+            gro: cfg.dataplane.offload,
+            ..WorkerConfig::default()
+        };
+        let workers =
+            worker::spawn_workers(TUN_PORT, io, &shared, wcfg).map_err(AgentError::Spawn)?;
 
         let show = {
             let shared = shared.clone();

@@ -120,6 +120,8 @@ pub struct Counters {
     pub tx_underlay: Traffic,
     /// ICMP errors and ARP replies generated.
     pub replies: u64,
+    /// Times the kernel refused a UDP GSO train and the sender went on without GSO.
+    pub gso_fallbacks: u64,
 }
 
 /// A packet and byte count.
@@ -154,6 +156,7 @@ impl Default for Counters {
             tx_local: Traffic::default(),
             tx_underlay: Traffic::default(),
             replies: 0,
+            gso_fallbacks: 0,
         }
     }
 }
@@ -185,6 +188,7 @@ impl Counters {
         self.tx_local.merge(&other.tx_local);
         self.tx_underlay.merge(&other.tx_underlay);
         self.replies += other.replies;
+        self.gso_fallbacks += other.gso_fallbacks;
     }
 
     /// The non-zero drop counters, for display.

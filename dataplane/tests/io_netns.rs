@@ -457,6 +457,29 @@ fn tcp_both_ways_byte_exact_without_tun_offloads() {
     tcp_transfer_both_ways(TunOffload::NONE);
 }
 
+/// A VXLAN datagram for node 2 whose inner IPv4 packet (pod 1 to pod 2, DF clear, valid header)
+/// is 10,000 bytes long.
+fn oversized_vxlan() -> Vec<u8> {
+    let inner_len: u16 = 10_000;
+    let mut ip = etherparse::Ipv4Header::new(
+        inner_len - 20,
+        64,
+        etherparse::IpNumber::UDP,
+        pod(1).ip().octets(),
+        pod(2).ip().octets(),
+    )
+    .expect("inner header");
+    ip.dont_fragment = false;
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut d = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+    d.extend_from_slice(&vtep_mac(2).0);
+    d.extend_from_slice(&vtep_mac(1).0);
+    d.extend_from_slice(&[0x08, 0x00]);
+    d.extend_from_slice(&ip.to_bytes());
+    d.resize(8 + 14 + usize::from(inner_len), 0x5a);
+    d
+}
+
 #[test]
 fn garbage_on_the_vxlan_port_is_counted_by_reason() {
     let (a, b) = cluster();
@@ -482,8 +505,9 @@ fn garbage_on_the_vxlan_port_is_counted_by_reason() {
         (DropReason::VxlanVni, vxlan(0x08, 42, vtep_mac(2))),
         // Not our VTEP MAC.
         (DropReason::VxlanInnerMac, vxlan(0x08, 1, vtep_mac(9))),
-        // Larger than a slot (9216 bytes after the headroom): MSG_TRUNC.
-        (DropReason::TooBig, vec![0x08; 10_000]),
+        // A well-formed inner packet far above the TUN MTU (with UDP GRO the receive slots hold
+        // any datagram, so "oversized" is judged on the inner packet, DF clear).
+        (DropReason::TooBig, oversized_vxlan()),
     ];
     for (_, d) in &cases {
         sender.send_to(d, dst).expect("send garbage");

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use control::ctl::request_show;
 use control::lab::{Lab, NodeKind, PingResult};
+use dataplane::wire::{Ipv4Packet, Ipv4Repr};
 use netns_tests::{require_root, weftd_path};
 
 const TRANSFER: usize = 4 << 20;
@@ -202,12 +203,28 @@ fn bad_frames_on_the_vxlan_port_are_dropped_by_reason() {
     let mut v6 = good_inner.clone();
     v6[20..22].copy_from_slice(&[0x86, 0xdd]);
     v6.extend_from_slice(&[0x60; 40]);
+    // A well-formed inner packet to a local pod far above the tunnel MTU, DF clear. (Merged
+    // receives, UDP GRO, hold any datagram whole, so size is judged on the inner packet.)
+    let mut oversized = good_inner.clone();
+    let inner = Ipv4Repr {
+        src_addr: Ipv4Addr::new(10, 244, 2, 2),
+        dst_addr: lab.nodes[0].pods[0].ip,
+        protocol: 17,
+        payload_len: 12_000,
+        ttl: 64,
+        tos: 0,
+        ident: 1,
+        dont_frag: false,
+    };
+    let at = oversized.len();
+    oversized.resize(at + inner.buffer_len() + inner.payload_len, 0x5a);
+    inner.emit(&mut Ipv4Packet::new_unchecked(&mut oversized[at..]));
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("truncated", vec![0x08, 0, 0]),
         ("vxlan_flags", no_flag),
         ("vxlan_vni", wrong_vni),
         ("not_ipv4", v6),
-        ("too_big", vec![0x08; 12000]),
+        ("too_big", oversized),
     ];
     for (reason, frame) in &cases {
         let before = request_show(&lab.nodes[0].ctl_socket)

@@ -8,10 +8,11 @@
 //! - [`tun`]: a multi-queue, non-persistent TUN device, one queue per worker (flannel's
 //!   `flannel.1` in the role of the node's tunnel device).
 //! - [`udp`]: the VXLAN UDP socket (flannel's port 8472), one per worker with `SO_REUSEPORT` so the
-//!   kernel spreads flows; batched receive with `recvmmsg(2)`.
-//! - [`raw`]: an `IPPROTO_RAW` socket that sends encapsulated packets from their outer IPv4 header,
-//!   so the outer UDP source port is the per-flow hash the core wrote, as the kernel VXLAN driver
-//!   does (RFC 7348 §5); batched with `sendmmsg(2)`.
+//!   kernel spreads flows; batched receive with `recvmmsg(2)`, merged per flow with `UDP_GRO`.
+//!   And the VXLAN sender: a pool of UDP sockets (the source port chosen per flow) sending a
+//!   flow's segments as `UDP_SEGMENT` trains (UDP GSO), batched with `sendmmsg(2)`.
+//! - [`raw`]: an `IPPROTO_RAW` socket that sends packets from their outer IPv4 header, for
+//!   everything that is not VXLAN (IP-in-IP, routed packets); batched with `sendmmsg(2)`.
 //! - [`worker`]: the per-core loop and its shared state (snapshot cell, stop flag, counters).
 //! - [`clock`]: the process-wide monotonic clock the workers hand to the core.
 //!

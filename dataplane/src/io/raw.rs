@@ -39,6 +39,9 @@ pub struct SendReport {
     pub dropped: usize,
     /// The last error that caused a drop.
     pub last_error: Option<io::Error>,
+    /// Set when a [`VxlanSender`](super::udp::VxlanSender) turned GSO off because the kernel
+    /// refused a train: the error, to be reported once.
+    pub gso_disabled: Option<String>,
 }
 
 impl RawSender {
@@ -128,7 +131,7 @@ impl RawSender {
 }
 
 /// `EAGAIN` (socket send buffer full) or `ENOBUFS` (device queue full or no memory).
-fn is_congestion(e: &io::Error) -> bool {
+pub(crate) fn is_congestion(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
 }
 

@@ -217,6 +217,22 @@ pub(crate) fn bind_v4(fd: BorrowedFd<'_>, addr: SocketAddrV4) -> io::Result<()> 
     Ok(())
 }
 
+/// `getsockname(2)` of an IPv4 socket.
+pub(crate) fn local_addr_v4(fd: BorrowedFd<'_>) -> io::Result<SocketAddrV4> {
+    // SAFETY: sockaddr_in is a plain C struct for which all-zero bytes are valid.
+    let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_in>() as socklen_t;
+    // SAFETY: sa and len are live locals of the sizes the kernel is told; fd is open.
+    cvt(unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut sa as *mut libc::sockaddr_in).cast::<libc::sockaddr>(),
+            &mut len,
+        )
+    })?;
+    Ok(from_sockaddr_in(&sa, len))
+}
+
 /// `poll(2)` for readability on `fds`, waiting at most `timeout_ms`. An fd counts as ready when
 /// it is readable or has an error or hangup to report (a read then returns that error). A signal
 /// (`EINTR`) reports nothing ready.
@@ -280,6 +296,48 @@ pub(crate) struct RecvScratch {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_in>,
+    ctrl: Vec<CmsgBuf>,
+}
+
+/// `setsockopt`/`cmsg` level and names from `linux/udp.h`, which libc does not export for glibc.
+pub(crate) const SOL_UDP: c_int = 17;
+/// Send: cut a datagram into segments of this many payload bytes (Linux 4.18).
+pub(crate) const UDP_SEGMENT: c_int = 103;
+/// Receive: let the kernel merge a flow's datagrams; the segment size arrives as a cmsg (Linux 5.0).
+pub(crate) const UDP_GRO: c_int = 104;
+
+/// Room for one control message carrying an `int` (`CMSG_SPACE(4)` is 24 on 64-bit Linux), aligned
+/// as `cmsghdr` must be.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct CmsgBuf([u8; 32]);
+
+impl CmsgBuf {
+    const ZERO: CmsgBuf = CmsgBuf([0; 32]);
+}
+
+/// Reads the `UDP_GRO` segment size out of a received message's control data, 0 when absent.
+fn gro_segment_size(h: &libc::msghdr) -> usize {
+    if h.msg_control.is_null() || h.msg_controllen < mem::size_of::<libc::cmsghdr>() {
+        return 0;
+    }
+    // SAFETY: msg_control points at the CmsgBuf this message was given (live, aligned, 32 bytes)
+    // and msg_controllen is what the kernel wrote into it, at most that; CMSG_FIRSTHDR/NXTHDR
+    // stay inside msg_controllen and CMSG_DATA is read only when the header says it holds an int.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == SOL_UDP
+                && (*c).cmsg_type == UDP_GRO
+                && (*c).cmsg_len as usize >= libc::CMSG_LEN(mem::size_of::<c_int>() as u32) as usize
+            {
+                let v = ptr::read_unaligned(libc::CMSG_DATA(c).cast::<c_int>());
+                return usize::try_from(v).unwrap_or(0);
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    0
 }
 
 // SAFETY: the raw pointers inside are scratch values that are set from live `&mut` borrows at the
@@ -311,6 +369,7 @@ impl RecvScratch {
             hdrs: vec![hdr; n],
             iovs: vec![iov; n],
             addrs: vec![addr; n],
+            ctrl: vec![CmsgBuf::ZERO; n],
         }
     }
 
@@ -350,10 +409,15 @@ impl RecvScratch {
             return Ok(0);
         }
         link_headers(&mut self.hdrs, &mut self.iovs, &mut self.addrs, 0..n);
-        // SAFETY: hdrs[..n] each point at a live sockaddr_in (addrs[i]) of the length given and a
+        for (h, c) in self.hdrs.iter_mut().zip(self.ctrl.iter_mut()).take(n) {
+            h.msg_hdr.msg_control = c.0.as_mut_ptr().cast::<c_void>();
+            h.msg_hdr.msg_controllen = c.0.len();
+        }
+        // SAFETY: hdrs[..n] each point at a live sockaddr_in (addrs[i]) of the length given, a
         // live iovec (iovs[i]) describing a disjoint, writable part of `bufs`, which is mutably
-        // borrowed for the whole call; n <= hdrs.len(); fd is open; no timeout pointer. The kernel
-        // keeps none of these pointers after returning.
+        // borrowed for the whole call, and a live control buffer (ctrl[i]) of the length given;
+        // n <= hdrs.len(); fd is open; no timeout pointer. The kernel keeps none of these pointers
+        // after returning.
         let ret = unsafe {
             libc::recvmmsg(
                 fd.as_raw_fd(),
@@ -381,6 +445,7 @@ impl RecvScratch {
                 len: h.msg_len as usize,
                 src: from_sockaddr_in(addr, h.msg_hdr.msg_namelen),
                 truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                segment: gro_segment_size(&h.msg_hdr),
             };
         }
         Ok(got)
@@ -480,6 +545,193 @@ impl<'a> SendScratch<'a> {
                 fd.as_raw_fd(),
                 self.hdrs.as_mut_ptr().wrapping_add(first),
                 (self.len - first) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        Ok(cvt(ret)? as usize)
+    }
+}
+
+/// Messages one [`TrainBatch`] carries at most.
+pub const TRAIN_MSGS: usize = 64;
+/// Payload pieces (iovecs) one [`TrainBatch`] carries at most, over all its messages.
+pub const TRAIN_IOVS: usize = 512;
+
+/// Up to [`TRAIN_MSGS`] UDP messages for one `sendmmsg(2)`, each gathered from up to
+/// [`TRAIN_IOVS`] pieces in all and optionally cut by the kernel into segments of a fixed size
+/// (`UDP_SEGMENT`, a "GSO train"). On the stack: no allocation.
+///
+/// Built with [`TrainBatch::begin`], [`TrainBatch::add`] and [`TrainBatch::end`]; the pointers
+/// between the arrays are written only inside [`TrainBatch::sendmmsg`], so the struct may move.
+pub(crate) struct TrainBatch<'a> {
+    hdrs: [libc::mmsghdr; TRAIN_MSGS],
+    iovs: [libc::iovec; TRAIN_IOVS],
+    addrs: [libc::sockaddr_in; TRAIN_MSGS],
+    ctrl: [CmsgBuf; TRAIN_MSGS],
+    /// Per message: first iovec, iovec count, bytes, segment size (0: none).
+    first_iov: [usize; TRAIN_MSGS],
+    n_iov: [usize; TRAIN_MSGS],
+    bytes: [usize; TRAIN_MSGS],
+    segment: [u16; TRAIN_MSGS],
+    msgs: usize,
+    used_iovs: usize,
+    open: bool,
+    _bufs: PhantomData<&'a [u8]>,
+}
+
+impl<'a> TrainBatch<'a> {
+    /// An empty batch.
+    pub(crate) fn new() -> Self {
+        // SAFETY: mmsghdr, iovec and sockaddr_in are plain C structs (integers and raw pointers)
+        // for which all-zero bytes are a valid value.
+        let (hdr, iov, addr) = unsafe {
+            (
+                mem::zeroed::<libc::mmsghdr>(),
+                mem::zeroed::<libc::iovec>(),
+                mem::zeroed::<libc::sockaddr_in>(),
+            )
+        };
+        TrainBatch {
+            hdrs: [hdr; TRAIN_MSGS],
+            iovs: [iov; TRAIN_IOVS],
+            addrs: [addr; TRAIN_MSGS],
+            ctrl: [CmsgBuf::ZERO; TRAIN_MSGS],
+            first_iov: [0; TRAIN_MSGS],
+            n_iov: [0; TRAIN_MSGS],
+            bytes: [0; TRAIN_MSGS],
+            segment: [0; TRAIN_MSGS],
+            msgs: 0,
+            used_iovs: 0,
+            open: false,
+            _bufs: PhantomData,
+        }
+    }
+
+    /// Closed messages.
+    pub(crate) fn len(&self) -> usize {
+        self.msgs
+    }
+
+    /// Forgets every message.
+    pub(crate) fn clear(&mut self) {
+        self.msgs = 0;
+        self.used_iovs = 0;
+        self.open = false;
+    }
+
+    /// Opens a message to `dst`. False (nothing opened) when no message or piece would fit.
+    pub(crate) fn begin(&mut self, dst: SocketAddrV4) -> bool {
+        if self.open || self.msgs == TRAIN_MSGS || self.used_iovs == TRAIN_IOVS {
+            return false;
+        }
+        self.addrs[self.msgs] = sockaddr_in(dst);
+        self.first_iov[self.msgs] = self.used_iovs;
+        self.n_iov[self.msgs] = 0;
+        self.bytes[self.msgs] = 0;
+        self.segment[self.msgs] = 0;
+        self.open = true;
+        true
+    }
+
+    /// Whether another piece fits in the open message.
+    pub(crate) fn has_room(&self) -> bool {
+        self.open && self.used_iovs < TRAIN_IOVS
+    }
+
+    /// Appends `piece` to the open message. False (nothing added) when there is no room.
+    pub(crate) fn add(&mut self, piece: &'a [u8]) -> bool {
+        if !self.has_room() {
+            return false;
+        }
+        self.iovs[self.used_iovs] = libc::iovec {
+            // The kernel only reads through this pointer (sendmmsg), so casting away const is sound.
+            iov_base: piece.as_ptr().cast_mut().cast::<c_void>(),
+            iov_len: piece.len(),
+        };
+        self.used_iovs += 1;
+        self.n_iov[self.msgs] += 1;
+        self.bytes[self.msgs] += piece.len();
+        true
+    }
+
+    /// Closes the open message; `segment` > 0 asks the kernel to cut it into datagrams of that
+    /// many bytes (the last may be shorter). An empty message is discarded.
+    pub(crate) fn end(&mut self, segment: u16) {
+        if !self.open {
+            return;
+        }
+        self.open = false;
+        if self.n_iov[self.msgs] == 0 {
+            return;
+        }
+        self.segment[self.msgs] = segment;
+        self.msgs += 1;
+    }
+
+    /// Whether closed message `i` is a train (sent with `UDP_SEGMENT`).
+    pub(crate) fn is_train(&self, i: usize) -> bool {
+        self.segment.get(i).is_some_and(|&s| s > 0)
+    }
+
+    /// The datagrams closed message `i` becomes on the wire.
+    pub(crate) fn message_segments(&self, i: usize) -> usize {
+        match self.segment.get(i) {
+            Some(&s) if s > 0 => self.message_bytes(i).div_ceil(usize::from(s)),
+            Some(_) => 1,
+            None => 0,
+        }
+    }
+
+    /// Bytes of closed message `i`.
+    pub(crate) fn message_bytes(&self, i: usize) -> usize {
+        self.bytes.get(i).copied().unwrap_or(0)
+    }
+
+    /// `sendmmsg(fd, MSG_DONTWAIT)` of the closed messages from index `first` on. Returns how
+    /// many the kernel took, in order; an error means message `first` itself failed.
+    pub(crate) fn sendmmsg(&mut self, fd: BorrowedFd<'_>, first: usize) -> io::Result<usize> {
+        if first >= self.msgs {
+            return Ok(0);
+        }
+        let iovs = self.iovs.as_mut_ptr();
+        for i in first..self.msgs {
+            let h = &mut self.hdrs[i];
+            h.msg_len = 0;
+            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast::<c_void>();
+            h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as socklen_t;
+            h.msg_hdr.msg_iov = iovs.wrapping_add(self.first_iov[i]);
+            h.msg_hdr.msg_iovlen = self.n_iov[i];
+            h.msg_hdr.msg_flags = 0;
+            if self.segment[i] == 0 {
+                h.msg_hdr.msg_control = ptr::null_mut();
+                h.msg_hdr.msg_controllen = 0;
+                continue;
+            }
+            let buf = &mut self.ctrl[i];
+            h.msg_hdr.msg_control = buf.0.as_mut_ptr().cast::<c_void>();
+            // SAFETY: CMSG_SPACE only computes a size.
+            h.msg_hdr.msg_controllen =
+                unsafe { libc::CMSG_SPACE(mem::size_of::<u16>() as u32) } as usize;
+            // SAFETY: msg_control points at buf (32 bytes, 8-aligned) and msg_controllen is
+            // CMSG_SPACE(2) = 24 <= 32, so CMSG_FIRSTHDR returns a header inside buf, and the u16
+            // written at CMSG_DATA lies inside CMSG_LEN(2) of it.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                (*c).cmsg_level = SOL_UDP;
+                (*c).cmsg_type = UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as usize;
+                ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), self.segment[i]);
+            }
+        }
+        // SAFETY: hdrs[first..msgs] each point at a live sockaddr_in, a live run of iovecs and,
+        // for trains, a live control buffer inside self, which is mutably borrowed for the call;
+        // each iovec points at bytes borrowed for 'a, which outlives self; first < msgs <=
+        // TRAIN_MSGS; fd is open. The kernel only reads them, writes msg_len, and keeps no pointer.
+        let ret = unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                self.hdrs.as_mut_ptr().wrapping_add(first),
+                (self.msgs - first) as libc::c_uint,
                 libc::MSG_DONTWAIT,
             )
         };

@@ -8,14 +8,20 @@
 //! kernel has already checked the outer IPv4 and UDP headers; the bytes start at the VXLAN header
 //! ([`Ingress::VxlanUdp`](crate::forward::Ingress::VxlanUdp)).
 //!
-//! Sending goes through [`RawSender`](super::raw::RawSender), not this socket, so that the outer
-//! source port is the flow hash rather than this socket's port.
+//! With `UDP_GRO` ([`VxlanSocket::enable_gro`]) the kernel merges a flow's consecutive datagrams
+//! into one receive of up to 64 KiB; [`RecvMeta::segment`] says where to cut it.
+//!
+//! Sending goes through [`VxlanSender`], a small pool of UDP sockets that sends a flow's
+//! equal-sized datagrams as one `UDP_SEGMENT` train (UDP GSO). Between two Weft nodes a train
+//! crosses the underlay as one buffer and arrives as one merged receive.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use super::{sys, Slots};
+use super::raw::{is_congestion, SendReport};
+use super::sys::{self, TrainBatch};
+use super::Slots;
 use crate::forward::HEADROOM;
 
 /// A nonblocking UDP socket bound for VXLAN.
@@ -34,6 +40,9 @@ pub struct RecvMeta {
     /// The datagram was larger than the slot and was cut (`MSG_TRUNC`); a worker drops it as
     /// [`DropReason::TooBig`](crate::drop::DropReason::TooBig).
     pub truncated: bool,
+    /// With `UDP_GRO` on ([`VxlanSocket::enable_gro`]): the kernel merged datagrams of one flow,
+    /// each `segment` bytes but the last, into this one. 0 when nothing was merged.
+    pub segment: usize,
 }
 
 impl RecvMeta {
@@ -41,6 +50,7 @@ impl RecvMeta {
         len: 0,
         src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
         truncated: false,
+        segment: 0,
     };
 }
 
@@ -109,6 +119,19 @@ impl RecvBatch {
             .map(|(i, (slot, meta))| (i, *meta, slot))
     }
 
+    /// What arrived in slot `i` in the last call.
+    pub fn meta(&self, i: usize) -> Option<RecvMeta> {
+        if i >= self.received {
+            return None;
+        }
+        self.meta.get(i).copied()
+    }
+
+    /// Slot `i`, writable.
+    pub fn slot_mut(&mut self, i: usize) -> Option<&mut [u8]> {
+        self.slots.slot_mut(i)
+    }
+
     /// The slots, to read back what the core left in them.
     pub fn slots(&self) -> &Slots {
         &self.slots
@@ -147,6 +170,14 @@ impl VxlanSocket {
         Ok(n)
     }
 
+    /// Asks the kernel to merge consecutive datagrams of one flow before handing them over
+    /// (`UDP_GRO`, Linux 5.0): one receive then brings up to 64 KiB, described by
+    /// [`RecvMeta::segment`]. Slots must then hold 64 KiB after the headroom, or merged
+    /// datagrams arrive truncated. Fails on kernels without it; the socket then works as before.
+    pub fn enable_gro(&self) -> io::Result<()> {
+        sys::setsockopt_int(self.sock.as_fd(), sys::SOL_UDP, sys::UDP_GRO, 1)
+    }
+
     /// The address the socket is bound to.
     pub fn local_addr(&self) -> io::Result<SocketAddrV4> {
         match self.sock.local_addr()? {
@@ -176,6 +207,204 @@ impl AsFd for VxlanSocket {
 impl From<VxlanSocket> for OwnedFd {
     fn from(s: VxlanSocket) -> OwnedFd {
         s.sock.into()
+    }
+}
+
+/// The largest UDP payload one `UDP_SEGMENT` send may carry: an IPv4 datagram's 65535 bytes
+/// less the IPv4 and UDP headers.
+pub const MAX_TRAIN_BYTES: usize = 65_535 - 20 - 8;
+/// Segments per `UDP_SEGMENT` send: the kernel's `UDP_MAX_SEGMENTS` before Linux 6.11 raised it.
+pub const MAX_TRAIN_SEGMENTS: usize = 64;
+
+/// One VXLAN datagram to send: its UDP payload (VXLAN header onward), where to, and the flow
+/// hash that picks the source port.
+#[derive(Debug, Clone, Copy)]
+pub struct Datagram<'a> {
+    /// The peer's underlay address and VXLAN port.
+    pub dst: SocketAddrV4,
+    /// The inner flow's hash (the core's outer source port); the same flow always leaves through
+    /// the same socket, so from the same source port, in order.
+    pub flow: u16,
+    /// VXLAN header and inner frame.
+    pub payload: &'a [u8],
+}
+
+/// Sends VXLAN datagrams through a small pool of UDP sockets, gathering consecutive equal-sized
+/// datagrams of one flow into `UDP_SEGMENT` trains (UDP GSO, Linux 4.18): one `sendmmsg(2)`
+/// entry and one trip through the stack for up to [`MAX_TRAIN_SEGMENTS`] packets, cut by the
+/// NIC or at the last moment by the kernel. Pieces are sent from where they lie (one iovec
+/// each): nothing is copied.
+///
+/// The kernel builds the outer IPv4 and UDP headers (DF clear, as Linux's `flannel.1` sends; a
+/// computed UDP checksum, RFC 7348 §5 allows either). The source port is the socket's own, an
+/// ephemeral one per pool entry, chosen per flow by [`Datagram::flow`], which keeps the ECMP
+/// entropy RFC 7348 §5 asks for at the granularity of the pool.
+///
+/// If the kernel refuses a train (`EIO`: the route's device cannot checksum, or an `IPsec`
+/// policy; `EINVAL` on kernels without UDP GSO) GSO is turned off for this sender and the
+/// refusal is reported once ([`SendReport::gso_disabled`]); the datagrams of that train are
+/// dropped, later ones go singly.
+#[derive(Debug)]
+pub struct VxlanSender {
+    socks: Vec<OwnedFd>,
+    gso: bool,
+}
+
+impl VxlanSender {
+    /// `pool` nonblocking UDP sockets bound to `src` with an ephemeral port each, with `sndbuf`
+    /// bytes of send buffer, DF clear. `gso` false never sends trains.
+    pub fn new(src: Ipv4Addr, pool: usize, sndbuf: usize, gso: bool) -> io::Result<VxlanSender> {
+        let mut socks = Vec::with_capacity(pool.max(1));
+        for _ in 0..pool.max(1) {
+            let fd = sys::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
+            set_buffer(fd.as_fd(), Buffer::Send, sndbuf)?;
+            sys::setsockopt_int(
+                fd.as_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_DONT,
+            )?;
+            sys::bind_v4(fd.as_fd(), SocketAddrV4::new(src, 0))?;
+            socks.push(fd);
+        }
+        // Probe: a kernel without UDP GSO refuses the option itself.
+        let gso = gso
+            && socks.first().is_some_and(|fd| {
+                sys::setsockopt_int(fd.as_fd(), sys::SOL_UDP, sys::UDP_SEGMENT, 0).is_ok()
+            });
+        Ok(VxlanSender { socks, gso })
+    }
+
+    /// Whether trains are sent.
+    pub fn gso(&self) -> bool {
+        self.gso
+    }
+
+    /// The local addresses of the pool's sockets.
+    pub fn local_addrs(&self) -> Vec<SocketAddrV4> {
+        self.socks
+            .iter()
+            .filter_map(|fd| sys::local_addr_v4(fd.as_fd()).ok())
+            .collect()
+    }
+
+    /// Sends `items` in order without blocking: consecutive items with the same destination and
+    /// flow whose payloads are all as long as the first (the last may be shorter) go as one train.
+    pub fn send_iter<'a, I>(&mut self, items: I) -> SendReport
+    where
+        I: IntoIterator<Item = Datagram<'a>>,
+    {
+        let mut report = SendReport::default();
+        let mut batch = TrainBatch::new();
+        let mut batch_sock = 0usize;
+        // The open train: destination, socket, segment size, segments, bytes.
+        let mut open: Option<(SocketAddrV4, usize, usize, usize, usize)> = None;
+        let n = self.socks.len().max(1);
+        for d in items {
+            let sock = usize::from(d.flow) % n;
+            let len = d.payload.len();
+            if let Some((dst, s, seg, count, bytes)) = open.as_mut() {
+                let joins = self.gso
+                    && *dst == d.dst
+                    && *s == sock
+                    && len <= *seg
+                    && *count < MAX_TRAIN_SEGMENTS
+                    && *bytes + len <= MAX_TRAIN_BYTES
+                    && batch.has_room();
+                if joins {
+                    batch.add(d.payload);
+                    *count += 1;
+                    *bytes += len;
+                    if len < *seg {
+                        // A short segment can only be a train's last.
+                        batch.end(train_segment(*seg, *count));
+                        open = None;
+                    }
+                    continue;
+                }
+            }
+            if let Some((_, _, seg, count, _)) = open.take() {
+                batch.end(train_segment(seg, count));
+            }
+            if batch.len() > 0 && (batch_sock != sock || !batch.begin(d.dst)) {
+                self.flush(&mut batch, batch_sock, &mut report);
+                batch.clear();
+            }
+            if batch.len() == 0 && !batch.begin(d.dst) {
+                report.dropped += 1;
+                continue;
+            }
+            batch_sock = sock;
+            batch.add(d.payload);
+            open = Some((d.dst, sock, len, 1, len));
+        }
+        if let Some((_, _, seg, count, _)) = open.take() {
+            batch.end(train_segment(seg, count));
+        }
+        if batch.len() > 0 {
+            self.flush(&mut batch, batch_sock, &mut report);
+        }
+        report
+    }
+
+    /// Sends every closed message of `batch` through socket `sock`.
+    fn flush(&mut self, batch: &mut TrainBatch<'_>, sock: usize, report: &mut SendReport) {
+        let Some(fd) = self.socks.get(sock) else {
+            for i in 0..batch.len() {
+                report.dropped += batch.message_segments(i);
+            }
+            return;
+        };
+        let mut next = 0;
+        let mut interrupted = 0;
+        while next < batch.len() {
+            match batch.sendmmsg(fd.as_fd(), next) {
+                Ok(0) => {
+                    for i in next..batch.len() {
+                        report.dropped += batch.message_segments(i);
+                    }
+                    return;
+                }
+                Ok(k) => {
+                    for i in next..next + k {
+                        let segs = batch.message_segments(i);
+                        report.sent += segs;
+                        report.sent_bytes += batch.message_bytes(i) + segs * (20 + 8);
+                    }
+                    next += k;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && interrupted < 3 => {
+                    interrupted += 1;
+                }
+                Err(e) if is_congestion(&e) => {
+                    for i in next..batch.len() {
+                        report.dropped += batch.message_segments(i);
+                    }
+                    report.last_error = Some(e);
+                    return;
+                }
+                Err(e) => {
+                    let refused = batch.is_train(next)
+                        && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL));
+                    if refused && self.gso {
+                        self.gso = false;
+                        report.gso_disabled = Some(e.to_string());
+                    }
+                    report.dropped += batch.message_segments(next);
+                    report.last_error = Some(e);
+                    next += 1;
+                }
+            }
+        }
+    }
+}
+
+/// The `UDP_SEGMENT` value for a train of `count` segments of `seg` bytes: none for one.
+fn train_segment(seg: usize, count: usize) -> u16 {
+    if count > 1 {
+        u16::try_from(seg).unwrap_or(0)
+    } else {
+        0
     }
 }
 
@@ -266,5 +495,107 @@ mod tests {
         assert!(metas[1].0.truncated);
         assert_eq!(metas[1].0.len, 32);
         assert_eq!(sock.recv_batch(&mut batch).expect("empty"), 0);
+    }
+
+    fn recv_all(
+        sock: &VxlanSocket,
+        batch: &mut RecvBatch,
+        want_bytes: usize,
+    ) -> Vec<(RecvMeta, Vec<u8>)> {
+        let mut got = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..200 {
+            let n = sock.recv_batch(batch).expect("recv");
+            for i in 0..n {
+                let (meta, slot) = batch.get(i).expect("datagram");
+                bytes += meta.len;
+                got.push((meta, slot[HEADROOM..HEADROOM + meta.len].to_vec()));
+            }
+            if bytes >= want_bytes {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        got
+    }
+
+    /// Five full datagrams and a short one of one flow: one train. Received without GRO they
+    /// are six datagrams, byte-exact and in order; with GRO one merged datagram says so.
+    #[test]
+    fn trains_arrive_as_the_datagrams_they_were_cut_from() {
+        let payloads: Vec<Vec<u8>> = (0u8..6)
+            .map(|i| vec![i; if i == 5 { 300 } else { 1000 }])
+            .collect();
+        let total: usize = payloads.iter().map(Vec::len).sum();
+        for gro in [false, true] {
+            let rx = VxlanSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 20, 0)
+                .expect("bind receiver");
+            if gro {
+                rx.enable_gro().expect("UDP_GRO (Linux 5.0)");
+            }
+            let dst = rx.local_addr().expect("addr");
+            let mut tx = VxlanSender::new(Ipv4Addr::LOCALHOST, 2, 1 << 20, true).expect("sender");
+            assert!(tx.gso(), "UDP_SEGMENT (Linux 4.18) refused");
+            let report = tx.send_iter(payloads.iter().map(|p| Datagram {
+                dst,
+                flow: 7,
+                payload: p,
+            }));
+            assert_eq!((report.sent, report.dropped), (6, 0), "{report:?}");
+            assert_eq!(report.sent_bytes, total + 6 * 28);
+            let mut batch = RecvBatch::new(8, HEADROOM + 65_536);
+            let got = recv_all(&rx, &mut batch, total);
+            let src = tx.local_addrs()[7 % 2];
+            assert!(got.iter().all(|(m, _)| m.src == src), "one flow, one port");
+            let joined: Vec<u8> = got.iter().flat_map(|(_, b)| b.clone()).collect();
+            assert_eq!(joined, payloads.concat());
+            if gro {
+                assert_eq!(
+                    got.len(),
+                    1,
+                    "merged: {:?}",
+                    got.iter().map(|g| g.0).collect::<Vec<_>>()
+                );
+                assert_eq!((got[0].0.len, got[0].0.segment), (total, 1000));
+            } else {
+                let lens: Vec<usize> = got.iter().map(|(m, _)| m.len).collect();
+                assert_eq!(lens, vec![1000, 1000, 1000, 1000, 1000, 300]);
+                assert!(got.iter().all(|(m, _)| m.segment == 0));
+            }
+        }
+    }
+
+    /// Flows leave by their pool socket; a size change or another flow ends a train; with GSO
+    /// off every datagram goes singly.
+    #[test]
+    fn flows_keep_their_port_and_trains_break_where_they_must() {
+        let rx = VxlanSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 20, 0)
+            .expect("bind receiver");
+        let dst = rx.local_addr().expect("addr");
+        for gso in [true, false] {
+            let mut tx = VxlanSender::new(Ipv4Addr::LOCALHOST, 3, 1 << 20, gso).expect("sender");
+            let ports = tx.local_addrs();
+            let items: Vec<(u16, Vec<u8>)> = vec![
+                (1, vec![1; 800]),
+                (1, vec![2; 800]),
+                (2, vec![3; 800]),
+                (1, vec![4; 900]),
+                (1, vec![5; 100]),
+            ];
+            let report = tx.send_iter(items.iter().map(|(flow, p)| Datagram {
+                dst,
+                flow: *flow,
+                payload: p,
+            }));
+            assert_eq!((report.sent, report.dropped), (5, 0), "{report:?}");
+            let mut batch = RecvBatch::new(8, HEADROOM + 65_536);
+            let total: usize = items.iter().map(|(_, p)| p.len()).sum();
+            let got = recv_all(&rx, &mut batch, total);
+            assert_eq!(got.len(), 5);
+            for ((flow, p), (meta, bytes)) in items.iter().zip(&got) {
+                assert_eq!(bytes, p);
+                assert_eq!(meta.src, ports[usize::from(*flow) % 3]);
+            }
+        }
     }
 }

@@ -9,8 +9,10 @@
 //!
 //! Per wakeup it drains up to `batch` packets from the TUN queue (one `read(2)` each: a TUN
 //! without vnet headers has no batch read) and up to `batch` datagrams from the VXLAN socket (one
-//! `recvmmsg(2)`). Each batch's underlay transmits are sent with one `sendmmsg(2)` at its end;
-//! deliveries to the TUN are written at once. `poll(2)` waits at most [`POLL_TIMEOUT_MS`] when both
+//! `recvmmsg(2)`). Each batch's underlay transmits are sent at its end: VXLAN through the
+//! [`VxlanSender`], where a flow's run of equal-sized segments becomes one UDP GSO train, the
+//! rest through the raw socket, each with one `sendmmsg(2)`; deliveries to the TUN are written at
+//! once. A datagram the kernel merged (UDP GRO) is cut into its VXLAN packets in place. `poll(2)` waits at most [`POLL_TIMEOUT_MS`] when both
 //! are idle, so a stop request is seen within that time; after a full batch it is skipped.
 //!
 //! **Offloads.** On a TUN queue with virtio-net headers ([`TunQueue::vnet_hdr`]) a read brings a
@@ -30,12 +32,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use super::raw::RawSender;
+use super::raw::{RawSender, SendReport};
 use super::tun::TunQueue;
-use super::udp::{RecvBatch, VxlanSocket};
+use super::udp::{Datagram, RecvBatch, VxlanSender, VxlanSocket};
 use super::{clock, sys, Slots};
 use crate::drop::{Counters, DropReason};
-use crate::forward::{forward, Action, Ingress, Verdict, HEADROOM};
+use crate::forward::{
+    forward, Action, Encap, Ingress, Verdict, HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
+};
 use crate::offload::{
     complete_checksum, Coalescer, Gso, Push, Tcp4Segments, VnetRepr, SUPER_FRAME_BUF, VNET_HDR_LEN,
 };
@@ -70,7 +74,17 @@ pub struct WorkerConfig {
     /// kernel hands us super-frames is chosen when the TUN is created:
     /// [`TunOffload`](super::tun::TunOffload).)
     pub coalesce: bool,
+    /// Ask the kernel to merge each flow's VXLAN datagrams (`UDP_GRO`); the receive slots then
+    /// hold [`GRO_SLOT_PAYLOAD`] bytes each. Falls back to plain receives where the kernel
+    /// refuses it.
+    pub gro: bool,
+    /// Slots for packets read from the TUN queue (segments of super-frames included): what one
+    /// `sendmmsg(2)` can carry at most.
+    pub tun_slots: usize,
 }
+
+/// Receive slot payload room with `UDP_GRO`: the largest merged datagram.
+pub const GRO_SLOT_PAYLOAD: usize = 65_536;
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -79,18 +93,24 @@ impl Default for WorkerConfig {
             slot_size: HEADROOM + 9216,
             tun_read_size: SUPER_FRAME_BUF,
             coalesce: true,
+            gro: true,
+            tun_slots: 256,
         }
     }
 }
 
 impl WorkerConfig {
     fn validate(&self) -> io::Result<()> {
-        if self.batch == 0 || self.slot_size <= HEADROOM || self.tun_read_size <= VNET_HDR_LEN {
+        if self.batch == 0
+            || self.tun_slots == 0
+            || self.slot_size <= HEADROOM
+            || self.tun_read_size <= VNET_HDR_LEN
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "worker batch must be > 0, slot_size > {HEADROOM} and tun_read_size > \
-                     {VNET_HDR_LEN}, got {self:?}"
+                    "worker batch and tun_slots must be > 0, slot_size > {HEADROOM} and \
+                     tun_read_size > {VNET_HDR_LEN}, got {self:?}"
                 ),
             ));
         }
@@ -157,8 +177,37 @@ pub struct WorkerIo {
     pub tun: TunQueue,
     /// Its VXLAN socket (all workers' sockets bound to the same address).
     pub udp: VxlanSocket,
-    /// Its raw sender.
+    /// Its VXLAN sender (a pool of UDP sockets, with GSO trains where the kernel has them).
+    pub vxlan_tx: VxlanSender,
+    /// Its raw sender, for everything not VXLAN (IP-in-IP, routed packets).
     pub raw: RawSender,
+}
+
+/// How a worker's sockets are opened.
+#[derive(Debug, Clone, Copy)]
+pub struct IoOptions {
+    /// Receive buffer of the VXLAN socket (0: kernel default).
+    pub rcvbuf: usize,
+    /// Send buffers (0: kernel default).
+    pub sndbuf: usize,
+    /// The underlay source address for VXLAN sends (`0.0.0.0`: the route's).
+    pub src: Ipv4Addr,
+    /// UDP sockets in the VXLAN send pool (source ports per flow).
+    pub send_pool: usize,
+    /// Send same-flow trains with UDP GSO where the kernel has it.
+    pub gso: bool,
+}
+
+impl Default for IoOptions {
+    fn default() -> Self {
+        IoOptions {
+            rcvbuf: 4 << 20,
+            sndbuf: 4 << 20,
+            src: Ipv4Addr::UNSPECIFIED,
+            send_pool: 4,
+            gso: true,
+        }
+    }
 }
 
 impl WorkerIo {
@@ -170,10 +219,28 @@ impl WorkerIo {
         rcvbuf: usize,
         sndbuf: usize,
     ) -> io::Result<WorkerIo> {
+        WorkerIo::open_with(
+            tun,
+            vxlan_addr,
+            IoOptions {
+                rcvbuf,
+                sndbuf,
+                ..IoOptions::default()
+            },
+        )
+    }
+
+    /// Like [`WorkerIo::open`], with every option.
+    pub fn open_with(
+        tun: TunQueue,
+        vxlan_addr: SocketAddrV4,
+        o: IoOptions,
+    ) -> io::Result<WorkerIo> {
         Ok(WorkerIo {
             tun,
-            udp: VxlanSocket::bind(vxlan_addr, rcvbuf, sndbuf)?,
-            raw: RawSender::new(sndbuf)?,
+            udp: VxlanSocket::bind(vxlan_addr, o.rcvbuf, o.sndbuf)?,
+            vxlan_tx: VxlanSender::new(o.src, o.send_pool, o.sndbuf, o.gso)?,
+            raw: RawSender::new(o.sndbuf)?,
         })
     }
 }
@@ -204,7 +271,7 @@ pub fn spawn_workers(
         let mine = Arc::clone(shared);
         let spawned = std::thread::Builder::new()
             .name(format!("weft-worker-{id}"))
-            .spawn(move || run_worker(id, tun_port, w.tun, w.udp, w.raw, mine, cfg));
+            .spawn(move || run_worker(id, tun_port, w, mine, cfg));
         match spawned {
             Ok(h) => handles.push(h),
             Err(e) => {
@@ -228,12 +295,16 @@ pub fn spawn_workers(
 pub fn run_worker(
     id: usize,
     tun_port: PortId,
-    tun: TunQueue,
-    udp: VxlanSocket,
-    raw: RawSender,
+    io: WorkerIo,
     shared: Arc<WorkerShared>,
     cfg: WorkerConfig,
 ) -> io::Result<()> {
+    let WorkerIo {
+        tun,
+        udp,
+        vxlan_tx,
+        raw,
+    } = io;
     cfg.validate()?;
     if id >= shared.stats.len() {
         return Err(io::Error::new(
@@ -241,8 +312,14 @@ pub fn run_worker(
             format!("worker {id} has no counter slot"),
         ));
     }
-    let mut tun_slots = Slots::new(cfg.batch, cfg.slot_size);
-    let mut rx = RecvBatch::new(cfg.batch, cfg.slot_size);
+    let mut tun_slots = Slots::new(cfg.tun_slots, cfg.slot_size);
+    let gro = cfg.gro && udp.enable_gro().is_ok();
+    let rx_slot = if gro {
+        HEADROOM + GRO_SLOT_PAYLOAD
+    } else {
+        cfg.slot_size
+    };
+    let mut rx = RecvBatch::new(cfg.batch, rx_slot);
     let offload = tun.vnet_hdr();
     let mut frame_buf = if offload {
         vec![0u8; cfg.tun_read_size]
@@ -253,8 +330,9 @@ pub fn run_worker(
         tun_port,
         tun: &tun,
         raw: &raw,
+        vxlan_tx,
         counters: Counters::default(),
-        pending: Vec::with_capacity(cfg.batch),
+        pending: Vec::with_capacity(cfg.tun_slots.max(cfg.batch)),
         coalescer: (offload && cfg.coalesce).then(|| Coalescer::new(vec![0u8; SUPER_FRAME_BUF])),
     };
     let mut last_publish = clock::now();
@@ -323,6 +401,7 @@ struct Pending {
     slot: usize,
     start: usize,
     len: usize,
+    encap: Encap,
 }
 
 /// A worker's per-thread state.
@@ -330,6 +409,7 @@ struct Worker<'a> {
     tun_port: PortId,
     tun: &'a TunQueue,
     raw: &'a RawSender,
+    vxlan_tx: VxlanSender,
     counters: Counters,
     /// Capacity `batch`, allocated once: one verdict per slot, so it never grows.
     pending: Vec<Pending>,
@@ -508,17 +588,37 @@ impl Worker<'_> {
             Ok(n) => n,
             Err(_) => return 0,
         };
-        for (i, meta, slot) in rx.iter_mut() {
-            self.counters.rx_underlay.add(meta.len + OUTER_IPV4_UDP_LEN);
-            if meta.truncated {
-                self.counters.drop(DropReason::TooBig);
-                continue;
-            }
+        for i in 0..n {
+            let Some(meta) = rx.meta(i) else { break };
             let ingress = Ingress::VxlanUdp {
                 src: *meta.src.ip(),
             };
-            let verdict = forward(snap, ingress, slot, HEADROOM, meta.len, now);
-            self.carry_out(verdict, i, slot);
+            if meta.truncated {
+                self.counters.rx_underlay.add(meta.len + OUTER_IPV4_UDP_LEN);
+                self.counters.drop(DropReason::TooBig);
+                continue;
+            }
+            // A merged datagram (UDP GRO) holds `segment`-byte datagrams back to back; each is
+            // decapsulated where it lies. Whatever the core writes in front of a later one lands
+            // on the tail of the one before, which is why transmits still pending from it are
+            // sent first (deliveries are written or copied by the coalescer at once).
+            let seg = if meta.segment > 0 {
+                meta.segment
+            } else {
+                meta.len
+            };
+            let mut off = 0;
+            while off < meta.len {
+                let len = seg.min(meta.len - off);
+                if off > 0 && !self.pending.is_empty() {
+                    self.flush(rx.slots());
+                }
+                self.counters.rx_underlay.add(len + OUTER_IPV4_UDP_LEN);
+                let Some(slot) = rx.slot_mut(i) else { break };
+                let verdict = forward(snap, ingress, slot, HEADROOM + off, len, now);
+                self.carry_out(verdict, i, slot);
+                off += len;
+            }
         }
         self.flush(rx.slots());
         self.flush_coalesced();
@@ -585,7 +685,7 @@ impl Worker<'_> {
                 next_hop,
                 start,
                 len,
-                encap: _,
+                encap,
             }) => {
                 let in_slot = start.checked_add(len).is_some_and(|end| end <= slot.len());
                 if in_slot && self.pending.len() < self.pending.capacity() {
@@ -594,6 +694,7 @@ impl Worker<'_> {
                         slot: slot_index,
                         start,
                         len,
+                        encap,
                     });
                 } else {
                     self.counters.drop(DropReason::IoError);
@@ -602,20 +703,54 @@ impl Worker<'_> {
         }
     }
 
-    /// Sends the batch's underlay transmits with `sendmmsg(2)` and counts the outcome.
+    /// Sends the batch's underlay transmits and counts the outcome: VXLAN through the UDP
+    /// sender (same-flow runs as GSO trains), anything else through the raw socket, each with
+    /// `sendmmsg(2)`.
     fn flush(&mut self, slots: &Slots) {
         if self.pending.is_empty() {
             return;
         }
-        let report = self.raw.send_iter(
-            self.pending
-                .iter()
-                .map(|p| (p.next_hop, slots.bytes(p.slot, p.start, p.len))),
-        );
+        let vxlan = |p: &&Pending| matches!(p.encap, Encap::Vxlan { .. });
+        if self.pending.iter().any(|p| vxlan(&p)) {
+            let report = self
+                .vxlan_tx
+                .send_iter(self.pending.iter().filter(vxlan).map(|p| {
+                    let bytes = slots.bytes(p.slot, p.start, p.len);
+                    // The core wrote the outer UDP header; its destination port is the peer's.
+                    let dport = bytes
+                        .get(22..24)
+                        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+                    let flow = match p.encap {
+                        Encap::Vxlan { src_port } => src_port,
+                        _ => 0,
+                    };
+                    Datagram {
+                        dst: SocketAddrV4::new(p.next_hop, dport),
+                        flow,
+                        payload: bytes.get(VXLAN_UDP_PAYLOAD_OFFSET..).unwrap_or(&[]),
+                    }
+                }));
+            self.count_sent(&report);
+        }
+        if self.pending.iter().any(|p| !vxlan(&p)) {
+            let report = self.raw.send_iter(
+                self.pending
+                    .iter()
+                    .filter(|p| !vxlan(p))
+                    .map(|p| (p.next_hop, slots.bytes(p.slot, p.start, p.len))),
+            );
+            self.count_sent(&report);
+        }
+        self.pending.clear();
+    }
+
+    fn count_sent(&mut self, report: &SendReport) {
         self.counters.tx_underlay.packets += report.sent as u64;
         self.counters.tx_underlay.bytes += report.sent_bytes as u64;
         self.counters.drops[DropReason::IoError.index()] += report.dropped as u64;
-        self.pending.clear();
+        if report.gso_disabled.is_some() {
+            self.counters.gso_fallbacks += 1;
+        }
     }
 }
 
