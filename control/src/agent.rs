@@ -155,7 +155,7 @@ impl Agent {
                         rcvbuf: SOCKET_BUFFER,
                         sndbuf: SOCKET_BUFFER,
                         src: facts.public_ip,
-                        gso: cfg.dataplane.offload,
+                        gso: cfg.dataplane.gso,
                         ..IoOptions::default()
                     },
                 )
@@ -166,7 +166,8 @@ impl Agent {
             );
         }
         let wcfg = WorkerConfig {
-            gro: cfg.dataplane.offload,
+            gro: cfg.dataplane.gro,
+            spin: dataplane::time::Duration::from_micros(u64::from(cfg.dataplane.busy_poll_us)),
             ..WorkerConfig::default()
         };
         let workers =

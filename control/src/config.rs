@@ -24,6 +24,9 @@
 //! bridge = "weft0"             # default; the local pod bridge
 //! control_socket = "/run/weft/weftd.sock"   # default
 //! offload = true               # default: TUN offloads (virtio-net headers, TSO, coalescing)
+//! gso = true                   # default: send a flow's segments as UDP GSO trains
+//! gro = true                   # default: let the kernel merge received VXLAN datagrams (UDP GRO)
+//! busy_poll_us = 100           # default 100: keep polling this long after traffic; 0 = always sleep
 //!
 //! [[peers]]                    # default none; one table per remote node
 //! name = "node-b"
@@ -202,6 +205,12 @@ struct RawDataplane {
     control_socket: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     offload: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gso: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gro: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    busy_poll_us: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -286,7 +295,20 @@ pub struct DataplaneSection {
     /// one syscall per packet. On by default; the agent falls back to plain packets if the kernel
     /// refuses.
     pub offload: bool,
+    /// Send a flow's run of equal-sized VXLAN packets as one UDP GSO train (`UDP_SEGMENT`). On by
+    /// default; probed at start-up and turned off by itself if the kernel refuses.
+    pub gso: bool,
+    /// Ask the kernel to merge received VXLAN datagrams of one flow (`UDP_GRO`). On by default;
+    /// ignored on kernels without it.
+    pub gro: bool,
+    /// Microseconds a worker keeps polling after moving packets before it sleeps: replies that
+    /// come back within it skip the scheduler's wakeup latency, at the cost of that much CPU per
+    /// burst. Default 100; 0 always sleeps.
+    pub busy_poll_us: u32,
 }
+
+/// Default of `[dataplane] busy_poll_us`.
+pub const DEFAULT_BUSY_POLL_US: u32 = 100;
 
 /// `[[peers]]`: a remote node of the static datastore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -566,11 +588,26 @@ impl Config {
                 format!("{} is not an absolute path", control_socket.display()),
             ));
         }
+        let busy_poll_us = match raw.dataplane.busy_poll_us {
+            None => DEFAULT_BUSY_POLL_US,
+            Some(n) => u32::try_from(n)
+                .ok()
+                .filter(|&n| n <= 100_000)
+                .ok_or_else(|| {
+                    invalid(
+                        "dataplane.busy_poll_us",
+                        format!("{n} is not a number of microseconds in 0..=100000"),
+                    )
+                })?,
+        };
         let dataplane = DataplaneSection {
             workers,
             bridge,
             control_socket,
             offload: raw.dataplane.offload.unwrap_or(true),
+            gso: raw.dataplane.gso.unwrap_or(true),
+            gro: raw.dataplane.gro.unwrap_or(true),
+            busy_poll_us,
         };
 
         // [[peers]]
@@ -701,6 +738,9 @@ impl Config {
                 bridge: Some(self.dataplane.bridge.clone()),
                 control_socket: Some(self.dataplane.control_socket.clone()),
                 offload: Some(self.dataplane.offload),
+                gso: Some(self.dataplane.gso),
+                gro: Some(self.dataplane.gro),
+                busy_poll_us: Some(i64::from(self.dataplane.busy_poll_us)),
             },
             peers: self
                 .peers

@@ -36,13 +36,38 @@ pub enum Generator {
     Builtin,
 }
 
+/// The Weft agents' dataplane settings in a harness run.
+#[derive(Debug, Clone, Copy)]
+pub struct WeftKnobs {
+    /// Workers per agent (0: one per core).
+    pub workers: usize,
+    /// `[dataplane] busy_poll_us`.
+    pub busy_poll_us: u32,
+    /// `[dataplane] gso`.
+    pub gso: bool,
+    /// `[dataplane] gro`.
+    pub gro: bool,
+    /// `[dataplane] offload`.
+    pub tun_offload: bool,
+}
+
+impl WeftKnobs {
+    /// The `[dataplane]` lines these settings add to an agent's config.
+    fn dataplane_lines(&self) -> String {
+        format!(
+            "busy_poll_us = {}\ngso = {}\ngro = {}\noffload = {}\n",
+            self.busy_poll_us, self.gso, self.gro, self.tun_offload
+        )
+    }
+}
+
 /// Runs the harness: `rounds` rounds of `seconds` of TCP plus `pings` pings per variant.
 pub fn run(
     rounds: usize,
     seconds: u64,
     pings: usize,
     builtin: bool,
-    workers: usize,
+    knobs: &WeftKnobs,
 ) -> anyhow::Result<()> {
     if !control::sys::is_root() {
         bail!("weftd bench needs root (network namespaces, veths, TUN); run it with sudo");
@@ -70,7 +95,8 @@ pub fn run(
     ] {
         eprintln!("[setup] {name} ...");
         let mut lab = Lab::new(&weftd)?;
-        lab.workers = workers;
+        lab.workers = knobs.workers;
+        lab.dataplane_extra = knobs.dataplane_lines();
         lab.add_node(1, kind)?;
         lab.add_node(2, kind)?;
         lab.start()?;

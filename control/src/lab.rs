@@ -124,6 +124,8 @@ pub struct Lab {
     pub underlay_mtu: u32,
     /// Worker threads per Weft agent (0 = one per core, the agent's default).
     pub workers: usize,
+    /// Extra `[dataplane]` lines for every Weft agent's config, e.g. `"gso = false\n"`.
+    pub dataplane_extra: String,
 }
 
 /// Cluster network of every lab.
@@ -164,6 +166,7 @@ impl Lab {
             weftd: weftd.to_path_buf(),
             underlay_mtu: 1500,
             workers: 0,
+            dataplane_extra: String::new(),
         })
     }
 
@@ -261,6 +264,10 @@ impl Lab {
             n.ctl_socket.display(),
             self.workers
         );
+        s.push_str(&self.dataplane_extra);
+        if !s.ends_with('\n') {
+            s.push('\n');
+        }
         for (name, ip, subnet) in peers.iter().filter(|p| p.0 != n.name) {
             let _ = writeln!(
                 s,

@@ -68,6 +68,20 @@ enum Command {
         /// Worker threads per Weft agent (0 = one per core).
         #[arg(long, default_value_t = 0)]
         workers: usize,
+        /// Weft workers keep polling this many microseconds after traffic before sleeping
+        /// (`[dataplane] busy_poll_us`; 0 always sleeps).
+        #[arg(long, default_value_t = control::config::DEFAULT_BUSY_POLL_US)]
+        busy_poll_us: u32,
+        /// Weft without UDP GSO trains on send (`[dataplane] gso = false`).
+        #[arg(long)]
+        no_gso: bool,
+        /// Weft without UDP GRO on receive (`[dataplane] gro = false`).
+        #[arg(long)]
+        no_gro: bool,
+        /// Weft without TUN offloads: one packet per TUN read and write (`[dataplane] offload =
+        /// false`).
+        #[arg(long)]
+        no_tun_offload: bool,
     },
     /// Print a running agent's FIB, neighbour and FDB tables (as `ip route`, `ip neigh` and
     /// `bridge fdb` print them) and its counters, read over the agent's control socket.
@@ -123,7 +137,23 @@ fn main() -> ExitCode {
             pings,
             builtin,
             workers,
-        } => report(harness::run(rounds, seconds, pings, builtin, workers)),
+            busy_poll_us,
+            no_gso,
+            no_gro,
+            no_tun_offload,
+        } => report(harness::run(
+            rounds,
+            seconds,
+            pings,
+            builtin,
+            &harness::WeftKnobs {
+                workers,
+                busy_poll_us,
+                gso: !no_gso,
+                gro: !no_gro,
+                tun_offload: !no_tun_offload,
+            },
+        )),
         Command::Show { socket, output } => match control::ctl::request_show(&socket) {
             Ok(reply) => {
                 match output {

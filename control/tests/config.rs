@@ -59,6 +59,11 @@ fn minimal_file_gets_every_default() {
         PathBuf::from(DEFAULT_CONTROL_SOCKET)
     );
     assert!(c.dataplane.offload, "TUN offloads are on by default");
+    assert!(
+        c.dataplane.gso && c.dataplane.gro,
+        "UDP GSO and GRO are on by default"
+    );
+    assert_eq!(c.dataplane.busy_poll_us, 100);
     assert!(c.peers.is_empty());
     assert_eq!(c.tunnel_mtu(1500), 1450);
     assert_eq!(c.vtep_mac(), vtep_mac_for("node-a"));
@@ -320,6 +325,12 @@ fn dataplane_errors_name_the_field() {
     assert_err(&d("offload = \"yes\""), &["offload"]);
     let off = Config::from_toml_str(&d("offload = false")).unwrap();
     assert!(!off.dataplane.offload);
+    assert_err(&d("busy_poll_us = -1"), &["dataplane.busy_poll_us:"]);
+    assert_err(&d("busy_poll_us = 100001"), &["dataplane.busy_poll_us:"]);
+    let knobs = Config::from_toml_str(&d("gso = false\ngro = false\nbusy_poll_us = 0"))
+        .expect("offload knobs parse");
+    assert!(!knobs.dataplane.gso && !knobs.dataplane.gro);
+    assert_eq!(knobs.dataplane.busy_poll_us, 0);
     assert!(off.to_toml_string().contains("offload = false"));
     assert_eq!(Config::from_toml_str(&off.to_toml_string()).unwrap(), off);
 }

@@ -81,6 +81,10 @@ pub struct WorkerConfig {
     /// Slots for packets read from the TUN queue (segments of super-frames included): what one
     /// `sendmmsg(2)` can carry at most.
     pub tun_slots: usize,
+    /// After a wakeup that moved packets, keep looking (nonblocking `poll(2)`, yielding the CPU
+    /// in between) this long before sleeping again: a reply that comes back within it (a ping's,
+    /// a request's) is picked up without the scheduler's wakeup latency. Zero: always sleep.
+    pub spin: Duration,
 }
 
 /// Receive slot payload room with `UDP_GRO`: the largest merged datagram.
@@ -95,6 +99,7 @@ impl Default for WorkerConfig {
             coalesce: true,
             gro: true,
             tun_slots: 256,
+            spin: Duration::from_micros(100),
         }
     }
 }
@@ -339,20 +344,29 @@ pub fn run_worker(
     let mut dirty = false;
     // After a full batch there is probably more: read again without asking poll(2) first.
     let mut busy = false;
+    // Until when to poll without sleeping, after the last wakeup that moved packets.
+    let mut spin_until = last_publish;
     let result = loop {
         if shared.stop_requested() {
             break Ok(());
         }
+        let spinning = !busy && clock::now() < spin_until;
         let [tun_ready, udp_ready] = if busy {
             [true, true]
         } else {
-            match sys::poll_in([tun.as_fd(), udp.as_fd()], POLL_TIMEOUT_MS) {
+            let timeout = if spinning { 0 } else { POLL_TIMEOUT_MS };
+            match sys::poll_in([tun.as_fd(), udp.as_fd()], timeout) {
                 Ok(r) => r,
                 Err(e) => break Err(e),
             }
         };
         busy = false;
+        if spinning && !tun_ready && !udp_ready {
+            std::thread::yield_now();
+            continue;
+        }
         let now = clock::now();
+        let mut moved = false;
         if tun_ready || udp_ready {
             let snap = shared.cell.load();
             if tun_ready {
@@ -364,7 +378,7 @@ pub fn run_worker(
                 match drained {
                     Ok(n) => {
                         busy |= n == cfg.batch;
-                        dirty |= n > 0;
+                        moved |= n > 0;
                     }
                     Err(e) => break Err(e),
                 }
@@ -372,8 +386,12 @@ pub fn run_worker(
             if udp_ready {
                 let n = w.drain_udp(&snap, &udp, &mut rx, now);
                 busy |= n == cfg.batch;
-                dirty |= n > 0;
+                moved |= n > 0;
             }
+        }
+        if moved {
+            dirty = true;
+            spin_until = now + cfg.spin;
         }
         if dirty && now.saturating_since(last_publish) >= STATS_INTERVAL {
             publish(&shared, id, &w.counters);
