@@ -109,10 +109,9 @@ fn transfer(lab: &Lab, src: Ipv4Addr, dst: Ipv4Addr, port: u16) {
 fn all_directions(extra: &str) {
     let lab = lab(extra);
     let p = pods(&lab);
-    let mut port = 7000;
-    for (a, b) in [(p[0], p[1]), (p[1], p[0]), (p[0], p[2]), (p[2], p[0])] {
+    let pairs = [(p[0], p[1]), (p[1], p[0]), (p[0], p[2]), (p[2], p[0])];
+    for (port, (a, b)) in (7000..).zip(pairs) {
         transfer(&lab, a, b, port);
-        port += 1;
     }
     for node in lab.nodes.iter().take(2) {
         let show = request_show(&node.ctl_socket).expect("show");
