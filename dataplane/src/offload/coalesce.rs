@@ -88,15 +88,18 @@ fn eligible(pkt: &[u8]) -> Option<Tcp4> {
         && flags & forbidden == 0
         && flags & tcp::ACK_FLAG != 0
         && t.payload_len() > 0
-        && checksum::data(&pkt[..t.ip_len]) == 0xffff
-        && tcp_checksum_ok(pkt, &t);
+        && checksum::data(&pkt[..t.ip_len]) == 0xffff;
     ok.then_some(t)
 }
 
-fn tcp_checksum_ok(pkt: &[u8], t: &Tcp4) -> bool {
+/// Copies the TCP bytes `pkt[from..t.total]` to `out` (as long) and tells whether the segment's
+/// TCP checksum is valid, in one pass over the payload: the bytes before `from` are summed where
+/// they lie.
+fn copy_checked(pkt: &[u8], t: &Tcp4, from: usize, out: &mut [u8]) -> bool {
     let (src, dst) = addrs(pkt);
     let acc = tcp4::pseudo(src, dst, t.total - t.ip_len);
-    checksum::fold(checksum::accumulate(acc, &pkt[t.ip_len..t.total])) == 0xffff
+    let acc = checksum::accumulate(acc, &pkt[t.ip_len..from]);
+    checksum::fold(checksum::copy_and_accumulate(acc, &pkt[from..t.total], out)) == 0xffff
 }
 
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
@@ -131,7 +134,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
         let seq = be32(pkt, t.ip_len + tcp::SEQ);
         let Some(head) = self.head else {
             let buf = self.buf.as_mut();
-            buf[VNET_HDR_LEN..VNET_HDR_LEN + t.total].copy_from_slice(&pkt[..t.total]);
+            let at = VNET_HDR_LEN + t.ip_len;
+            if !copy_checked(pkt, &t, t.ip_len, &mut buf[at..VNET_HDR_LEN + t.total]) {
+                return Push::Rejected;
+            }
+            buf[VNET_HDR_LEN..at].copy_from_slice(&pkt[..t.ip_len]);
             self.len = t.total;
             let closed = pkt[t.ip_len + tcp::FLAGS] & tcp::PSH != 0;
             self.head = Some(Head {
@@ -167,7 +174,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
         let flags = pkt[th + tcp::FLAGS];
         let buf = self.buf.as_mut();
         let at = VNET_HDR_LEN + self.len;
-        buf[at..at + payload].copy_from_slice(&pkt[t.hdr_len()..t.total]);
+        // Past the held bytes: a segment whose checksum fails leaves nothing behind.
+        if !copy_checked(pkt, &t, t.hdr_len(), &mut buf[at..at + payload]) {
+            return Push::Rejected;
+        }
         // The latest window, and PSH if this segment pushes.
         let h = VNET_HDR_LEN + th;
         buf[h + 14..h + 16].copy_from_slice(&pkt[th + 14..th + 16]);

@@ -94,7 +94,12 @@ impl<'a> Tcp4Segments<'a> {
             return Some(Err(OffloadError::BufferTooSmall));
         };
         out[..hl].copy_from_slice(&self.frame[..hl]);
-        out[hl..].copy_from_slice(&self.frame[hl + offset..hl + offset + n]);
+        // The payload is summed as it is copied; the headers are added once they are final.
+        let payload_sum = checksum::copy_and_accumulate(
+            0,
+            &self.frame[hl + offset..hl + offset + n],
+            &mut out[hl..],
+        );
 
         // seg_len <= the super-frame's total length, a u16.
         out[ip::TOTAL_LEN..ip::TOTAL_LEN + 2].copy_from_slice(&(seg_len as u16).to_be_bytes());
@@ -115,8 +120,8 @@ impl<'a> Tcp4Segments<'a> {
         out[th + tcp::FLAGS] = flags;
         out[th + tcp::CHECKSUM..th + tcp::CHECKSUM + 2].fill(0);
         let (src, dst) = addrs(out);
-        let acc = checksum::accumulate(tcp4::pseudo(src, dst, tcp_len + n), &out[th..]);
-        let c = !checksum::fold(acc);
+        let acc = checksum::accumulate(tcp4::pseudo(src, dst, tcp_len + n), &out[th..hl]);
+        let c = !checksum::fold(checksum::combine(acc, payload_sum));
         out[th + tcp::CHECKSUM..th + tcp::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
         Some(Ok(seg_len))
     }

@@ -8,29 +8,81 @@ use std::net::Ipv4Addr;
 /// Adds `data` to a running ones'-complement accumulator, as big-endian 16-bit words; an odd last
 /// byte is padded with a zero byte (RFC 1071 §4.1).
 #[inline]
-pub fn accumulate(mut acc: u32, data: &[u8]) -> u32 {
-    // Summing 32-bit words into a 64-bit accumulator halves the loop count; the fold at the end
-    // gives the same ones'-complement sum as 16-bit words (RFC 1071 §2(C), byte-order independence).
-    let mut wide: u64 = u64::from(acc);
-    let mut chunks = data.chunks_exact(4);
+pub fn accumulate(acc: u32, data: &[u8]) -> u32 {
+    let mut lanes = [0u64; 4];
+    let mut chunks = data.chunks_exact(32);
     for c in &mut chunks {
-        wide += u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+        add_words(&mut lanes, c);
     }
-    let rest = chunks.remainder();
-    let mut i = 0;
-    while i + 1 < rest.len() {
-        wide += u64::from(u16::from_be_bytes([rest[i], rest[i + 1]]));
-        i += 2;
+    finish(acc, lanes, chunks.remainder())
+}
+
+/// Adds the 32 bytes `c` to four lanes, as native-endian 32-bit halves of 64-bit words (each
+/// lane grows by under 2^33 per call, so 2^31 calls, 64 GiB, cannot overflow it).
+#[inline(always)]
+fn add_words(lanes: &mut [u64; 4], c: &[u8]) {
+    for (lane, w) in lanes.iter_mut().zip(c.chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        let x = u64::from_ne_bytes(b);
+        *lane += (x & 0xffff_ffff) + (x >> 32);
     }
-    if i < rest.len() {
-        wide += u64::from(rest[i]) << 8;
+}
+
+/// Folds the lanes and the tail bytes `rest` (under 32) into `acc`. The words were summed in
+/// the machine's byte order; the folded sum is swapped to network order at the end (RFC 1071
+/// §2(B), byte-order independence). An odd last byte is padded with a zero on the right.
+#[inline(always)]
+fn finish(acc: u32, lanes: [u64; 4], rest: &[u8]) -> u32 {
+    let mut wide = lanes.iter().fold(0u64, |a, &l| {
+        let (sum, carry) = a.overflowing_add(l);
+        sum + u64::from(carry)
+    });
+    let mut words = rest.chunks_exact(2);
+    for w in &mut words {
+        wide += u64::from(u16::from_ne_bytes([w[0], w[1]]));
     }
-    // Fold 64 -> 32 bits; the accumulator stays a valid partial sum.
-    while wide >> 32 != 0 {
-        wide = (wide & 0xffff_ffff) + (wide >> 32);
+    if let [b] = words.remainder() {
+        wide += u64::from(u16::from_ne_bytes([*b, 0]));
     }
-    acc = wide as u32;
-    acc
+    while wide >> 16 != 0 {
+        wide = (wide & 0xffff) + (wide >> 16);
+    }
+    let net = u16::from_be_bytes((wide as u16).to_ne_bytes());
+    combine(acc, u32::from(net))
+}
+
+/// Copies `src` into `dst` (which must be as long) and adds `src` to the running accumulator
+/// `acc`, like [`accumulate`], in one pass over the bytes: for moving a payload and checksumming
+/// it at once (segmentation, coalescing).
+///
+/// The words are summed in the machine's byte order and the folded sum swapped to network order
+/// at the end (RFC 1071 §2(B), byte-order independence); an odd last byte is padded as
+/// [`accumulate`] pads it.
+///
+/// # Panics
+///
+/// If the slices differ in length: a caller bug.
+#[inline]
+pub fn copy_and_accumulate(acc: u32, src: &[u8], dst: &mut [u8]) -> u32 {
+    assert_eq!(src.len(), dst.len(), "copy_and_accumulate: lengths differ");
+    let mut lanes = [0u64; 4];
+    let mut s = src.chunks_exact(32);
+    let mut d = dst.chunks_exact_mut(32);
+    for (sc, dc) in (&mut s).zip(&mut d) {
+        dc.copy_from_slice(sc);
+        add_words(&mut lanes, sc);
+    }
+    let (s, d) = (s.remainder(), d.into_remainder());
+    d.copy_from_slice(s);
+    finish(acc, lanes, s)
+}
+
+/// Adds two running accumulators (of byte runs that each start at an even offset).
+#[inline]
+pub fn combine(a: u32, b: u32) -> u32 {
+    let total = u64::from(a) + u64::from(b);
+    ((total & 0xffff_ffff) + (total >> 32)) as u32
 }
 
 /// Folds an accumulator to 16 bits (without complementing it).
@@ -73,6 +125,31 @@ pub fn update_u16(old_check: u16, old: u16, new: u16) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_and_accumulate_matches_accumulate_and_copies() {
+        let mut x = 0x1234_5678u32;
+        let data: Vec<u8> = (0..300)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        for len in 0..data.len() {
+            for acc in [0u32, 0xffff, 0x1_2345, 0xffff_fff0] {
+                let mut out = vec![0u8; len];
+                let got = copy_and_accumulate(acc, &data[..len], &mut out);
+                assert_eq!(out, &data[..len]);
+                assert_eq!(
+                    fold(got),
+                    fold(accumulate(acc, &data[..len])),
+                    "len {len} acc {acc:#x}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn rfc1071_example() {
