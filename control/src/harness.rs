@@ -23,9 +23,16 @@ struct Variant {
     src: Ipv4Addr,
     dst: Ipv4Addr,
     gbps: Vec<f64>,
+    gbps4: Vec<f64>,
+    udp_kpps: Vec<f64>,
     rtt_us: Vec<f64>,
     cpu_s_per_gb: Vec<f64>,
 }
+
+/// Streams of the multi-stream TCP run.
+const STREAMS: usize = 4;
+/// Datagram size of the UDP run (payload bytes, as iperf3 `-l`).
+const UDP_LEN: usize = 1400;
 
 /// How throughput is generated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +127,8 @@ pub fn run(
             src,
             dst,
             gbps: Vec::new(),
+            gbps4: Vec::new(),
+            udp_kpps: Vec::new(),
             rtt_us: Vec::new(),
             cpu_s_per_gb: Vec::new(),
         });
@@ -131,7 +140,7 @@ pub fn run(
             }
             let cpu_before = agent_cpu_seconds(&v.lab);
             let (bytes, gbps) = match generator {
-                Generator::Iperf3 => iperf3(&v.lab, v.src, v.dst, seconds)?,
+                Generator::Iperf3 => iperf3(&v.lab, v.src, v.dst, seconds, &[])?,
                 Generator::Builtin => {
                     let t = v.lab.tcp_throughput(
                         v.src,
@@ -148,6 +157,21 @@ pub fn run(
                 v.cpu_s_per_gb.push(cpu / (bytes as f64 / 1e9));
             }
             v.gbps.push(gbps);
+            if generator == Generator::Iperf3 {
+                let streams = STREAMS.to_string();
+                let (_, g4) = iperf3(&v.lab, v.src, v.dst, seconds, &["-P", &streams])?;
+                v.gbps4.push(g4);
+                let len = UDP_LEN.to_string();
+                let (bytes, _) = iperf3(
+                    &v.lab,
+                    v.src,
+                    v.dst,
+                    seconds,
+                    &["-u", "-b", "0", "-l", &len],
+                )?;
+                v.udp_kpps
+                    .push(bytes as f64 / UDP_LEN as f64 / seconds.max(1) as f64 / 1e3);
+            }
             let pod = v.lab.pod(v.src).context("pod")?;
             let mut lost = 0;
             for _ in 0..pings {
@@ -157,9 +181,11 @@ pub fn run(
                 }
             }
             eprintln!(
-                "[round {round}/{rounds}] {:<26} {:>6.2} Gbit/s  rtt p50 {:>5.0} µs{}",
+                "[round {round}/{rounds}] {:<26} {:>6.2} Gbit/s  {STREAMS} streams {:>6.2} Gbit/s  UDP {:>5.0} kpps  rtt p50 {:>5.0} µs{}",
                 v.name,
                 gbps,
+                v.gbps4.last().copied().unwrap_or(f64::NAN),
+                v.udp_kpps.last().copied().unwrap_or(f64::NAN),
                 median(&v.rtt_us[v.rtt_us.len().saturating_sub(pings - lost)..]),
                 if lost > 0 {
                     format!("  ({lost} pings lost)")
@@ -171,18 +197,28 @@ pub fn run(
     }
     println!();
     println!(
-        "| variant | TCP Gbit/s (median of {rounds}) | vs kernel VXLAN | RTT p50 µs | RTT p99 µs | p50 vs kernel VXLAN | Weft CPU s/GB |"
+        "Medians of {rounds} rounds; ratios to kernel VXLAN. TCP: iperf3 single stream and {STREAMS} streams; UDP: {UDP_LEN}-byte datagrams at full rate, received packets/s; CPU: Weft agents' user+system seconds per GB over the single-stream run."
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!();
+    println!(
+        "| variant | TCP 1 stream Gbit/s | ratio | TCP {STREAMS} streams Gbit/s | ratio | UDP {UDP_LEN} B kpps | ratio | RTT p50 µs | RTT p99 µs | p50 vs kernel VXLAN | Weft CPU s/GB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let base_gbps = median(&variants[0].gbps);
+    let base_gbps4 = median(&variants[0].gbps4);
+    let base_kpps = median(&variants[0].udp_kpps);
     let base_p50 = median(&variants[0].rtt_us);
     for v in &variants {
         let p50 = median(&v.rtt_us);
         println!(
-            "| {} | {:.2} | {:.2}x | {:.0} | {:.0} | {:+.0} µs | {} |",
+            "| {} | {:.2} | {:.2}x | {:.2} | {:.2}x | {:.0} | {:.2}x | {:.0} | {:.0} | {:+.0} µs | {} |",
             v.name,
             median(&v.gbps),
             median(&v.gbps) / base_gbps,
+            median(&v.gbps4),
+            median(&v.gbps4) / base_gbps4,
+            median(&v.udp_kpps),
+            median(&v.udp_kpps) / base_kpps,
             p50,
             percentile(&v.rtt_us, 0.99),
             p50 - base_p50,
@@ -219,8 +255,15 @@ fn agent_cpu_seconds(lab: &Lab) -> f64 {
         .sum()
 }
 
-/// One iperf3 run from pod `src` to pod `dst`: (bytes received, Gbit/s received).
-fn iperf3(lab: &Lab, src: Ipv4Addr, dst: Ipv4Addr, seconds: u64) -> anyhow::Result<(u64, f64)> {
+/// One iperf3 run from pod `src` to pod `dst` with `extra` client arguments (`-P 4`, `-u ...`):
+/// (bytes received, Gbit/s received).
+fn iperf3(
+    lab: &Lab,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    seconds: u64,
+    extra: &[&str],
+) -> anyhow::Result<(u64, f64)> {
     let server_ns = &lab.pod(dst).context("pod")?.ns;
     let mut server = spawn_in_netns(
         Command::new("iperf3")
@@ -243,6 +286,7 @@ fn iperf3(lab: &Lab, src: Ipv4Addr, dst: Ipv4Addr, seconds: u64) -> anyhow::Resu
                 &seconds.to_string(),
                 "-J",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),
         client_ns,

@@ -49,15 +49,17 @@ enum Command {
         keep: bool,
     },
     /// Benchmark harness: kernel VXLAN (flannel layout), kernel routing (host-gw) and Weft VXLAN
-    /// on the same two-node namespace topology, measured in alternation: single-stream TCP
-    /// (iperf3 when installed), ping RTT p50/p99 and Weft's CPU seconds per GB, with ratios to
-    /// kernel VXLAN. Needs root; about 2 minutes with the defaults.
+    /// on the same two-node namespace topology, measured in alternation: single-stream and
+    /// 4-stream TCP and 1400-byte UDP packets/s (iperf3; without it, single-stream TCP from the
+    /// built-in generator), ping RTT p50/p99 and Weft's CPU seconds per GB, with ratios to kernel
+    /// VXLAN. Needs root; about 2.5 minutes with the defaults.
     Bench {
         /// Rounds; every round measures every variant once.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
-        /// Seconds of TCP per variant and round.
-        #[arg(long, default_value_t = 4)]
+        /// Seconds per measurement (single-stream TCP, multi-stream TCP, UDP) per variant and
+        /// round.
+        #[arg(long, default_value_t = 3)]
         seconds: u64,
         /// Pings per variant and round.
         #[arg(long, default_value_t = 100)]
