@@ -26,7 +26,7 @@
 //! offload = true               # default: TUN offloads (virtio-net headers, TSO, coalescing)
 //! gso = true                   # default: send a flow's segments as UDP GSO trains
 //! gro = true                   # default: let the kernel merge received VXLAN datagrams (UDP GRO)
-//! busy_poll_us = 100           # default 100: keep polling this long after traffic; 0 = always sleep
+//! busy_poll_us = 200           # default 200: keep polling this long after traffic; 0 = always sleep
 //!
 //! [[peers]]                    # default none; one table per remote node
 //! name = "node-b"
@@ -303,12 +303,12 @@ pub struct DataplaneSection {
     pub gro: bool,
     /// Microseconds a worker keeps polling after moving packets before it sleeps: replies that
     /// come back within it skip the scheduler's wakeup latency, at the cost of that much CPU per
-    /// burst. Default 100; 0 always sleeps.
+    /// burst. Default 200; 0 always sleeps.
     pub busy_poll_us: u32,
 }
 
 /// Default of `[dataplane] busy_poll_us`.
-pub const DEFAULT_BUSY_POLL_US: u32 = 100;
+pub const DEFAULT_BUSY_POLL_US: u32 = 200;
 
 /// `[[peers]]`: a remote node of the static datastore.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -63,7 +63,7 @@ fn minimal_file_gets_every_default() {
         c.dataplane.gso && c.dataplane.gro,
         "UDP GSO and GRO are on by default"
     );
-    assert_eq!(c.dataplane.busy_poll_us, 100);
+    assert_eq!(c.dataplane.busy_poll_us, 200);
     assert!(c.peers.is_empty());
     assert_eq!(c.tunnel_mtu(1500), 1450);
     assert_eq!(c.vtep_mac(), vtep_mac_for("node-a"));

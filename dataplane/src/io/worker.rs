@@ -99,7 +99,7 @@ impl Default for WorkerConfig {
             coalesce: true,
             gro: true,
             tun_slots: 256,
-            spin: Duration::from_micros(100),
+            spin: Duration::from_micros(200),
         }
     }
 }
