@@ -46,7 +46,7 @@ fn minimal_file_gets_every_default() {
         c.node.public_address,
         PublicAddress::Autodetect(AutodetectMethod::FirstFound)
     );
-    assert_eq!(c.node.subnet, "10.244.1.0/24".parse().unwrap());
+    assert_eq!(c.node.subnet, Some("10.244.1.0/24".parse().unwrap()));
     assert_eq!(c.network.network, "10.244.0.0/16".parse().unwrap());
     assert_eq!(c.backend.kind, BackendKind::Vxlan);
     assert_eq!(c.backend.vni, 1);
