@@ -201,7 +201,8 @@ impl EtcdServer {
         self.spawn()
     }
 
-    /// Runs `f` with a fresh client, inside the server's namespace, on a private runtime.
+    /// Runs `f` with a fresh client, inside the server's namespace, on a private runtime and
+    /// thread.
     pub fn block<T, F, Fut>(&self, f: F) -> Result<T, EtcdServerError>
     where
         F: FnOnce(Client) -> Fut + Send,
@@ -226,7 +227,12 @@ impl EtcdServer {
             Some(ns) => ns
                 .run(run)
                 .map_err(|e| EtcdServerError::Io(e.to_string()))?,
-            None => run(),
+            // A thread of its own, so callers may be inside a runtime themselves.
+            None => std::thread::scope(|s| {
+                s.spawn(run)
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            }),
         }
     }
 
