@@ -342,6 +342,19 @@ impl Lab {
         std::fs::write(&n.config, s).map_err(io_err(format!("write {}", n.config.display())))
     }
 
+    /// Writes the config of Weft node `idx` for the lab's datastore and starts its agent without
+    /// waiting for it: for nodes added after [`Lab::start`] (a static lab lists every node as a
+    /// peer; an etcd lab's agent waits for etcd if it is down).
+    pub fn launch_agent(&mut self, idx: usize) -> Result<(), LabError> {
+        let peers: Vec<(String, Ipv4Addr, Ipv4Net)> = self
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.public_ip, n.subnet))
+            .collect();
+        self.write_config(idx, &peers)?;
+        self.start_agent(idx)
+    }
+
     /// Starts (or restarts) the agent of Weft node `idx`.
     pub fn start_agent(&mut self, idx: usize) -> Result<(), LabError> {
         let n = &mut self.nodes[idx];
