@@ -236,6 +236,19 @@ impl EtcdServer {
         }
     }
 
+    /// Runs `f` on a thread inside the server's namespace (threads `f` spawns stay there too),
+    /// so a caller can hold its own long-lived clients next to the server.
+    pub fn in_ns<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R, EtcdServerError> {
+        match &self.ns {
+            Some(ns) => ns.run(f).map_err(|e| EtcdServerError::Io(e.to_string())),
+            None => Ok(std::thread::scope(|s| {
+                s.spawn(f)
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })),
+        }
+    }
+
     /// Puts `key = value`, bound to a fresh etcd lease of `ttl` seconds when given.
     pub fn put(&self, key: &str, value: &str, ttl: Option<i64>) -> Result<(), EtcdServerError> {
         let (key, value) = (key.to_string(), value.to_string());

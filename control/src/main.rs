@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod bench_control;
 mod demo;
 mod harness;
 
@@ -90,6 +91,18 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         workers: usize,
     },
+    /// Control-plane benchmarks: a real etcd holding `--leases` flannel leases and a `weftd run`
+    /// agent on it in a lab namespace (start to ready, resident memory), then `--changes` lease
+    /// changes timed until a watching node's FIB has them (p50/p99). Prints figures; needs root;
+    /// about 30 s with the defaults.
+    BenchControl {
+        /// Leases in etcd (peers of the agent).
+        #[arg(long, default_value_t = 5000)]
+        leases: usize,
+        /// Lease changes to time (puts and deletes in turn).
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+    },
     /// Print a running agent's FIB, neighbour and FDB tables (as `ip route`, `ip neigh` and
     /// `bridge fdb` print them) and its counters, read over the agent's control socket.
     Show {
@@ -159,6 +172,7 @@ fn main() -> ExitCode {
             builtin,
             workers,
         } => report(harness::run(rounds, seconds, pings, builtin, workers)),
+        Command::BenchControl { leases, changes } => report(bench_control::run(leases, changes)),
         Command::Show { socket, output } => match control::ctl::request_show(&socket) {
             Ok(reply) => {
                 match output {
