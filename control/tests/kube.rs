@@ -379,8 +379,8 @@ fn serve_conn(stream: TcpStream, state: &ApiState, stop: &AtomicBool) {
                                 "message": format!("nodes \"{name}\" not found")}).to_string(),
                     ),
                     Some(mut n) => {
-                        if m == "PATCH" && !rest.ends_with("/status") {
-                            // A JSON merge patch of metadata.annotations.
+                        if m == "PATCH" {
+                            // Annotations merge (strategic merge of a map is a merge).
                             let patch: Value = serde_json::from_str(&body).unwrap_or_default();
                             if let Some(a) = patch["metadata"]["annotations"].as_object() {
                                 for (k, v) in a {
@@ -470,13 +470,22 @@ fn kube_client_annotates_sets_condition_and_follows_nodes_through_the_api() {
     assert_eq!(prepared.subnet, "10.244.1.0/24".parse().unwrap());
     assert_eq!(prepared.network, "10.244.0.0/16".parse().unwrap());
 
-    // The annotation patch: a JSON merge patch with flannel's four annotations.
+    // Both patches go to nodes/status as strategic merge patches (flannel's RBAC has no nodes
+    // patch): first flannel's four annotations, then the condition.
     let reqs = api.requests();
-    let ann = reqs
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| r.method == "PATCH" && r.path == "/api/v1/nodes/node-a"),
+        "a nodes (not nodes/status) patch needs RBAC flannel does not grant"
+    );
+    let patches: Vec<&Recorded> = reqs
         .iter()
-        .find(|r| r.method == "PATCH" && r.path == "/api/v1/nodes/node-a")
-        .expect("annotation patch");
-    assert_eq!(ann.content_type, "application/merge-patch+json");
+        .filter(|r| r.method == "PATCH" && r.path == "/api/v1/nodes/node-a/status")
+        .collect();
+    assert_eq!(patches.len(), 2, "{patches:?}");
+    let ann = patches[0];
+    assert_eq!(ann.content_type, "application/strategic-merge-patch+json");
     let body: Value = serde_json::from_str(&ann.body).unwrap();
     let want = own_annotations(Ipv4Addr::new(192, 168, 50, 1), 1, vtep_mac_for("node-a"));
     assert_eq!(
@@ -484,10 +493,7 @@ fn kube_client_annotates_sets_condition_and_follows_nodes_through_the_api() {
         serde_json::to_value(&want).unwrap()
     );
     // The condition: a strategic merge patch of nodes/status.
-    let st = reqs
-        .iter()
-        .find(|r| r.method == "PATCH" && r.path == "/api/v1/nodes/node-a/status")
-        .expect("status patch");
+    let st = patches[1];
     assert_eq!(st.content_type, "application/strategic-merge-patch+json");
     let body: Value = serde_json::from_str(&st.body).unwrap();
     let c = &body["status"]["conditions"][0];

@@ -6,8 +6,9 @@
 //! - The network config is flannel's `net-conf.json` when `datastore.kubernetes.net_conf` names
 //!   it (the `kube-flannel-cfg` ConfigMap mounted as a file), else `[network]` and `[backend]`.
 //! - Our Node is annotated with flannel's `backend-type`, `backend-data`, `public-ip` and
-//!   `kube-subnet-manager: "true"` (a JSON merge patch of `metadata.annotations`), then its
-//!   condition `NetworkUnavailable=False` (reason `FlannelIsUp`) is set through `nodes/status`.
+//!   `kube-subnet-manager: "true"`, then its condition `NetworkUnavailable=False` (reason
+//!   `FlannelIsUp`); both are strategic merge patches of `nodes/status`, as flannel sends them, so
+//!   flannel's RBAC (nodes get/list/watch, nodes/status patch) is all it needs.
 //! - Peers are the Nodes carrying `kube-subnet-manager: "true"`, a vxlan backend and a podCIDR,
 //!   followed by a `kube::runtime` watcher (list, then watch; relist with backoff on errors).
 //!
@@ -225,7 +226,7 @@ pub fn own_annotations(
     ])
 }
 
-/// The JSON merge patch setting `annotations` on a Node.
+/// The (strategic merge) patch setting `annotations` on a Node.
 pub fn annotations_patch(annotations: &BTreeMap<String, String>) -> Value {
     json!({ "metadata": { "annotations": annotations } })
 }
@@ -317,11 +318,13 @@ pub async fn prepare(
     let wanted = own_annotations(public_ip, vni, cfg.vtep_mac());
     let current = node.metadata.annotations.clone().unwrap_or_default();
     if wanted.iter().any(|(k, v)| current.get(k) != Some(v)) {
+        // Through nodes/status, as flannel does, so flannel's RBAC (nodes get/list/watch,
+        // nodes/status patch) is all Weft needs.
         nodes
-            .patch(
+            .patch_status(
                 name,
                 &PatchParams::default(),
-                &Patch::Merge(annotations_patch(&wanted)),
+                &Patch::Strategic(annotations_patch(&wanted)),
             )
             .await
             .map_err(|source| KubeError::Api {
