@@ -52,6 +52,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+fn endpoint_port(endpoint: &str) -> anyhow::Result<u16> {
+    endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("port of {endpoint}"))
+}
+
 fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     text.lines()
@@ -104,6 +112,23 @@ pub fn run(leases: usize, changes: usize) -> anyhow::Result<()> {
 
     // 1. A real agent: start to ready, FIB size, memory.
     let idx = lab.add_node(1, NodeKind::Weft)?;
+    // A fresh veth and bridge port drop the very first packets for a moment; a TCP SYN lost then
+    // costs the 1 s initial retransmission timeout, which would be the lab's start-up, not the
+    // agent's. A real node's underlay is up long before its agent starts: wait for ours too.
+    let etcd_addr = std::net::SocketAddr::from((control::lab::ETCD_IP, endpoint_port(&endpoint)?));
+    let warm = Instant::now();
+    while !lab.nodes[idx]
+        .ns
+        .run(move || {
+            std::net::TcpStream::connect_timeout(&etcd_addr, Duration::from_millis(200)).is_ok()
+        })
+        .unwrap_or(false)
+    {
+        if warm.elapsed() > Duration::from_secs(10) {
+            bail!("node-1 cannot reach etcd at {etcd_addr} over the lab underlay");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let t0 = Instant::now();
     lab.launch_agent(idx)?;
     let ready = loop {

@@ -259,3 +259,25 @@ fn etcd_down_for_ten_seconds_keeps_traffic_and_converges_after() {
     let (_, m) = lab.http_get(0, "/metrics").expect("metrics");
     assert!(metric(&m, "weft_datastore_reconnects_total ") >= 1.0, "{m}");
 }
+
+#[test]
+fn bench_control_runs_and_prints_its_figures() {
+    require_root();
+    let out = std::process::Command::new(weftd_path())
+        .args(["bench-control", "--leases", "50", "--changes", "10"])
+        .output()
+        .expect("run weftd bench-control");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "start to ready (lease held, 50 peers programmed",
+        "resident memory with 50 peers",
+        "10 changes: p50",
+    ] {
+        assert!(stdout.contains(want), "{want} missing in\n{stdout}");
+    }
+}
