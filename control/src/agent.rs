@@ -1,5 +1,10 @@
-//! The node agent: turns the configuration (the static datastore) into plumbing, table snapshots
-//! and running dataplane workers, and serves the control socket.
+//! The node agent: asks the datastore (static file, etcd, Kubernetes) for this node's subnet and
+//! its peers, plumbs the node, runs the dataplane workers, keeps the tables current from the
+//! datastore on a control thread, writes subnet.env, and serves the control socket and the
+//! health/metrics endpoint.
+//!
+//! Start-up order (etcd): public IP and VTEP MAC, network config (retried until valid), subnet
+//! lease, tables from the lease listing, TUN and plumbing, workers, watch, subnet.env, ready.
 //!
 //! Start-up order matters for "nothing lost on a crash": the TUN device is created by this process
 //! and vanishes with it (the kernel then drops the cluster route into it), while the bridge and the
@@ -8,21 +13,28 @@
 //! second without being recreated.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use dataplane::fib::NextHop;
 use dataplane::io::tun::{TunDevice, TunOffload};
 use dataplane::io::worker::{self, IoOptions, WorkerConfig, WorkerIo, WorkerShared};
-use dataplane::snapshot::{NodeConfig, Port, PortKind, SnapshotCell, Tables};
-use dataplane::PortId;
+use dataplane::snapshot::SnapshotCell;
+use ipnet::Ipv4Net;
 
 use crate::config::{Config, PublicAddress};
 use crate::ctl::{self, CountersView, CtlServer, NodeView, ShowReply};
+use crate::datastore::{
+    etcd, kube, reconcile, static_peers, Backoff, DatastoreKind, Lease, OwnNode, PeerSync,
+};
+use crate::health::{HealthError, HealthServer};
+use crate::metrics::Metrics;
 use crate::netlink::{self, Netlink, NodePlan};
+use crate::subnet_env::{self, SubnetEnv};
 
 /// The TUN device's port id in the tables.
-pub const TUN_PORT: PortId = PortId(0);
+pub use crate::datastore::TUN_PORT;
 /// Socket buffer size for the VXLAN sockets.
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -57,6 +69,15 @@ pub enum AgentError {
     /// A worker thread could not be spawned.
     #[error("cannot spawn worker thread: {0}")]
     Spawn(std::io::Error),
+    /// The health server could not start.
+    #[error(transparent)]
+    Health(#[from] HealthError),
+    /// The etcd datastore failed (out of subnets, TLS files, stopped while waiting).
+    #[error("etcd datastore: {0}")]
+    Etcd(#[from] etcd::EtcdError),
+    /// The Kubernetes datastore failed.
+    #[error("kubernetes datastore: {0}")]
+    Kube(#[from] kube::KubeError),
 }
 
 /// What the agent derived from its configuration and the host.
@@ -82,40 +103,111 @@ pub struct NodeFacts {
 #[derive(Debug)]
 pub struct Agent {
     facts: NodeFacts,
+    cfg: Config,
     shared: Arc<WorkerShared>,
     workers: Vec<JoinHandle<std::io::Result<()>>>,
     ctl: Option<CtlServer>,
+    metrics: Arc<Metrics>,
+    health: Option<HealthServer>,
+    stop: Arc<AtomicBool>,
+    control: Option<JoinHandle<()>>,
 }
 
-/// Builds the tables a node with configuration `cfg` forwards with: its own subnet to the TUN, and
-/// per remote peer flannel's neighbour, FDB and route.
-pub fn build_tables(cfg: &Config, facts: &NodeFacts) -> Tables {
-    let subnet = cfg.node.subnet;
-    let mut node = NodeConfig::flannel_defaults(cfg.vtep_mac(), facts.public_ip, subnet.network());
-    node.vni = cfg.backend.vni;
-    node.vxlan_port = cfg.backend.port;
-    node.underlay_mtu = facts.underlay_mtu;
-    let mut t = Tables::new(node);
-    t.set_port(
-        TUN_PORT,
-        Port {
-            kind: PortKind::L3,
-            mtu: facts.tun_mtu,
-        },
-    );
-    t.fib.insert(subnet, NextHop::Local { port: TUN_PORT });
-    for peer in cfg.peers.iter().filter(|p| p.name != cfg.node.name) {
-        t.add_vxlan_peer(peer.subnet, peer.public_ip, peer.vtep_mac);
+/// The live datastore connection the control thread takes over after start-up.
+enum Session {
+    Static,
+    Etcd {
+        client: Box<etcd_client::Client>,
+        acquired: Box<etcd::Acquired>,
+    },
+    Kube {
+        client: ::kube::Client,
+    },
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Session::Static => "Static",
+            Session::Etcd { .. } => "Etcd",
+            Session::Kube { .. } => "Kube",
+        })
     }
-    t
+}
+
+/// What the datastore said before plumbing: our subnet, the network, the first peers.
+#[derive(Debug)]
+struct Prepared {
+    subnet: Ipv4Net,
+    network: Ipv4Net,
+    vni: u32,
+    port: u16,
+    leases: Vec<Lease>,
+    /// The tables hold everything the datastore had (static, etcd: the acquisition's listing);
+    /// Kubernetes programs its peers once the watcher's first list is in.
+    programmed: bool,
+    session: Session,
+}
+
+impl Prepared {
+    /// The configuration with what the datastore decided filled in.
+    fn effective(&self, cfg: &Config) -> Config {
+        let mut c = cfg.clone();
+        c.node.subnet = Some(self.subnet);
+        c.network.network = self.network;
+        c.backend.vni = self.vni;
+        c.backend.port = self.port;
+        c
+    }
+}
+
+/// This node's dataplane identity for [`reconcile`].
+pub fn own_node(cfg: &Config, facts: &NodeFacts, subnet: Ipv4Net) -> OwnNode {
+    OwnNode {
+        subnet,
+        public_ip: facts.public_ip,
+        vtep_mac: cfg.vtep_mac(),
+        vni: cfg.backend.vni,
+        vxlan_port: cfg.backend.port,
+        underlay_mtu: facts.underlay_mtu,
+        tun_mtu: facts.tun_mtu,
+    }
 }
 
 impl Agent {
-    /// Plumbs the node, starts the workers and the control socket.
+    /// Plumbs the node, starts the workers and the control socket; stops on SIGTERM handled by
+    /// the caller through [`Agent::stop`].
     pub fn start(cfg: &Config) -> Result<Agent, AgentError> {
-        let facts = node_facts(cfg)?;
-        let tables = build_tables(cfg, &facts);
-        let cell = Arc::new(SnapshotCell::new(tables.snapshot()));
+        Self::start_with_stop(cfg, Arc::new(AtomicBool::new(false)))
+    }
+
+    /// Like [`Agent::start`]; `stop` ends start-up waits (for etcd, the network config, the
+    /// Node's podCIDR) and, later, the control thread.
+    pub fn start_with_stop(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Agent, AgentError> {
+        let mut facts = node_facts(cfg)?;
+        let metrics = Arc::new(Metrics::new());
+        // Up first, so probes get /healthz (and a 503 /readyz) while we wait for a datastore.
+        let health = match cfg.health.listen {
+            Some(addr) => Some(HealthServer::start(addr, metrics.clone())?),
+            None => None,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(AgentError::Spawn)?;
+        let prepared = rt.block_on(prepare(cfg, &facts, &stop))?;
+        metrics.lease_held.store(true, Ordering::Relaxed);
+        let cfg = prepared.effective(cfg);
+        facts.tun_name = netlink::tun_name(cfg.backend.vni);
+        let subnet = prepared.subnet;
+        let own = own_node(&cfg, &facts, subnet);
+        let cell = Arc::new(SnapshotCell::new(reconcile(&own, &[]).snapshot()));
+        let mut sync = PeerSync::new(own, cell.clone(), metrics.clone());
+        sync.replace_all(prepared.leases.iter().cloned());
+        sync.commit();
+        if prepared.programmed {
+            metrics.tables_programmed.store(true, Ordering::Relaxed);
+        }
 
         let offload = if cfg.dataplane.offload {
             TunOffload::TSO4
@@ -136,7 +228,7 @@ impl Agent {
         let nl = Netlink::new()?;
         let plan = NodePlan::new(
             cfg.backend.vni,
-            cfg.node.subnet,
+            subnet,
             cfg.network.network,
             &cfg.dataplane.bridge,
             u32::from(facts.tun_mtu),
@@ -144,6 +236,7 @@ impl Agent {
         netlink::plumb_node(&nl, &plan)?;
 
         let shared = Arc::new(WorkerShared::new(cell.clone(), facts.workers));
+        metrics.attach_workers(shared.clone());
         let vxlan_addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, cfg.backend.port);
         let mut io = Vec::with_capacity(facts.workers);
         for queue in tun.into_queues() {
@@ -180,22 +273,49 @@ impl Agent {
             move || show_reply(&cfg, &facts, &shared)
         };
         let ctl = CtlServer::start(&cfg.dataplane.control_socket, show)?;
+
+        let env = SubnetEnv {
+            network: cfg.network.network,
+            subnet,
+            mtu: u32::from(facts.tun_mtu),
+            ipmasq: false,
+        };
+        let peers = sync.published().len();
+        let control = {
+            let stop = stop.clone();
+            let metrics = metrics.clone();
+            let cfg = cfg.clone();
+            let session = prepared.session;
+            std::thread::Builder::new()
+                .name("weft-control".into())
+                .spawn(move || {
+                    rt.block_on(control_loop(cfg, session, sync, env, metrics, stop));
+                })
+                .map_err(AgentError::Spawn)?
+        };
         tracing::info!(
             node = %facts.name,
+            datastore = cfg.datastore.kind.name(),
             public_ip = %facts.public_ip,
-            subnet = %cfg.node.subnet,
+            subnet = %subnet,
             tun = %facts.tun_name,
             mtu = facts.tun_mtu,
             workers = facts.workers,
             tun_offload,
-            peers = cfg.peers.iter().filter(|p| p.name != cfg.node.name).count(),
+            peers,
+            health = ?health.as_ref().map(HealthServer::addr),
             "weftd is up"
         );
         Ok(Agent {
             facts,
+            cfg,
             shared,
             workers,
             ctl: Some(ctl),
+            metrics,
+            health,
+            stop,
+            control: Some(control),
         })
     }
 
@@ -204,12 +324,31 @@ impl Agent {
         &self.facts
     }
 
-    /// Stops the workers and the control socket. The TUN device goes with the last worker.
+    /// The effective configuration: the file with what the datastore decided (subnet, network,
+    /// VNI, port) filled in.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The agent's metrics and readiness.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Stops the control thread, the workers and the servers. The TUN device goes with the last
+    /// worker. The subnet lease is left in place (with its TTL), so a restart reuses it, as
+    /// flannel's does.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(c) = self.control.take() {
+            if c.join().is_err() {
+                tracing::error!("control thread panicked");
+            }
+        }
         self.shared.request_stop();
         for (id, w) in self.workers.drain(..).enumerate() {
             match w.join() {
@@ -219,6 +358,7 @@ impl Agent {
             }
         }
         self.ctl.take();
+        self.health.take();
     }
 }
 
@@ -226,6 +366,163 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Asks the datastore for our subnet, the network and the first peers.
+async fn prepare(
+    cfg: &Config,
+    facts: &NodeFacts,
+    stop: &Arc<AtomicBool>,
+) -> Result<Prepared, AgentError> {
+    match cfg.datastore.kind {
+        DatastoreKind::Static => Ok(Prepared {
+            subnet: cfg
+                .node
+                .subnet
+                .expect("validation requires node.subnet with the static datastore"),
+            network: cfg.network.network,
+            vni: cfg.backend.vni,
+            port: cfg.backend.port,
+            leases: static_peers::leases(cfg),
+            programmed: true,
+            session: Session::Static,
+        }),
+        DatastoreKind::Etcd => {
+            let e = &cfg.datastore.etcd;
+            let mut client = etcd::connect(e).await?;
+            let net = etcd::wait_network_config(&mut client, &e.prefix, stop).await?;
+            tracing::info!(
+                network = %net.network,
+                subnet_len = net.subnet_len,
+                vni = net.backend.vni,
+                port = net.backend.port,
+                "network config from etcd"
+            );
+            let own = etcd::OwnAttrs {
+                public_ip: facts.public_ip,
+                vni: net.backend.vni,
+                vtep_mac: cfg.vtep_mac(),
+            };
+            let previous = subnet_env::previous_subnet(&cfg.datastore.subnet_file);
+            let mut backoff = Backoff::new();
+            let acquired = loop {
+                match etcd::acquire(&mut client, &e.prefix, &net, &own, previous, e.lease_ttl).await
+                {
+                    Ok(a) => break a,
+                    Err(err @ etcd::EtcdError::Request { .. }) => {
+                        tracing::warn!("acquiring a subnet lease: {err}; retrying");
+                        if stop.load(Ordering::Relaxed) {
+                            return Err(etcd::EtcdError::Stopped.into());
+                        }
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            };
+            tracing::info!(
+                subnet = %acquired.subnet,
+                key = %acquired.key,
+                how = acquired.how,
+                ttl = e.lease_ttl,
+                "subnet lease acquired"
+            );
+            Ok(Prepared {
+                subnet: acquired.subnet,
+                network: net.network,
+                vni: net.backend.vni,
+                port: net.backend.port,
+                leases: etcd::leases_of(&acquired.listed.0),
+                programmed: true,
+                session: Session::Etcd {
+                    client: Box::new(client),
+                    acquired: Box::new(acquired),
+                },
+            })
+        }
+        DatastoreKind::Kubernetes => {
+            let p = kube::prepare(cfg, facts.public_ip, stop).await?;
+            Ok(Prepared {
+                subnet: p.subnet,
+                network: p.network,
+                vni: p.vni,
+                port: p.port,
+                leases: Vec::new(),
+                programmed: false,
+                session: Session::Kube { client: p.client },
+            })
+        }
+    }
+}
+
+/// The control thread: keeps the peers current from the datastore and subnet.env written.
+async fn control_loop(
+    cfg: Config,
+    session: Session,
+    mut sync: PeerSync,
+    env: SubnetEnv,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) {
+    let env_task = {
+        let path = cfg.datastore.subnet_file.clone();
+        let metrics = metrics.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut logged = false;
+            while !stop.load(Ordering::Relaxed) {
+                match env.write(&path) {
+                    Ok(()) => {
+                        metrics.subnet_env_written.store(true, Ordering::Relaxed);
+                        tracing::info!(path = %path.display(), "subnet.env written");
+                        return;
+                    }
+                    Err(e) if !logged => {
+                        tracing::error!("{e}; not ready until it is written; retrying");
+                        logged = true;
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
+    };
+    match session {
+        Session::Static => {
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Session::Etcd { client, acquired } => {
+            let e = &cfg.datastore.etcd;
+            let renew_now = Arc::new(tokio::sync::Notify::new());
+            let rev = acquired.listed.1;
+            let own_key = acquired.key.clone();
+            let renew = tokio::spawn(etcd::renew_loop(
+                (*client).clone(),
+                *acquired,
+                e.lease_ttl,
+                e.renew_margin,
+                metrics.clone(),
+                stop.clone(),
+                renew_now.clone(),
+            ));
+            let watch = etcd::Watch {
+                client: *client,
+                prefix: e.prefix.clone(),
+                rev,
+                own_key,
+                metrics: metrics.clone(),
+                stop: stop.clone(),
+                renew_now,
+            };
+            etcd::watch_loop(watch, &mut sync).await;
+            renew.abort();
+        }
+        Session::Kube { client } => {
+            kube::run(client, &cfg, &mut sync, metrics.clone(), stop.clone()).await;
+        }
+    }
+    env_task.abort();
 }
 
 fn node_facts(cfg: &Config) -> Result<NodeFacts, AgentError> {
@@ -265,7 +562,7 @@ fn show_reply(cfg: &Config, facts: &NodeFacts, shared: &WorkerShared) -> ShowRep
         node: NodeView {
             name: facts.name.clone(),
             public_ip: facts.public_ip,
-            subnet: cfg.node.subnet.to_string(),
+            subnet: cfg.node.subnet.map(|s| s.to_string()).unwrap_or_default(),
             network: cfg.network.network.to_string(),
             vtep_mac: snap.node.vtep_mac.to_string(),
             vni: snap.node.vni,

@@ -8,7 +8,8 @@
 //! name = "node-a"              # required; also the seed of the node's VTEP MAC (vtep_mac_for)
 //! public_ip = "192.168.50.1"   # the underlay address; exclusive with autodetect
 //! autodetect = "first-found"   # default when public_ip is absent; or "can-reach=IP", "interface=REGEX"
-//! subnet = "10.244.1.0/24"     # required; this node's pod subnet, inside network, /30 or larger
+//! subnet = "10.244.1.0/24"     # required with the static datastore (only there); this node's pod
+//!                              # subnet, inside network, /30 or larger
 //!
 //! [network]
 //! network = "10.244.0.0/16"    # default; flannel's Network
@@ -28,7 +29,29 @@
 //! gro = true                   # default: let the kernel merge received VXLAN datagrams (UDP GRO)
 //! busy_poll_us = 200           # default 200: keep polling this long after traffic; 0 = always sleep
 //!
-//! [[peers]]                    # default none; one table per remote node
+//! [datastore]
+//! type = "static"              # default; or "etcd", "kubernetes" (flannel's two layouts)
+//! subnet_file = "/run/flannel/subnet.env"   # default; flannel's subnet.env, written atomically
+//!
+//! [datastore.etcd]             # used with type = "etcd"
+//! endpoints = ["http://127.0.0.1:2379"]     # default
+//! prefix = "/coreos.com/network"            # default; network config at <prefix>/config
+//! ca_file = "..."              # TLS: CA, client cert and key (all optional)
+//! cert_file = "..."
+//! key_file = "..."
+//! username = "..."             # optional etcd user (password below)
+//! password = "..."
+//! lease_ttl = 86400            # default, seconds: the subnet lease's TTL (flannel's 24 h)
+//! renew_margin = 3600          # default, seconds: renew when this much remains (flannel's 1 h)
+//!
+//! [datastore.kubernetes]       # used with type = "kubernetes"
+//! kubeconfig = "..."           # default: in-cluster service account, else $KUBECONFIG or ~/.kube/config
+//! net_conf = "..."             # flannel's net-conf.json; default: [network] and [backend] here
+//!
+//! [health]
+//! listen = "0.0.0.0:9472"      # default; /healthz, /readyz, /metrics; "off" disables
+//!
+//! [[peers]]                    # static datastore only; default none; one table per remote node
 //! name = "node-b"
 //! public_ip = "192.168.50.2"
 //! subnet = "10.244.2.0/24"
@@ -41,7 +64,7 @@
 //! the field by its path, e.g. `peers[1].subnet`.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use dataplane::wire::EthernetAddress;
@@ -49,6 +72,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::autodetect::AutodetectMethod;
+use crate::datastore::DatastoreKind;
 
 /// Default cluster network, flannel's documented default.
 pub const DEFAULT_NETWORK: &str = "10.244.0.0/16";
@@ -68,6 +92,15 @@ pub const MAX_MTU: u32 = 9000 - VXLAN_OVERHEAD;
 pub const VXLAN_OVERHEAD: u32 = 50;
 /// Largest VNI: 24 bits (RFC 7348 §5).
 pub const MAX_VNI: u32 = (1 << 24) - 1;
+/// Default health and metrics listen address (flannel serves /healthz only when given a port;
+/// Weft serves it by default, on a port chosen to echo VXLAN's 8472).
+pub const DEFAULT_HEALTH_LISTEN: &str = "0.0.0.0:9472";
+/// Default etcd endpoint (flannel's).
+pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
+/// Default subnet lease TTL, seconds (flannel's 24 h).
+pub const DEFAULT_LEASE_TTL: u64 = 24 * 3600;
+/// Default renew margin, seconds (flannel's 1 h).
+pub const DEFAULT_RENEW_MARGIN: u64 = 3600;
 /// Longest pod subnet prefix accepted: a /30 holds the TUN's `.0`, the bridge's `.1` and one pod.
 pub const MAX_SUBNET_PREFIX: u8 = 30;
 
@@ -159,8 +192,64 @@ struct RawConfig {
     backend: RawBackend,
     #[serde(default)]
     dataplane: RawDataplane,
+    #[serde(default)]
+    datastore: RawDatastore,
+    #[serde(default)]
+    health: RawHealth,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     peers: Vec<RawPeer>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatastore {
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subnet_file: Option<PathBuf>,
+    #[serde(default)]
+    etcd: RawEtcd,
+    #[serde(default)]
+    kubernetes: RawKube,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcd {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    endpoints: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ca_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lease_ttl: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    renew_margin: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawKube {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kubeconfig: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    net_conf: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -171,7 +260,8 @@ struct RawNode {
     public_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     autodetect: Option<String>,
-    subnet: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subnet: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -241,8 +331,9 @@ pub struct NodeSection {
     pub name: String,
     /// The underlay address, or how to find it.
     pub public_address: PublicAddress,
-    /// This node's pod subnet.
-    pub subnet: Ipv4Net,
+    /// This node's pod subnet: given with the static datastore; `None` with etcd (it comes from
+    /// the lease) and Kubernetes (from the Node's `spec.podCIDR`).
+    pub subnet: Option<Ipv4Net>,
 }
 
 /// `[network]`: the cluster.
@@ -323,6 +414,76 @@ pub struct PeerConfig {
     pub vtep_mac: EthernetAddress,
 }
 
+/// `[datastore.etcd]`: flannel's etcd v3 layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdSection {
+    /// Client URLs, `http://` or `https://`.
+    pub endpoints: Vec<String>,
+    /// Key prefix; the network config is at `<prefix>/config`, leases under `<prefix>/subnets/`.
+    pub prefix: String,
+    /// CA certificate (PEM) to verify the servers with.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// Client key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// etcd user name.
+    pub username: Option<String>,
+    /// etcd password.
+    pub password: Option<String>,
+    /// TTL of the subnet lease, seconds.
+    pub lease_ttl: u64,
+    /// Renew the lease when less than this many seconds remain.
+    pub renew_margin: u64,
+}
+
+/// `[datastore.kubernetes]`: flannel's `--kube-subnet-mgr` layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeSection {
+    /// A kubeconfig file; `None`: in-cluster config, else `$KUBECONFIG` or `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// flannel's `net-conf.json`; `None`: the network and backend come from this file.
+    pub net_conf: Option<PathBuf>,
+}
+
+/// `[datastore]`: where the node's subnet and its peers come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatastoreSection {
+    /// Which datastore.
+    pub kind: DatastoreKind,
+    /// Where flannel's subnet.env is written.
+    pub subnet_file: PathBuf,
+    /// etcd settings.
+    pub etcd: EtcdSection,
+    /// Kubernetes settings.
+    pub kubernetes: KubeSection,
+}
+
+/// `[health]`: the health and metrics HTTP server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSection {
+    /// Listen address; `None` when disabled (`listen = "off"`).
+    pub listen: Option<SocketAddr>,
+}
+
+/// Command-line overrides of the file (`weftd run --datastore etcd --etcd-endpoints ...`),
+/// applied before validation so they are validated like the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `datastore.type`.
+    pub datastore: Option<String>,
+    /// `datastore.etcd.endpoints`.
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// `datastore.etcd.prefix`.
+    pub etcd_prefix: Option<String>,
+    /// `datastore.subnet_file`.
+    pub subnet_file: Option<PathBuf>,
+    /// `health.listen`.
+    pub health_listen: Option<String>,
+    /// `datastore.kubernetes.kubeconfig`.
+    pub kubeconfig: Option<PathBuf>,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -334,7 +495,11 @@ pub struct Config {
     pub backend: BackendSection,
     /// `[dataplane]`.
     pub dataplane: DataplaneSection,
-    /// `[[peers]]`.
+    /// `[datastore]`.
+    pub datastore: DatastoreSection,
+    /// `[health]`.
+    pub health: HealthSection,
+    /// `[[peers]]` (static datastore).
     pub peers: Vec<PeerConfig>,
 }
 
@@ -452,6 +617,132 @@ fn validate_ifname(field: &str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+fn validate_datastore(raw: &RawDatastore) -> Result<DatastoreSection, ConfigError> {
+    let kind: DatastoreKind = raw
+        .kind
+        .as_deref()
+        .unwrap_or("static")
+        .trim()
+        .parse()
+        .map_err(|e: String| invalid("datastore.type", e))?;
+    let subnet_file = raw
+        .subnet_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::subnet_env::DEFAULT_PATH));
+    if subnet_file.as_os_str().is_empty() || subnet_file.file_name().is_none() {
+        return Err(invalid(
+            "datastore.subnet_file",
+            format!("{} is not a file path", subnet_file.display()),
+        ));
+    }
+    let e = &raw.etcd;
+    let endpoints = e
+        .endpoints
+        .clone()
+        .unwrap_or_else(|| vec![DEFAULT_ETCD_ENDPOINT.to_string()]);
+    if endpoints.is_empty() {
+        return Err(invalid(
+            "datastore.etcd.endpoints",
+            "empty; give at least one URL like \"http://127.0.0.1:2379\"",
+        ));
+    }
+    for (i, ep) in endpoints.iter().enumerate() {
+        let rest = ep
+            .strip_prefix("http://")
+            .or_else(|| ep.strip_prefix("https://"))
+            .ok_or_else(|| {
+                invalid(
+                    format!("datastore.etcd.endpoints[{i}]"),
+                    format!("{ep:?} is not an http:// or https:// URL"),
+                )
+            })?;
+        if rest.is_empty() || rest.contains(char::is_whitespace) {
+            return Err(invalid(
+                format!("datastore.etcd.endpoints[{i}]"),
+                format!("{ep:?} has no host:port"),
+            ));
+        }
+    }
+    let prefix = e
+        .prefix
+        .clone()
+        .unwrap_or_else(|| crate::datastore::flannel::DEFAULT_PREFIX.to_string());
+    if !prefix.starts_with('/') {
+        return Err(invalid(
+            "datastore.etcd.prefix",
+            format!("{prefix:?} must start with '/' like flannel's \"/coreos.com/network\""),
+        ));
+    }
+    if e.cert_file.is_some() != e.key_file.is_some() {
+        return Err(invalid(
+            "datastore.etcd",
+            "cert_file and key_file go together; give both or neither",
+        ));
+    }
+    if e.password.is_some() && e.username.is_none() {
+        return Err(invalid(
+            "datastore.etcd.username",
+            "missing; a password needs a user",
+        ));
+    }
+    let lease_ttl = in_range(
+        "datastore.etcd.lease_ttl",
+        e.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL as i64),
+        2,
+        10 * 365 * 24 * 3600,
+    )? as u64;
+    let renew_margin = in_range(
+        "datastore.etcd.renew_margin",
+        e.renew_margin
+            .unwrap_or(DEFAULT_RENEW_MARGIN.min(lease_ttl / 2) as i64),
+        1,
+        lease_ttl as i64 - 1,
+    )? as u64;
+    Ok(DatastoreSection {
+        kind,
+        subnet_file,
+        etcd: EtcdSection {
+            endpoints,
+            prefix: prefix.trim_end_matches('/').to_string(),
+            ca_file: e.ca_file.clone(),
+            cert_file: e.cert_file.clone(),
+            key_file: e.key_file.clone(),
+            username: e.username.clone(),
+            password: e.password.clone(),
+            lease_ttl,
+            renew_margin,
+        },
+        kubernetes: KubeSection {
+            kubeconfig: raw.kubernetes.kubeconfig.clone(),
+            net_conf: raw.kubernetes.net_conf.clone(),
+        },
+    })
+}
+
+impl Overrides {
+    fn apply(&self, mut raw: RawConfig) -> RawConfig {
+        if let Some(v) = &self.datastore {
+            raw.datastore.kind = Some(v.clone());
+        }
+        if let Some(v) = &self.etcd_endpoints {
+            raw.datastore.etcd.endpoints = Some(v.clone());
+        }
+        if let Some(v) = &self.etcd_prefix {
+            raw.datastore.etcd.prefix = Some(v.clone());
+        }
+        if let Some(v) = &self.subnet_file {
+            raw.datastore.subnet_file = Some(v.clone());
+        }
+        if let Some(v) = &self.health_listen {
+            raw.health.listen = Some(v.clone());
+        }
+        if let Some(v) = &self.kubeconfig {
+            raw.datastore.kubernetes.kubeconfig = Some(v.clone());
+        }
+        raw
+    }
+}
+
 fn validate_node_name(field: &str, name: &str) -> Result<(), ConfigError> {
     if name.trim().is_empty() {
         return Err(invalid(field, "must not be empty"));
@@ -462,6 +753,11 @@ fn validate_node_name(field: &str, name: &str) -> Result<(), ConfigError> {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        Self::load_with(path, &Overrides::default())
+    }
+
+    /// Reads the file at `path`, applies command-line `overrides`, and validates the result.
+    pub fn load_with(path: impl AsRef<Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -471,7 +767,7 @@ impl Config {
             path: Some(path.to_path_buf()),
             source,
         })?;
-        Self::validate(raw)
+        Self::validate(overrides.apply(raw))
     }
 
     /// Parses and validates a configuration from TOML text.
@@ -512,7 +808,53 @@ impl Config {
                     .map_err(|e| invalid("node.autodetect", format!("{e}")))?,
             ),
         };
-        let subnet = parse_subnet("node.subnet", &raw.node.subnet, network)?;
+        // [datastore] early: it decides whether node.subnet and [[peers]] belong here.
+        let datastore = validate_datastore(&raw.datastore)?;
+        let subnet = match (datastore.kind, &raw.node.subnet) {
+            (DatastoreKind::Static, Some(s)) => Some(parse_subnet("node.subnet", s, network)?),
+            (DatastoreKind::Static, None) => {
+                return Err(invalid(
+                    "node.subnet",
+                    "missing; the static datastore needs this node's pod subnet, e.g. \"10.244.1.0/24\"",
+                ))
+            }
+            (kind, Some(_)) => {
+                return Err(invalid(
+                    "node.subnet",
+                    format!(
+                        "set only with the static datastore; with {} the subnet comes from {}",
+                        kind.name(),
+                        if kind == DatastoreKind::Etcd {
+                            "the node's lease"
+                        } else {
+                            "the Node's spec.podCIDR"
+                        }
+                    ),
+                ))
+            }
+            (_, None) => None,
+        };
+        if datastore.kind != DatastoreKind::Static && !raw.peers.is_empty() {
+            return Err(invalid(
+                "peers",
+                format!(
+                    "[[peers]] are the static datastore's; with {} the peers come from the datastore",
+                    datastore.kind.name()
+                ),
+            ));
+        }
+        let health = HealthSection {
+            listen: match raw.health.listen.as_deref().map(str::trim) {
+                None => Some(DEFAULT_HEALTH_LISTEN.parse().expect("valid default")),
+                Some("off") | Some("") => None,
+                Some(s) => Some(s.parse().map_err(|_| {
+                    invalid(
+                        "health.listen",
+                        format!("{s:?} is not an address:port like \"0.0.0.0:9472\" (or \"off\")"),
+                    )
+                })?),
+            },
+        };
         let node = NodeSection {
             name: raw.node.name.trim().to_string(),
             public_address,
@@ -633,13 +975,15 @@ impl Config {
             }
             let public_ip = parse_ip(&f("public_ip"), &p.public_ip)?;
             let subnet = parse_subnet(&f("subnet"), &p.subnet, network)?;
-            if subnet.contains(&node.subnet) || node.subnet.contains(&subnet) {
-                return Err(ConfigError::Overlap {
-                    field: f("subnet"),
-                    subnet,
-                    other_field: "node.subnet".into(),
-                    other: node.subnet,
-                });
+            if let Some(own) = node.subnet {
+                if subnet.contains(&own) || own.contains(&subnet) {
+                    return Err(ConfigError::Overlap {
+                        field: f("subnet"),
+                        subnet,
+                        other_field: "node.subnet".into(),
+                        other: own,
+                    });
+                }
             }
             if let Some((j, q)) = peers
                 .iter()
@@ -684,6 +1028,8 @@ impl Config {
             network: NetworkSection { network },
             backend,
             dataplane,
+            datastore,
+            health,
             peers,
         })
     }
@@ -714,7 +1060,7 @@ impl Config {
                 name: self.node.name.clone(),
                 public_ip,
                 autodetect,
-                subnet: self.node.subnet.to_string(),
+                subnet: self.node.subnet.map(|s| s.to_string()),
             },
             network: RawNetwork {
                 network: Some(self.network.network.to_string()),
@@ -741,6 +1087,35 @@ impl Config {
                 gso: Some(self.dataplane.gso),
                 gro: Some(self.dataplane.gro),
                 busy_poll_us: Some(i64::from(self.dataplane.busy_poll_us)),
+            },
+            datastore: RawDatastore {
+                kind: Some(self.datastore.kind.name().to_string()),
+                subnet_file: Some(self.datastore.subnet_file.clone()),
+                etcd: {
+                    let e = &self.datastore.etcd;
+                    RawEtcd {
+                        endpoints: Some(e.endpoints.clone()),
+                        prefix: Some(e.prefix.clone()),
+                        ca_file: e.ca_file.clone(),
+                        cert_file: e.cert_file.clone(),
+                        key_file: e.key_file.clone(),
+                        username: e.username.clone(),
+                        password: e.password.clone(),
+                        lease_ttl: Some(e.lease_ttl as i64),
+                        renew_margin: Some(e.renew_margin as i64),
+                    }
+                },
+                kubernetes: RawKube {
+                    kubeconfig: self.datastore.kubernetes.kubeconfig.clone(),
+                    net_conf: self.datastore.kubernetes.net_conf.clone(),
+                },
+            },
+            health: RawHealth {
+                listen: Some(
+                    self.health
+                        .listen
+                        .map_or_else(|| "off".to_string(), |a| a.to_string()),
+                ),
             },
             peers: self
                 .peers

@@ -20,8 +20,11 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 
 use crate::config::vtep_mac_for;
+use crate::datastore::flannel;
+use crate::etcd_server::EtcdServer;
 use crate::netlink::Netlink;
 use crate::netns::{spawn_in_netns, NetNs};
+use dataplane::wire::EthernetAddress;
 
 /// Errors while building or driving a lab.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,9 @@ pub enum LabError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The lab's etcd failed.
+    #[error("lab etcd: {0}")]
+    Etcd(#[from] crate::etcd_server::EtcdServerError),
     /// An agent did not come up.
     #[error(
         "agent on {node} did not answer on its control socket within {secs} s; its log:\n{log}"
@@ -94,6 +100,8 @@ pub struct LabNode {
     pub config: PathBuf,
     /// The agent's log file (Weft nodes).
     pub log: PathBuf,
+    /// The agent's subnet.env (Weft nodes).
+    pub subnet_file: PathBuf,
     /// The agent process, while it runs.
     pub agent: Option<Child>,
     /// The pods on this node.
@@ -126,7 +134,37 @@ pub struct Lab {
     pub workers: usize,
     /// Extra `[dataplane]` lines for every Weft agent's config, e.g. `"gso = false\n"`.
     pub dataplane_extra: String,
+    /// Where Weft agents get their subnets and peers.
+    pub datastore: LabDatastore,
+    etcd: Option<EtcdServer>,
 }
+
+/// Where a lab's Weft agents get their subnets and peers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LabDatastore {
+    /// Each config lists every other node (`[[peers]]`); subnets are `10.244.<i>.0/24`.
+    #[default]
+    Static,
+    /// flannel's etcd layout; subnets come from leases.
+    Etcd(LabEtcd),
+}
+
+/// etcd settings of a lab (see [`Lab::start_etcd`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabEtcd {
+    /// Client URL, reachable from the nodes over the underlay.
+    pub endpoint: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Lease TTL, seconds.
+    pub lease_ttl: u64,
+    /// Renew margin, seconds.
+    pub renew_margin: u64,
+}
+
+/// The port every Weft agent of a lab serves /healthz, /readyz and /metrics on. Each node has
+/// its own namespace, hence its own address; reach it with [`Lab::http_get`].
+pub const HEALTH_PORT: u16 = 9472;
 
 /// Cluster network of every lab.
 pub const NETWORK: &str = "10.244.0.0/16";
@@ -167,6 +205,8 @@ impl Lab {
             underlay_mtu: 1500,
             workers: 0,
             dataplane_extra: String::new(),
+            datastore: LabDatastore::Static,
+            etcd: None,
         })
     }
 
@@ -208,6 +248,7 @@ impl Lab {
         })?;
         sysctl(&ns, "net/ipv4/ip_forward", "1")?;
         self.nodes.push(LabNode {
+            subnet_file: self.dir.join(format!("{name}.subnet.env")),
             ctl_socket: self.dir.join(format!("{name}.sock")),
             config: self.dir.join(format!("{name}.toml")),
             log: self.dir.join(format!("{name}.log")),
@@ -223,8 +264,14 @@ impl Lab {
     }
 
     /// Writes every Weft node's config (all other nodes as peers) and starts its agent; programs
-    /// every kernel node as flanneld would. Waits until every agent answers.
+    /// every kernel node as flanneld would. Waits until every agent answers. With an etcd lab
+    /// ([`Lab::start_etcd`]) the agents take their subnets from leases and each node's `subnet` is
+    /// updated from its agent; kernel nodes publish their leases first and are programmed from
+    /// everyone's leases once the agents are up.
     pub fn start(&mut self) -> Result<(), LabError> {
+        if let LabDatastore::Etcd(_) = self.datastore {
+            return self.start_with_etcd();
+        }
         let peers: Vec<(String, Ipv4Addr, Ipv4Net)> = self
             .nodes
             .iter()
@@ -255,18 +302,40 @@ impl Lab {
     ) -> Result<(), LabError> {
         let n = &self.nodes[idx];
         let mut s = String::new();
+        let subnet_line = match self.datastore {
+            LabDatastore::Static => format!("subnet = \"{}\"\n", n.subnet),
+            LabDatastore::Etcd(_) => String::new(),
+        };
         let _ = writeln!(
             s,
-            "[node]\nname = \"{}\"\npublic_ip = \"{}\"\nsubnet = \"{}\"\n\n[network]\nnetwork = \"{NETWORK}\"\n\n[backend]\ntype = \"vxlan\"\n\n[dataplane]\nbridge = \"{BRIDGE}\"\ncontrol_socket = \"{}\"\nworkers = {}\n",
+            "[node]\nname = \"{}\"\npublic_ip = \"{}\"\n{subnet_line}\n[network]\nnetwork = \"{NETWORK}\"\n\n[backend]\ntype = \"vxlan\"\n\n[dataplane]\nbridge = \"{BRIDGE}\"\ncontrol_socket = \"{}\"\nworkers = {}\n{}\n[health]\nlisten = \"0.0.0.0:{HEALTH_PORT}\"\n",
             n.name,
             n.public_ip,
-            n.subnet,
             n.ctl_socket.display(),
-            self.workers
+            self.workers,
+            self.dataplane_extra.trim_end(),
         );
-        s.push_str(&self.dataplane_extra);
-        if !s.ends_with('\n') {
-            s.push('\n');
+        match &self.datastore {
+            LabDatastore::Static => {
+                let _ = writeln!(
+                    s,
+                    "[datastore]\ntype = \"static\"\nsubnet_file = \"{}\"\n",
+                    n.subnet_file.display()
+                );
+            }
+            LabDatastore::Etcd(e) => {
+                let _ = writeln!(
+                    s,
+                    "[datastore]\ntype = \"etcd\"\nsubnet_file = \"{}\"\n\n[datastore.etcd]\nendpoints = [\"{}\"]\nprefix = \"{}\"\nlease_ttl = {}\nrenew_margin = {}\n",
+                    n.subnet_file.display(),
+                    e.endpoint,
+                    e.prefix,
+                    e.lease_ttl,
+                    e.renew_margin
+                );
+                return std::fs::write(&n.config, s)
+                    .map_err(io_err(format!("write {}", n.config.display())));
+            }
         }
         for (name, ip, subnet) in peers.iter().filter(|p| p.0 != n.name) {
             let _ = writeln!(
@@ -275,6 +344,19 @@ impl Lab {
             );
         }
         std::fs::write(&n.config, s).map_err(io_err(format!("write {}", n.config.display())))
+    }
+
+    /// Writes the config of Weft node `idx` for the lab's datastore and starts its agent without
+    /// waiting for it: for nodes added after [`Lab::start`] (a static lab lists every node as a
+    /// peer; an etcd lab's agent waits for etcd if it is down).
+    pub fn launch_agent(&mut self, idx: usize) -> Result<(), LabError> {
+        let peers: Vec<(String, Ipv4Addr, Ipv4Net)> = self
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.public_ip, n.subnet))
+            .collect();
+        self.write_config(idx, &peers)?;
+        self.start_agent(idx)
     }
 
     /// Starts (or restarts) the agent of Weft node `idx`.
@@ -462,6 +544,166 @@ impl Lab {
             .iter()
             .flat_map(|n| n.pods.iter())
             .find(|p| p.ip == ip)
+    }
+}
+
+/// The network config an etcd lab writes at `<prefix>/config`.
+pub const ETCD_NETWORK_CONFIG: &str =
+    r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#;
+/// The underlay address etcd listens on in an etcd lab (the underlay namespace's own).
+pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 254);
+
+impl Lab {
+    /// Starts a real etcd in the underlay namespace (reachable from every node at
+    /// 192.168.77.254), writes flannel's network config at `<prefix>/config` and switches the lab
+    /// to the etcd datastore with the given lease TTL and renew margin (seconds).
+    pub fn start_etcd(&mut self, lease_ttl: u64, renew_margin: u64) -> Result<(), LabError> {
+        let etcd = EtcdServer::start(Some(self.underlay.name()), ETCD_IP)?;
+        let prefix = flannel::DEFAULT_PREFIX.to_string();
+        etcd.put(&flannel::config_key(&prefix), ETCD_NETWORK_CONFIG, None)?;
+        self.datastore = LabDatastore::Etcd(LabEtcd {
+            endpoint: etcd.endpoint(),
+            prefix,
+            lease_ttl,
+            renew_margin,
+        });
+        self.etcd = Some(etcd);
+        Ok(())
+    }
+
+    /// The lab's etcd, once started.
+    pub fn etcd(&self) -> Option<&EtcdServer> {
+        self.etcd.as_ref()
+    }
+
+    /// The lab's etcd, mutably (to stop and restart it).
+    pub fn etcd_mut(&mut self) -> Option<&mut EtcdServer> {
+        self.etcd.as_mut()
+    }
+
+    fn etcd_prefix(&self) -> String {
+        match &self.datastore {
+            LabDatastore::Etcd(e) => e.prefix.clone(),
+            LabDatastore::Static => flannel::DEFAULT_PREFIX.to_string(),
+        }
+    }
+
+    fn require_etcd(&self) -> Result<&EtcdServer, LabError> {
+        self.etcd.as_ref().ok_or_else(|| LabError::Io {
+            what: "lab etcd".into(),
+            source: std::io::Error::other("no etcd started; call Lab::start_etcd first"),
+        })
+    }
+
+    fn start_with_etcd(&mut self) -> Result<(), LabError> {
+        // Kernel nodes first publish their leases, as flanneld would on start.
+        for idx in 0..self.nodes.len() {
+            if self.nodes[idx].kind == NodeKind::KernelVxlan {
+                self.publish_kernel_lease(idx)?;
+                self.kernel_vxlan_device(idx)?;
+            }
+        }
+        for idx in 0..self.nodes.len() {
+            if self.nodes[idx].kind == NodeKind::Weft {
+                self.write_config(idx, &[])?;
+                self.start_agent(idx)?;
+            }
+        }
+        for idx in 0..self.nodes.len() {
+            if self.nodes[idx].kind == NodeKind::Weft {
+                self.wait_agent(idx, Duration::from_secs(15))?;
+                self.refresh_subnet(idx)?;
+            }
+        }
+        for idx in 0..self.nodes.len() {
+            if self.nodes[idx].kind == NodeKind::KernelVxlan {
+                self.sync_kernel_node_from_etcd(idx)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the subnet the agent of node `idx` holds (its lease) into `nodes[idx].subnet`.
+    pub fn refresh_subnet(&mut self, idx: usize) -> Result<(), LabError> {
+        let n = &mut self.nodes[idx];
+        let show = crate::ctl::request_show(&n.ctl_socket).map_err(|e| LabError::Io {
+            what: format!("weftd show on {}", n.name),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        n.subnet = show.node.subnet.parse().map_err(|_| LabError::Io {
+            what: format!("subnet of {}", n.name),
+            source: std::io::Error::other(format!("{:?} is not a subnet", show.node.subnet)),
+        })?;
+        Ok(())
+    }
+
+    /// Writes kernel node `idx`'s lease (its subnet, PublicIP, VTEP MAC) in flannel's format with
+    /// a one-hour TTL, as flanneld does.
+    pub fn publish_kernel_lease(&self, idx: usize) -> Result<(), LabError> {
+        let n = &self.nodes[idx];
+        let etcd = self.require_etcd()?;
+        let key = flannel::lease_key(&self.etcd_prefix(), n.subnet);
+        let value = flannel::vxlan_lease_value(n.public_ip, 1, vtep_mac_for(&n.name));
+        etcd.put(&key, &value, Some(3600))?;
+        Ok(())
+    }
+
+    /// Creates kernel node `idx`'s `flannel.1` and pod bridge, without peers.
+    fn kernel_vxlan_device(&self, idx: usize) -> Result<(), LabError> {
+        self.program_kernel_node(idx, &[])
+    }
+
+    /// Programs kernel node `idx` from every lease in etcd, as flanneld's watch would: per
+    /// remote lease a permanent neighbour, an FDB entry and an onlink route, replacing what is
+    /// there; routes of subnets no longer leased are deleted.
+    pub fn sync_kernel_node_from_etcd(&self, idx: usize) -> Result<(), LabError> {
+        let prefix = self.etcd_prefix();
+        let entries = self
+            .require_etcd()?
+            .list(&flannel::subnets_prefix(&prefix))?;
+        let n = &self.nodes[idx];
+        let own = n.subnet;
+        let peers: Vec<(Ipv4Net, Ipv4Addr, EthernetAddress)> = entries
+            .iter()
+            .filter_map(|(k, v, _)| {
+                let subnet = flannel::subnet_of_key(&prefix, k)?;
+                let l = flannel::parse_lease_value(subnet, k, v.as_bytes()).ok()?;
+                Some((subnet, l.public_ip, l.vtep_mac?))
+            })
+            .filter(|p| p.0 != own)
+            .collect();
+        in_ns(&n.ns, move |nl| {
+            let dev = "flannel.1";
+            let leased: Vec<Ipv4Net> = peers.iter().map(|p| p.0).collect();
+            for r in nl.routes()? {
+                if r.dev.as_deref() == Some(dev) && r.gateway.is_some() && !leased.contains(&r.dst)
+                {
+                    nl.delete_route(r.dst)?;
+                }
+            }
+            for (subnet, ip, mac) in &peers {
+                nl.replace_neighbor_permanent(subnet.network(), *mac, dev)?;
+                nl.append_fdb(*mac, dev, *ip)?;
+                nl.replace_route(*subnet, dev, Some(subnet.network()), true)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// `GET path` on node `idx`'s health server (port [`HEALTH_PORT`] inside its namespace):
+    /// status and body.
+    pub fn http_get(&self, idx: usize, path: &str) -> std::io::Result<(u16, String)> {
+        let path = path.to_string();
+        self.nodes[idx]
+            .ns
+            .run(move || {
+                crate::health::get(
+                    std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, HEALTH_PORT)),
+                    &path,
+                    Duration::from_secs(2),
+                )
+            })
+            .map_err(|e| std::io::Error::other(e.to_string()))?
     }
 }
 

@@ -8,11 +8,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod bench_control;
 mod demo;
 mod harness;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use control::config::Config;
+use control::config::{Config, Overrides};
 
 /// Weft: a userspace pod-network dataplane, wire-compatible with flannel's VXLAN backend.
 #[derive(Debug, Parser)]
@@ -24,11 +25,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the node agent: create the TUN device `weft.<vni>` and bridge `weft0`, program the
-    /// peers from the config, and carry pod traffic in VXLAN (UDP 8472) until SIGTERM or Ctrl-C.
+    /// Run the node agent: get this node's subnet and its peers from the datastore (the config
+    /// file, etcd or Kubernetes, in flannel's formats), create the TUN device `weft.<vni>` and
+    /// bridge `weft0`, carry pod traffic in VXLAN (UDP 8472), keep the peers current, write
+    /// subnet.env, and serve /healthz, /readyz and /metrics, until SIGTERM or Ctrl-C.
     ///
     /// Needs root (CAP_NET_ADMIN and CAP_NET_RAW) and /dev/net/tun. An invalid config exits
-    /// with code 2 and names the field. See deploy/weftd.example.toml for every option.
+    /// with code 2 and names the field. See deploy/weftd.example.toml for every option; the
+    /// flags below override the file.
     Run {
         /// The TOML configuration file.
         #[arg(short, long, value_name = "FILE")]
@@ -36,6 +40,24 @@ enum Command {
         /// Print the effective configuration (defaults filled in) and exit.
         #[arg(long)]
         print_config: bool,
+        /// Datastore: static (the file's [[peers]]), etcd or kubernetes (datastore.type).
+        #[arg(long, value_name = "TYPE")]
+        datastore: Option<String>,
+        /// etcd client URLs, comma-separated (datastore.etcd.endpoints).
+        #[arg(long, value_name = "URLS", value_delimiter = ',')]
+        etcd_endpoints: Option<Vec<String>>,
+        /// etcd key prefix, flannel's --etcd-prefix (datastore.etcd.prefix).
+        #[arg(long, value_name = "PREFIX")]
+        etcd_prefix: Option<String>,
+        /// Where to write flannel's subnet.env (datastore.subnet_file).
+        #[arg(long, value_name = "FILE")]
+        subnet_file: Option<PathBuf>,
+        /// kubeconfig for the Kubernetes datastore (datastore.kubernetes.kubeconfig).
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
+        /// Health and metrics address, or "off" (health.listen).
+        #[arg(long, value_name = "ADDR:PORT")]
+        health_listen: Option<String>,
     },
     /// Build a 3-node cluster in network namespaces on this machine, run an agent per node, ping
     /// and move TCP pod to pod across nodes, print each node's tables and counters, and remove
@@ -85,6 +107,18 @@ enum Command {
         #[arg(long)]
         no_tun_offload: bool,
     },
+    /// Control-plane benchmarks: a real etcd holding `--leases` flannel leases and a `weftd run`
+    /// agent on it in a lab namespace (start to ready, resident memory), then `--changes` lease
+    /// changes timed until a watching node's FIB has them (p50/p99). Prints figures; needs root;
+    /// about 30 s with the defaults.
+    BenchControl {
+        /// Leases in etcd (peers of the agent).
+        #[arg(long, default_value_t = 5000)]
+        leases: usize,
+        /// Lease changes to time (puts and deletes in turn).
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+    },
     /// Print a running agent's FIB, neighbour and FDB tables (as `ip route`, `ip neigh` and
     /// `bridge fdb` print them) and its counters, read over the agent's control socket.
     Show {
@@ -118,8 +152,22 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             print_config,
+            datastore,
+            etcd_endpoints,
+            etcd_prefix,
+            subnet_file,
+            kubeconfig,
+            health_listen,
         } => {
-            let cfg = match Config::load(&config) {
+            let overrides = Overrides {
+                datastore,
+                etcd_endpoints,
+                etcd_prefix,
+                subnet_file,
+                health_listen,
+                kubeconfig,
+            };
+            let cfg = match Config::load_with(&config, &overrides) {
                 Ok(cfg) => cfg,
                 Err(e) => {
                     eprintln!("weftd: {}: {e}", config.display());
@@ -156,6 +204,7 @@ fn main() -> ExitCode {
                 tun_offload: !no_tun_offload,
             },
         )),
+        Command::BenchControl { leases, changes } => report(bench_control::run(leases, changes)),
         Command::Show { socket, output } => match control::ctl::request_show(&socket) {
             Ok(reply) => {
                 match output {
@@ -182,22 +231,40 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// Runs the agent until SIGTERM or SIGINT. Signals are watched from the start, so they also end
+/// start-up waits (for etcd, the network config, the Node's podCIDR).
 fn run(cfg: &Config) -> anyhow::Result<()> {
-    let agent = control::agent::Agent::start(cfg)?;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
+    let signals = {
+        let _guard = rt.enter();
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-        anyhow::Ok(())
-    })?;
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        )
+    };
+    let watcher = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("weft-signals".into())
+            .spawn(move || {
+                let (mut term, mut int) = signals;
+                rt.block_on(async {
+                    tokio::select! {
+                        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+                    }
+                });
+                stop.store(true, Ordering::Relaxed);
+            })?
+    };
+    let agent = control::agent::Agent::start_with_stop(cfg, stop.clone())?;
+    let _ = watcher.join();
     agent.stop();
     tracing::info!("stopped");
     Ok(())

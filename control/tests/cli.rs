@@ -122,3 +122,48 @@ fn show_without_an_agent_says_what_to_check() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is weftd running"), "{err}");
 }
+
+#[test]
+fn run_flags_override_the_file_and_are_validated_like_it() {
+    let minimal = "[node]\nname = \"node-a\"\npublic_ip = \"192.168.50.1\"\n";
+    let cfg = write_config(minimal);
+    let out = weftd()
+        .args(["run", "--print-config", "--datastore", "etcd"])
+        .args([
+            "--etcd-endpoints",
+            "http://10.0.0.1:2379,http://10.0.0.2:2379",
+        ])
+        .args([
+            "--etcd-prefix",
+            "/x/network",
+            "--subnet-file",
+            "/tmp/x/subnet.env",
+        ])
+        .args(["--health-listen", "127.0.0.1:9999", "--config"])
+        .arg(&cfg.0)
+        .output()
+        .expect("run weftd");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "type = \"etcd\"",
+        "\"http://10.0.0.2:2379\"",
+        "prefix = \"/x/network\"",
+        "subnet_file = \"/tmp/x/subnet.env\"",
+        "listen = \"127.0.0.1:9999\"",
+    ] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
+    // A static datastore without node.subnet: exit 2 naming the field.
+    let out = weftd()
+        .args(["run", "--datastore", "static", "--config"])
+        .arg(&cfg.0)
+        .output()
+        .expect("run weftd");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node.subnet"));
+}

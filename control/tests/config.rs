@@ -46,7 +46,7 @@ fn minimal_file_gets_every_default() {
         c.node.public_address,
         PublicAddress::Autodetect(AutodetectMethod::FirstFound)
     );
-    assert_eq!(c.node.subnet, "10.244.1.0/24".parse().unwrap());
+    assert_eq!(c.node.subnet, Some("10.244.1.0/24".parse().unwrap()));
     assert_eq!(c.network.network, "10.244.0.0/16".parse().unwrap());
     assert_eq!(c.backend.kind, BackendKind::Vxlan);
     assert_eq!(c.backend.vni, 1);
@@ -409,5 +409,95 @@ fn peer_errors_name_the_field() {
     assert_err(
         &format!("{MINIMAL}[[peers]]\nname = \"x\"\n"),
         &["public_ip"],
+    );
+}
+
+#[test]
+fn datastore_defaults_are_flannels() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(c.datastore.kind, control::datastore::DatastoreKind::Static);
+    assert_eq!(
+        c.datastore.subnet_file,
+        PathBuf::from("/run/flannel/subnet.env")
+    );
+    let e = &c.datastore.etcd;
+    assert_eq!(e.endpoints, ["http://127.0.0.1:2379"]);
+    assert_eq!(e.prefix, "/coreos.com/network");
+    assert_eq!((e.lease_ttl, e.renew_margin), (86400, 3600));
+    assert_eq!(c.health.listen, Some("0.0.0.0:9472".parse().unwrap()));
+}
+
+#[test]
+fn etcd_datastore_takes_the_subnet_from_the_lease() {
+    let text = "[node]\nname = \"a\"\n[datastore]\ntype = \"etcd\"\n[datastore.etcd]\nendpoints = [\"https://10.0.0.1:2379\", \"http://10.0.0.2:2379\"]\nprefix = \"/my/net/\"\nlease_ttl = 60\nrenew_margin = 20\n[health]\nlisten = \"off\"\n";
+    let c = Config::from_toml_str(text).unwrap();
+    assert_eq!(c.node.subnet, None);
+    assert_eq!(c.datastore.etcd.prefix, "/my/net");
+    assert_eq!(c.health.listen, None);
+    // Round trip through the rendered form.
+    assert_eq!(Config::from_toml_str(&c.to_toml_string()).unwrap(), c);
+    // A short TTL gets a margin of half of it by default.
+    let short = Config::from_toml_str(
+        "[node]\nname = \"a\"\n[datastore]\ntype = \"etcd\"\n[datastore.etcd]\nlease_ttl = 10\n",
+    )
+    .unwrap();
+    assert_eq!(short.datastore.etcd.renew_margin, 5);
+}
+
+#[test]
+fn datastore_errors_name_the_field() {
+    let etcd = |extra: &str| format!("[node]\nname = \"a\"\n[datastore]\ntype = \"etcd\"\n{extra}");
+    assert_err(
+        "[node]\nname = \"a\"\n[datastore]\ntype = \"zookeeper\"\n",
+        &["datastore.type:", "\"etcd\""],
+    );
+    assert_err(
+        "[node]\nname = \"a\"\nsubnet = \"10.244.1.0/24\"\n[datastore]\ntype = \"etcd\"\n",
+        &["node.subnet:", "lease"],
+    );
+    assert_err(
+        "[node]\nname = \"a\"\nsubnet = \"10.244.1.0/24\"\n[datastore]\ntype = \"kubernetes\"\n",
+        &["node.subnet:", "podCIDR"],
+    );
+    assert_err(
+        &format!("{}{}", etcd(""), peer("b", "192.168.1.2", "10.244.2.0/24")),
+        &["peers:", "static"],
+    );
+    assert_err(
+        &etcd("[datastore.etcd]\nendpoints = []\n"),
+        &["datastore.etcd.endpoints:"],
+    );
+    assert_err(
+        &etcd("[datastore.etcd]\nendpoints = [\"10.0.0.1:2379\"]\n"),
+        &["datastore.etcd.endpoints[0]:", "http://"],
+    );
+    assert_err(
+        &etcd("[datastore.etcd]\nprefix = \"coreos.com\"\n"),
+        &["datastore.etcd.prefix:"],
+    );
+    assert_err(
+        &etcd("[datastore.etcd]\ncert_file = \"/c.pem\"\n"),
+        &["cert_file and key_file"],
+    );
+    assert_err(
+        &etcd("[datastore.etcd]\npassword = \"x\"\n"),
+        &["datastore.etcd.username:"],
+    );
+    assert_err(
+        &etcd("[datastore.etcd]\nlease_ttl = 60\nrenew_margin = 60\n"),
+        &["datastore.etcd.renew_margin:", "out of range"],
+    );
+    assert_err(
+        &etcd("[datastore.etcd]\nlease_ttl = 1\n"),
+        &["datastore.etcd.lease_ttl:"],
+    );
+    assert_err(&etcd("[datastore.etcd]\nbogus = 1\n"), &["bogus"]);
+    assert_err(
+        &with_node("[health]\nlisten = \"9472\"\n"),
+        &["health.listen:", "address:port"],
+    );
+    assert_err(
+        "[node]\nname = \"a\"\n",
+        &["node.subnet:", "missing", "static"],
     );
 }

@@ -1,0 +1,281 @@
+//! The agent's Prometheus metrics (OpenMetrics text, `GET /metrics` on the health server).
+//!
+//! Control-plane values (peers, table sizes, datastore reconnects, watch lag, lease renewals) are
+//! kept in atomics the control loop updates; dataplane counters (packets, bytes, drops by reason)
+//! are read from the workers' merged counters at scrape time, so the hot path pays nothing for
+//! them (STYLE.md habit 11).
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `weft_peers` | gauge | remote nodes programmed |
+//! | `weft_fib_routes`, `weft_neighbors`, `weft_fdb_entries` | gauge | sizes of the published tables |
+//! | `weft_table_publishes_total` | counter | snapshots published to the workers |
+//! | `weft_datastore_reconnects_total` | counter | datastore connections or watches re-established after a failure |
+//! | `weft_watch_lag_seconds` | histogram | from a datastore change arriving to its tables being published |
+//! | `weft_lease_renewals_total` | counter | own subnet lease renewals |
+//! | `weft_ready` | gauge | 1 once lease held, tables programmed and subnet.env written |
+//! | `weft_packets_total{direction}`, `weft_bytes_total{direction}` | counter | `rx_local`, `rx_underlay`, `tx_local`, `tx_underlay` |
+//! | `weft_drops_total{reason}` | counter | dropped packets by reason (every reason, zeros included) |
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use dataplane::drop::DropReason;
+use dataplane::io::worker::WorkerShared;
+use dataplane::snapshot::Tables;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The control plane's metrics and readiness flags, shared by the control loop and the health
+/// server.
+#[derive(Debug)]
+pub struct Metrics {
+    peers: Gauge,
+    fib_routes: Gauge,
+    neighbors: Gauge,
+    fdb_entries: Gauge,
+    publishes: Counter,
+    reconnects: Counter,
+    renewals: Counter,
+    watch_lag: Histogram,
+    ready: Gauge,
+    /// Readiness parts.
+    pub lease_held: AtomicBool,
+    /// The tables hold what the datastore said (first list applied).
+    pub tables_programmed: AtomicBool,
+    /// subnet.env is written.
+    pub subnet_env_written: AtomicBool,
+    workers: OnceLock<Arc<WorkerShared>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics, nothing ready.
+    pub fn new() -> Self {
+        Metrics {
+            peers: Gauge::default(),
+            fib_routes: Gauge::default(),
+            neighbors: Gauge::default(),
+            fdb_entries: Gauge::default(),
+            publishes: Counter::default(),
+            reconnects: Counter::default(),
+            renewals: Counter::default(),
+            // 100 µs .. ~3 s.
+            watch_lag: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
+            ready: Gauge::default(),
+            lease_held: AtomicBool::new(false),
+            tables_programmed: AtomicBool::new(false),
+            subnet_env_written: AtomicBool::new(false),
+            workers: OnceLock::new(),
+        }
+    }
+
+    /// Attaches the workers whose counters `/metrics` reports.
+    pub fn attach_workers(&self, shared: Arc<WorkerShared>) {
+        let _ = self.workers.set(shared);
+    }
+
+    /// Records the published tables.
+    pub fn set_tables(&self, peers: usize, tables: &Tables) {
+        self.peers.set(peers as i64);
+        self.fib_routes.set(tables.fib.len() as i64);
+        self.neighbors.set(tables.neigh.len() as i64);
+        self.fdb_entries.set(tables.fdb.len() as i64);
+        self.publishes.inc();
+    }
+
+    /// Records one datastore reconnection.
+    pub fn reconnected(&self) {
+        self.reconnects.inc();
+    }
+
+    /// Datastore reconnections so far.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.get()
+    }
+
+    /// Records one lease renewal.
+    pub fn renewed(&self) {
+        self.renewals.inc();
+    }
+
+    /// Lease renewals so far.
+    pub fn renewals(&self) -> u64 {
+        self.renewals.get()
+    }
+
+    /// Records the delay from a change arriving to its tables being published.
+    pub fn observe_watch_lag(&self, lag: Duration) {
+        self.watch_lag.observe(lag.as_secs_f64());
+    }
+
+    /// Ready: lease held, tables programmed and subnet.env written.
+    pub fn is_ready(&self) -> bool {
+        let r = self.lease_held.load(Ordering::Relaxed)
+            && self.tables_programmed.load(Ordering::Relaxed)
+            && self.subnet_env_written.load(Ordering::Relaxed);
+        self.ready.set(i64::from(r));
+        r
+    }
+
+    /// What is still missing for readiness, for `/readyz`'s body.
+    pub fn not_ready_reasons(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if !self.lease_held.load(Ordering::Relaxed) {
+            v.push("subnet lease not held");
+        }
+        if !self.tables_programmed.load(Ordering::Relaxed) {
+            v.push("tables not programmed from the datastore");
+        }
+        if !self.subnet_env_written.load(Ordering::Relaxed) {
+            v.push("subnet.env not written");
+        }
+        v
+    }
+
+    /// Renders every metric as OpenMetrics text.
+    pub fn render(self: &Arc<Self>) -> String {
+        self.is_ready();
+        let mut reg = Registry::with_prefix("weft");
+        reg.register("peers", "Remote nodes programmed", self.peers.clone());
+        reg.register(
+            "fib_routes",
+            "Routes in the published FIB",
+            self.fib_routes.clone(),
+        );
+        reg.register(
+            "neighbors",
+            "Entries in the published neighbour table",
+            self.neighbors.clone(),
+        );
+        reg.register(
+            "fdb_entries",
+            "Entries in the published FDB",
+            self.fdb_entries.clone(),
+        );
+        reg.register(
+            "table_publishes",
+            "Table snapshots published to the workers",
+            self.publishes.clone(),
+        );
+        reg.register(
+            "datastore_reconnects",
+            "Datastore connections or watches re-established after a failure",
+            self.reconnects.clone(),
+        );
+        reg.register(
+            "lease_renewals",
+            "Renewals of this node's subnet lease",
+            self.renewals.clone(),
+        );
+        reg.register(
+            "watch_lag_seconds",
+            "Delay from a datastore change arriving to its tables being published",
+            self.watch_lag.clone(),
+        );
+        reg.register(
+            "ready",
+            "1 once the lease is held, tables are programmed and subnet.env is written",
+            self.ready.clone(),
+        );
+        if let Some(w) = self.workers.get() {
+            reg.register_collector(Box::new(WorkerCollector(w.clone())));
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
+            tracing::warn!("cannot render metrics: {e}");
+        }
+        out
+    }
+}
+
+/// Reads the workers' merged counters at scrape time.
+#[derive(Debug)]
+struct WorkerCollector(Arc<WorkerShared>);
+
+impl Collector for WorkerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let c = self.0.counters();
+        let dirs = [
+            ("rx_local", c.rx_local),
+            ("rx_underlay", c.rx_underlay),
+            ("tx_local", c.tx_local),
+            ("tx_underlay", c.tx_underlay),
+        ];
+        {
+            let probe = ConstCounter::new(0u64);
+            let mut m = encoder.encode_descriptor(
+                "packets",
+                "Packets by direction",
+                None,
+                probe.metric_type(),
+            )?;
+            for (dir, t) in dirs {
+                ConstCounter::new(t.packets).encode(m.encode_family(&[("direction", dir)])?)?;
+            }
+        }
+        {
+            let probe = ConstCounter::new(0u64);
+            let mut m = encoder.encode_descriptor(
+                "bytes",
+                "Bytes by direction",
+                None,
+                probe.metric_type(),
+            )?;
+            for (dir, t) in dirs {
+                ConstCounter::new(t.bytes).encode(m.encode_family(&[("direction", dir)])?)?;
+            }
+        }
+        {
+            let probe = ConstCounter::new(0u64);
+            let mut m = encoder.encode_descriptor(
+                "drops",
+                "Dropped packets by reason",
+                None,
+                probe.metric_type(),
+            )?;
+            for r in DropReason::ALL {
+                ConstCounter::new(c.drops(*r))
+                    .encode(m.encode_family(&[("reason", r.label())])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_lists_control_metrics_and_readiness() {
+        let m = Arc::new(Metrics::new());
+        m.reconnected();
+        m.observe_watch_lag(Duration::from_millis(3));
+        let text = m.render();
+        for needle in [
+            "weft_peers 0",
+            "weft_datastore_reconnects_total 1",
+            "weft_watch_lag_seconds_count 1",
+            "weft_ready 0",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in\n{text}");
+        }
+        assert_eq!(m.not_ready_reasons().len(), 3);
+        m.lease_held.store(true, Ordering::Relaxed);
+        m.tables_programmed.store(true, Ordering::Relaxed);
+        m.subnet_env_written.store(true, Ordering::Relaxed);
+        assert!(m.is_ready());
+        assert!(m.render().contains("weft_ready 1"));
+    }
+}
