@@ -57,6 +57,9 @@ pub enum AgentError {
     /// A worker thread could not be spawned.
     #[error("cannot spawn worker thread: {0}")]
     Spawn(std::io::Error),
+    /// The CNI server could not be started.
+    #[error("CNI server: {0}")]
+    Cni(#[from] crate::cni::CniServerError),
 }
 
 /// What the agent derived from its configuration and the host.
@@ -85,6 +88,7 @@ pub struct Agent {
     shared: Arc<WorkerShared>,
     workers: Vec<JoinHandle<std::io::Result<()>>>,
     ctl: Option<CtlServer>,
+    cni: Option<crate::cni::CniServer>,
 }
 
 /// Builds the tables a node with configuration `cfg` forwards with: its own subnet to the TUN, and
@@ -142,6 +146,22 @@ impl Agent {
             u32::from(facts.tun_mtu),
         );
         netlink::plumb_node(&nl, &plan)?;
+        // The CNI server comes up before the workers but answers STATUS with 50 (and ADD with 11)
+        // until the node is ready below.
+        let cni = if cfg.cni.enabled {
+            Some(crate::cni::CniServer::start(
+                &cfg.cni.socket,
+                crate::cni::CniContext {
+                    subnet: cfg.node.subnet,
+                    gateway: plan.bridge_addr.addr(),
+                    mtu: plan.bridge_mtu,
+                    bridge: plan.bridge.clone(),
+                    data_dir: cfg.cni.data_dir.clone(),
+                },
+            )?)
+        } else {
+            None
+        };
 
         let shared = Arc::new(WorkerShared::new(cell.clone(), facts.workers));
         let vxlan_addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, cfg.backend.port);
@@ -166,6 +186,9 @@ impl Agent {
             move || show_reply(&cfg, &facts, &shared)
         };
         let ctl = CtlServer::start(&cfg.dataplane.control_socket, show)?;
+        if let Some(cni) = &cni {
+            cni.set_ready(true);
+        }
         tracing::info!(
             node = %facts.name,
             public_ip = %facts.public_ip,
@@ -182,6 +205,7 @@ impl Agent {
             shared,
             workers,
             ctl: Some(ctl),
+            cni,
         })
     }
 
@@ -196,6 +220,8 @@ impl Agent {
     }
 
     fn shutdown(&mut self) {
+        // No new pods while the dataplane goes down.
+        self.cni.take();
         self.shared.request_stop();
         for (id, w) in self.workers.drain(..).enumerate() {
             match w.join() {

@@ -25,6 +25,11 @@
 //! control_socket = "/run/weft/weftd.sock"   # default
 //! offload = true               # default: TUN offloads (virtio-net headers, TSO, coalescing)
 //!
+//! [cni]
+//! enabled = true               # default: serve the weft CNI plugin
+//! socket = "/run/weft/cni.sock"             # default; the plugin's "socket" must match
+//! data_dir = "/var/lib/weft"   # default; IPAM state (cni-ipam.json)
+//!
 //! [[peers]]                    # default none; one table per remote node
 //! name = "node-b"
 //! public_ip = "192.168.50.2"
@@ -57,6 +62,10 @@ pub const DEFAULT_PORT: u16 = 8472;
 pub const DEFAULT_BRIDGE: &str = "weft0";
 /// Default control socket path.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/weft/weftd.sock";
+/// Default CNI socket path (the `weft` plugin's default too).
+pub const DEFAULT_CNI_SOCKET: &str = "/run/weft/cni.sock";
+/// Default directory of the agent's state (IPAM allocations).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/weft";
 /// Smallest tunnel MTU accepted: the IPv4 minimum datagram every host must accept (RFC 791).
 pub const MIN_MTU: u32 = 576;
 /// Largest tunnel MTU accepted: a 9000-byte jumbo underlay minus the VXLAN overhead.
@@ -156,6 +165,8 @@ struct RawConfig {
     backend: RawBackend,
     #[serde(default)]
     dataplane: RawDataplane,
+    #[serde(default)]
+    cni: RawCni,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     peers: Vec<RawPeer>,
 }
@@ -202,6 +213,17 @@ struct RawDataplane {
     control_socket: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     offload: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawCni {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    socket: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -288,6 +310,17 @@ pub struct DataplaneSection {
     pub offload: bool,
 }
 
+/// `[cni]`: the server the `weft` CNI plugin talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniSection {
+    /// Serve the plugin (on by default).
+    pub enabled: bool,
+    /// The unix socket the plugin connects to; its network config's `socket` must name it.
+    pub socket: PathBuf,
+    /// Where the pod address allocations are kept (`cni-ipam.json`).
+    pub data_dir: PathBuf,
+}
+
 /// `[[peers]]`: a remote node of the static datastore.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
@@ -312,6 +345,8 @@ pub struct Config {
     pub backend: BackendSection,
     /// `[dataplane]`.
     pub dataplane: DataplaneSection,
+    /// `[cni]`.
+    pub cni: CniSection,
     /// `[[peers]]`.
     pub peers: Vec<PeerConfig>,
 }
@@ -573,6 +608,44 @@ impl Config {
             offload: raw.dataplane.offload.unwrap_or(true),
         };
 
+        // [cni]
+        let absolute = |field: &str, path: PathBuf| {
+            if path.is_absolute() {
+                Ok(path)
+            } else {
+                Err(invalid(
+                    field,
+                    format!("{} is not an absolute path", path.display()),
+                ))
+            }
+        };
+        let cni = CniSection {
+            enabled: raw.cni.enabled.unwrap_or(true),
+            socket: absolute(
+                "cni.socket",
+                raw.cni
+                    .socket
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_CNI_SOCKET)),
+            )?,
+            data_dir: absolute(
+                "cni.data_dir",
+                raw.cni
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            )?,
+        };
+        if cni.enabled && cni.socket == dataplane.control_socket {
+            return Err(invalid(
+                "cni.socket",
+                format!(
+                    "{} is also dataplane.control_socket; the two sockets need different paths",
+                    cni.socket.display()
+                ),
+            ));
+        }
+
         // [[peers]]
         let own_mac = vtep_mac_for(&node.name);
         let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peers.len());
@@ -647,6 +720,7 @@ impl Config {
             network: NetworkSection { network },
             backend,
             dataplane,
+            cni,
             peers,
         })
     }
@@ -701,6 +775,11 @@ impl Config {
                 bridge: Some(self.dataplane.bridge.clone()),
                 control_socket: Some(self.dataplane.control_socket.clone()),
                 offload: Some(self.dataplane.offload),
+            },
+            cni: RawCni {
+                enabled: Some(self.cni.enabled),
+                socket: Some(self.cni.socket.clone()),
+                data_dir: Some(self.cni.data_dir.clone()),
             },
             peers: self
                 .peers

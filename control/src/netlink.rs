@@ -313,6 +313,41 @@ impl Netlink {
         self.create_link(name, "veth", msg, format!("create veth {name} peer {peer}"))
     }
 
+    /// Creates a pod's veth pair in one request: the host end `host` in this handle's namespace
+    /// (MTU `mtu`, up, a port of the bridge with index `bridge_index`) and its peer created
+    /// directly inside the namespace open as `netns`, named `peer`, MTU `mtu`, still down (the
+    /// kernel configures the peer before pairing it, and a veth without its pair refuses to come
+    /// up: ENOTCONN; set it up from the container's side). This is
+    /// `ip link add HOST mtu M master BR up type veth peer name PEER netns NS mtu M` (one round
+    /// trip instead of create, move, rename and three sets). Unlike the other creators it is not
+    /// idempotent: the caller checks both names first.
+    pub fn create_pod_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        netns: BorrowedFd<'_>,
+        mtu: u32,
+        bridge_index: u32,
+    ) -> Result<(), NetlinkError> {
+        use netlink_packet_route::link::{InfoData, InfoVeth};
+        let peer_msg = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .mtu(mtu)
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        let msg = LinkVeth::new(host, peer)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .mtu(mtu)
+            .controller(bridge_index)
+            .up()
+            .build();
+        self.rt
+            .block_on(self.handle.link().add(msg).execute())
+            .map_err(request(format!(
+                "create veth {host} (master index {bridge_index}) peer {peer} in the container namespace"
+            )))
+    }
+
     /// Creates a kernel VXLAN device as flannel does: `ip link add NAME type vxlan id VNI local
     /// LOCAL dev DEV dstport PORT nolearning` (the learning flag chooses `learning`). Used to stand
     /// up a kernel flannel peer in tests; nothing to do when a vxlan device of that name exists.
@@ -654,8 +689,20 @@ pub fn plumb_node(nl: &Netlink, plan: &NodePlan) -> Result<(), NetlinkError> {
     nl.replace_route(plan.cluster_network, &plan.tun_name, None, false)?;
 
     nl.create_bridge(&plan.bridge)?;
+    pin_mac(nl, &plan.bridge)?;
     nl.set_mtu(&plan.bridge, plan.bridge_mtu)?;
     nl.add_address(&plan.bridge, plan.bridge_addr)?;
     nl.set_up(&plan.bridge)?;
     Ok(())
+}
+
+/// Sets link `name`'s MAC to the one it has. A bridge whose address was never set explicitly takes
+/// the smallest MAC of its ports, so each pod veth joining or leaving could change the pods'
+/// gateway MAC and leave stale ARP entries in every pod; an explicitly set address (the kernel's
+/// `NET_ADDR_SET`) stays. The CNI `bridge` plugin pins `cni0` the same way.
+fn pin_mac(nl: &Netlink, name: &str) -> Result<(), NetlinkError> {
+    match nl.link(name)?.and_then(|l| l.mac) {
+        Some(mac) => nl.set_mac(name, mac),
+        None => Ok(()),
+    }
 }

@@ -163,3 +163,15 @@ pub fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
         Err(e)
     }
 }
+
+/// True when `file` is a namespace file (`/proc/PID/ns/*` or a bind mount of one): its file
+/// system is nsfs (`fstatfs(2)` reports `NSFS_MAGIC`).
+pub fn is_namespace_file(file: &std::fs::File) -> io::Result<bool> {
+    const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
+    // SAFETY: `statfs` is plain old data; all-zero is a valid value for it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs writes into `st`, a live, properly sized statfs on this stack frame; the
+    // descriptor stays open for the call because `file` is borrowed.
+    check(unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) })?;
+    Ok(st.f_type as libc::c_long == NSFS_MAGIC)
+}
