@@ -25,7 +25,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the node agent: create the TUN device `weft.<vni>` and bridge `weft0`, program the
-    /// peers from the config, and carry pod traffic in VXLAN (UDP 8472) until SIGTERM or Ctrl-C.
+    /// peers from the config, serve the `weft` CNI plugin on /run/weft/cni.sock ([cni]), and
+    /// carry pod traffic in VXLAN (UDP 8472) until SIGTERM or Ctrl-C.
     ///
     /// Needs root (CAP_NET_ADMIN and CAP_NET_RAW) and /dev/net/tun. An invalid config exits
     /// with code 2 and names the field. See deploy/weftd.example.toml for every option.
@@ -96,6 +97,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {

@@ -71,6 +71,16 @@ pub enum NetlinkError {
     },
 }
 
+impl NetlinkError {
+    /// The kernel's errno, when the kernel refused a request.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Request { source, .. } => errno(source),
+            _ => None,
+        }
+    }
+}
+
 /// A network interface as a dump reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
@@ -319,12 +329,16 @@ impl Netlink {
     /// kernel configures the peer before pairing it, and a veth without its pair refuses to come
     /// up: ENOTCONN; set it up from the container's side). This is
     /// `ip link add HOST mtu M master BR up type veth peer name PEER netns NS mtu M` (one round
-    /// trip instead of create, move, rename and three sets). Unlike the other creators it is not
-    /// idempotent: the caller checks both names first.
+    /// trip instead of create, move, rename and three sets), with the MACs given. Unlike the
+    /// other creators it is not idempotent: an existing name fails with EEXIST
+    /// ([`NetlinkError::errno`]).
+    #[allow(clippy::too_many_arguments)] // one kernel request, one parameter per attribute
     pub fn create_pod_veth(
         &self,
         host: &str,
+        host_mac: EthernetAddress,
         peer: &str,
+        peer_mac: EthernetAddress,
         netns: BorrowedFd<'_>,
         mtu: u32,
         bridge_index: u32,
@@ -332,11 +346,13 @@ impl Netlink {
         use netlink_packet_route::link::{InfoData, InfoVeth};
         let peer_msg = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
+            .address(peer_mac.as_bytes().to_vec())
             .mtu(mtu)
             .setns_by_fd(netns.as_raw_fd())
             .build();
         let msg = LinkVeth::new(host, peer)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .address(host_mac.as_bytes().to_vec())
             .mtu(mtu)
             .controller(bridge_index)
             .up()
@@ -385,6 +401,11 @@ impl Netlink {
     /// Sets link `name` up.
     pub fn set_up(&self, name: &str) -> Result<(), NetlinkError> {
         let index = self.require(name)?.index;
+        self.set_up_index(index, name)
+    }
+
+    /// Sets the link with index `index` (named `name`, for messages) up, without looking it up.
+    pub fn set_up_index(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(index).up().build();
         self.set_link(msg, format!("set {name} up"))
     }
@@ -441,6 +462,17 @@ impl Netlink {
     /// Adds `addr` (address and prefix length) to link `name`; nothing to do when it is there.
     pub fn add_address(&self, name: &str, addr: Ipv4Net) -> Result<(), NetlinkError> {
         let index = self.require(name)?.index;
+        self.add_address_index(index, name, addr)
+    }
+
+    /// [`Netlink::add_address`] on the link with index `index` (named `name`, for messages),
+    /// without looking it up.
+    pub fn add_address_index(
+        &self,
+        index: u32,
+        name: &str,
+        addr: Ipv4Net,
+    ) -> Result<(), NetlinkError> {
         let result = self.rt.block_on(
             self.handle
                 .address()
@@ -466,6 +498,19 @@ impl Netlink {
         onlink: bool,
     ) -> Result<(), NetlinkError> {
         let index = self.require(dev)?.index;
+        self.replace_route_index(dst, index, dev, gateway, onlink)
+    }
+
+    /// [`Netlink::replace_route`] through the link with index `index` (named `dev`, for
+    /// messages), without looking it up.
+    pub fn replace_route_index(
+        &self,
+        dst: Ipv4Net,
+        index: u32,
+        dev: &str,
+        gateway: Option<Ipv4Addr>,
+        onlink: bool,
+    ) -> Result<(), NetlinkError> {
         let dst = dst.trunc();
         let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.network(), dst.prefix_len())

@@ -263,7 +263,8 @@ impl Ipam {
             let mut f = File::create(&tmp)?;
             f.write_all(&bytes)?;
             f.write_all(b"\n")?;
-            f.sync_all()
+            // Data only: the rename and the directory fsync below make the name durable.
+            f.sync_data()
         };
         if let Err(e) = write() {
             let _ = fs::remove_file(&tmp);

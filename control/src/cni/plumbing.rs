@@ -7,6 +7,7 @@
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 
+use dataplane::wire::EthernetAddress;
 use ipnet::Ipv4Net;
 
 use crate::netlink::{Netlink, NetlinkError};
@@ -38,6 +39,27 @@ pub enum PlumbError {
 /// interface name (15 bytes, the kernel's limit). Derived, not random, so DEL finds the link even
 /// when it has no other record of it. FNV-1a 64 with the splitmix64 finaliser, as the VTEP MAC.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    format!(
+        "{HOST_VETH_PREFIX}{:011x}",
+        attachment_hash(container_id, ifname) >> 20
+    )
+}
+
+/// The host veth's MAC: locally administered unicast, from the same hash as its name, so the
+/// bridge's ports never share one and ADD need not read it back.
+pub fn host_veth_mac(container_id: &str, ifname: &str) -> EthernetAddress {
+    let b = attachment_hash(container_id, ifname).to_le_bytes();
+    EthernetAddress([(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]])
+}
+
+/// The pod interface's MAC: `0a:58:` and the four bytes of its address, the scheme kubenet and
+/// the CNI bridge plugin used, unique per address and readable in `ip neigh`.
+pub fn pod_mac(ip: Ipv4Addr) -> EthernetAddress {
+    let o = ip.octets();
+    EthernetAddress([0x0a, 0x58, o[0], o[1], o[2], o[3]])
+}
+
+fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in container_id
         .as_bytes()
@@ -53,7 +75,7 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     h ^= h >> 27;
     h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
     h ^= h >> 31;
-    format!("{HOST_VETH_PREFIX}{:011x}", h >> 20)
+    h
 }
 
 /// What to build for one pod.
@@ -61,6 +83,10 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
 pub struct PodPlan {
     /// Host end of the veth.
     pub host_veth: String,
+    /// Its MAC.
+    pub host_mac: EthernetAddress,
+    /// The container interface's MAC.
+    pub container_mac: EthernetAddress,
     /// Container end: `CNI_IFNAME`.
     pub ifname: String,
     /// The pod's address with the node subnet's prefix length, e.g. `10.244.1.5/24`.
@@ -73,15 +99,6 @@ pub struct PodPlan {
     pub bridge: String,
 }
 
-/// What ADD reports about the links it made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attached {
-    /// Host veth MAC.
-    pub host_mac: String,
-    /// Container interface MAC.
-    pub container_mac: String,
-}
-
 /// A netlink handle inside the namespace `ns`, opened on a thread that entered it.
 pub fn netlink_in(ns: &NetNs) -> Result<Netlink, PlumbError> {
     Ok(ns.run(Netlink::new)??)
@@ -92,33 +109,48 @@ fn default_route() -> Ipv4Net {
     Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0 is valid")
 }
 
-/// Builds the pod's link. `nl` is the node's handle. On failure it removes what it created (the
-/// veth pair goes with its host end), so nothing is left behind.
-pub fn attach(nl: &Netlink, ns: &NetNs, plan: &PodPlan) -> Result<Attached, PlumbError> {
+/// Builds the pod's link. `nl` is the node's handle. Six netlink round trips: look up the
+/// bridge, create the pair (host end configured, peer created in the namespace with its name, MAC
+/// and MTU), then inside the namespace look up the peer's index, add the address, set it up, add
+/// the default route. On failure it deletes the pair again, so nothing is left behind.
+pub fn attach(nl: &Netlink, ns: &NetNs, plan: &PodPlan) -> Result<(), PlumbError> {
     let cnl = netlink_in(ns)?;
-    if cnl.link(&plan.ifname)?.is_some() {
-        return Err(PlumbError::IfnameExists {
-            ifname: plan.ifname.clone(),
-            netns: ns.path().display().to_string(),
-        });
-    }
     let bridge = nl
         .link_index(&plan.bridge)?
         .ok_or_else(|| NetlinkError::NoSuchLink(plan.bridge.clone()))?;
-    nl.create_pod_veth(&plan.host_veth, &plan.ifname, ns.as_fd(), plan.mtu, bridge)?;
-    let configure = || -> Result<Attached, PlumbError> {
-        cnl.add_address(&plan.ifname, plan.addr)?;
-        cnl.set_up(&plan.ifname)?;
-        cnl.replace_route(default_route(), &plan.ifname, Some(plan.gateway), false)?;
-        let mac = |l: Option<crate::netlink::Link>| {
-            l.and_then(|l| l.mac)
-                .map(|m| m.to_string())
-                .unwrap_or_default()
-        };
-        Ok(Attached {
-            container_mac: mac(cnl.link(&plan.ifname)?),
-            host_mac: mac(nl.link(&plan.host_veth)?),
-        })
+    // The caller removed any stale host end under the server's lock, so EEXIST can only mean
+    // that CNI_IFNAME is taken inside the container.
+    if let Err(e) = nl.create_pod_veth(
+        &plan.host_veth,
+        plan.host_mac,
+        &plan.ifname,
+        plan.container_mac,
+        ns.as_fd(),
+        plan.mtu,
+        bridge,
+    ) {
+        if e.errno() == Some(libc::EEXIST) && nl.link(&plan.host_veth)?.is_none() {
+            return Err(PlumbError::IfnameExists {
+                ifname: plan.ifname.clone(),
+                netns: ns.path().display().to_string(),
+            });
+        }
+        return Err(e.into());
+    }
+    let configure = || -> Result<(), PlumbError> {
+        let index = cnl
+            .link_index(&plan.ifname)?
+            .ok_or_else(|| NetlinkError::NoSuchLink(plan.ifname.clone()))?;
+        cnl.add_address_index(index, &plan.ifname, plan.addr)?;
+        cnl.set_up_index(index, &plan.ifname)?;
+        cnl.replace_route_index(
+            default_route(),
+            index,
+            &plan.ifname,
+            Some(plan.gateway),
+            false,
+        )?;
+        Ok(())
     };
     configure().inspect_err(|_| {
         if let Err(e) = nl.delete_link(&plan.host_veth) {
@@ -220,6 +252,15 @@ mod tests {
         assert_eq!(a, host_veth_name("0123456789abcdef", "eth0"), "stable");
         assert_ne!(a, host_veth_name("0123456789abcdef", "eth1"));
         assert_ne!(a, host_veth_name("0123456789abcdeg", "eth0"));
+        let mac = host_veth_mac("0123456789abcdef", "eth0");
+        assert!(
+            !mac.is_multicast() && mac.0[0] & 0x02 != 0,
+            "locally administered unicast"
+        );
+        assert_eq!(
+            pod_mac(Ipv4Addr::new(10, 244, 1, 5)).to_string(),
+            "0a:58:0a:f4:01:05"
+        );
         let names: std::collections::HashSet<String> = (0..10_000)
             .map(|n| host_veth_name(&format!("c{n}"), "eth0"))
             .collect();

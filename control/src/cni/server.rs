@@ -310,10 +310,12 @@ impl Handler {
         }
     }
 
-    fn plan(&self, host_veth: String, ifname: &str, ip: Ipv4Addr) -> PodPlan {
+    fn plan(&self, key: &Key, host_veth: String, ip: Ipv4Addr) -> PodPlan {
         PodPlan {
+            host_mac: plumbing::host_veth_mac(&key.container_id, &key.ifname),
+            container_mac: plumbing::pod_mac(ip),
             host_veth,
-            ifname: ifname.to_string(),
+            ifname: key.ifname.clone(),
             addr: Ipv4Net::new(ip, self.ctx.subnet.prefix_len())
                 .expect("a subnet's own prefix length is valid"),
             gateway: self.ctx.gateway,
@@ -355,9 +357,9 @@ impl Handler {
         let alloc = ipam
             .allocate(self.ctx.subnet, &key, &host_veth)
             .map_err(ipam_error)?;
-        let plan = self.plan(host_veth, &key.ifname, alloc.ip);
-        let attached = match plumbing::attach(nl, &ns, &plan) {
-            Ok(a) => a,
+        let plan = self.plan(&key, host_veth, alloc.ip);
+        match plumbing::attach(nl, &ns, &plan) {
+            Ok(()) => {}
             Err(e) => {
                 if let Err(re) = ipam.release(&key) {
                     tracing::error!("rollback: cannot release {}: {re}", alloc.ip);
@@ -370,13 +372,13 @@ impl Handler {
             interfaces: vec![
                 Interface {
                     name: plan.host_veth.clone(),
-                    mac: attached.host_mac,
+                    mac: plan.host_mac.to_string(),
                     mtu: Some(plan.mtu),
                     sandbox: None,
                 },
                 Interface {
                     name: plan.ifname.clone(),
-                    mac: attached.container_mac,
+                    mac: plan.container_mac.to_string(),
                     mtu: Some(plan.mtu),
                     sandbox: Some(netns_path.to_string()),
                 },
@@ -428,7 +430,7 @@ impl Handler {
                 ),
             )
         })?;
-        let plan = self.plan(alloc.host_veth.clone(), &key.ifname, alloc.ip);
+        let plan = self.plan(&key, alloc.host_veth.clone(), alloc.ip);
         let listed = prev
             .interfaces
             .iter()
