@@ -156,8 +156,10 @@ pub fn accept_request<S: Read + Write>(stream: &mut S) -> io::Result<Result<Requ
     }))
 }
 
-/// Agent side: writes the reply.
+/// Agent side: writes the reply, in one write (serde_json writes token by token, which on an
+/// unbuffered socket is a system call per token).
 pub fn send_reply<W: Write>(stream: &mut W, reply: &Reply) -> io::Result<()> {
-    serde_json::to_writer(&mut *stream, reply)?;
+    let bytes = serde_json::to_vec(reply)?;
+    stream.write_all(&bytes)?;
     stream.flush()
 }

@@ -207,7 +207,7 @@ fn main() {
         let agent: Vec<Duration> = log
             .lines()
             .filter(|l| l.contains("CNI ok") && l.contains(&format!("command={verb}")))
-            .filter(|l| l.contains("container=weft"))
+            .filter(|l| l.contains("container=\"weft"))
             .filter_map(|l| {
                 l.split("us=")
                     .nth(1)?
