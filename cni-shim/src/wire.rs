@@ -23,10 +23,13 @@ use crate::spec::{code, CniError, Invocation};
 
 /// The agent's first bytes on every connection.
 pub const ACK: &[u8] = b"weft-cni/1\n";
-/// How long the plugin waits for the socket connection.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(400);
-/// How long the plugin waits for [`ACK`] after connecting.
-pub const ACK_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long the plugin waits for the socket connection (a unix socket connects at once or fails
+/// at once unless the agent's backlog is full).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long the plugin waits for [`ACK`] after connecting. The agent's accept thread writes it
+/// before anything else, so only a stopped or hung agent (or a machine too loaded to schedule
+/// one thread for most of a second) misses it.
+pub const ACK_TIMEOUT: Duration = Duration::from_millis(700);
 /// How long the plugin waits for the agent's reply once acknowledged.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest request the agent reads (a conflist entry with a prevResult is a few KiB).
@@ -141,11 +144,15 @@ pub fn call(socket: &Path, request: &Request) -> Result<Reply, CniError> {
     })
 }
 
-/// Agent side: writes [`ACK`] and reads one request line from `stream` (at most
-/// [`MAX_REQUEST`] bytes). Decoding errors come back as CNI errors to send as the reply.
-pub fn accept_request<S: Read + Write>(stream: &mut S) -> io::Result<Result<Request, CniError>> {
+/// Agent side: writes [`ACK`], first thing after accepting.
+pub fn acknowledge<W: Write>(stream: &mut W) -> io::Result<()> {
     stream.write_all(ACK)?;
-    stream.flush()?;
+    stream.flush()
+}
+
+/// Agent side: reads one request line from `stream` (at most [`MAX_REQUEST`] bytes). Decoding
+/// errors come back as CNI errors to send as the reply.
+pub fn read_request<S: Read>(stream: &mut S) -> io::Result<Result<Request, CniError>> {
     let mut line = Vec::new();
     BufReader::new(Read::by_ref(stream).take(MAX_REQUEST)).read_until(b'\n', &mut line)?;
     Ok(serde_json::from_slice::<Request>(&line).map_err(|e| {

@@ -1,8 +1,8 @@
 //! The agent's CNI socket: answers the `weft` plugin's requests ([`cni_shim::wire`]).
 //!
-//! One accept thread; each connection gets its own thread, which acknowledges at once (so the
-//! plugin can tell a busy agent from a dead one) and then waits for the one mutex that serialises
-//! the work. The lock covers IPAM *and* plumbing, so two ADDs never race for an address, a DEL
+//! One accept thread, which acknowledges each connection at once (so the plugin can tell a busy
+//! agent from a dead one); each connection then gets its own thread, which waits for the one
+//! mutex that serialises the work. The lock covers IPAM *and* plumbing, so two ADDs never race for an address, a DEL
 //! never removes a link an ADD is still configuring, and a rollback sees exactly what its ADD made.
 //! This is control path: an ADD takes about a millisecond, so a hundred in a row take a tenth of
 //! a second.
@@ -175,7 +175,14 @@ fn accept_loop(listener: UnixListener, stop: Arc<AtomicBool>, handler: Arc<Handl
             return;
         }
         match conn {
-            Ok(stream) => {
+            Ok(mut stream) => {
+                // Acknowledge here, not on the request thread: the plugin's "is weftd there?"
+                // deadline then does not depend on spawning a thread under load. Writing 11
+                // bytes into a fresh socket's empty buffer does not block.
+                if let Err(e) = wire::acknowledge(&mut stream) {
+                    tracing::debug!("CNI client went away before the acknowledgement: {e}");
+                    continue;
+                }
                 let h = handler.clone();
                 let spawned = std::thread::Builder::new()
                     .name("weft-cni-req".into())
@@ -197,7 +204,7 @@ fn serve(mut stream: UnixStream, handler: &Handler) {
         tracing::debug!("CNI client: {e}");
         return;
     }
-    let reply = match wire::accept_request(&mut stream) {
+    let reply = match wire::read_request(&mut stream) {
         Ok(Ok(request)) => handler.handle(&request),
         Ok(Err(e)) => Reply::Error(e),
         Err(e) => {
@@ -324,6 +331,9 @@ impl Handler {
         }
     }
 
+    /// ADD. Weft creates the container's interface, so it comes first in a chain; a `prevResult`
+    /// (some plugin before it) is suppressed, as the spec allows, not merged: the result lists
+    /// what Weft made.
     fn add(&self, env: &Invocation, conf: &NetConf) -> Result<AddResult, CniError> {
         if self.status().is_err() {
             return Err(CniError::new(
