@@ -28,7 +28,7 @@
 //! [cni]
 //! enabled = true               # default: serve the weft CNI plugin
 //! socket = "/run/weft/cni.sock"             # default; the plugin's "socket" must match
-//! data_dir = "/var/lib/weft"   # default; IPAM state (cni-ipam.json)
+//! data_dir = "/var/lib/weft"   # default; IPAM state (cni-ipam.json, cni-ipam.journal)
 //!
 //! [[peers]]                    # default none; one table per remote node
 //! name = "node-b"
@@ -317,7 +317,7 @@ pub struct CniSection {
     pub enabled: bool,
     /// The unix socket the plugin connects to; its network config's `socket` must name it.
     pub socket: PathBuf,
-    /// Where the pod address allocations are kept (`cni-ipam.json`).
+    /// Where the pod address allocations are kept (`cni-ipam.json` and `cni-ipam.journal`).
     pub data_dir: PathBuf,
 }
 

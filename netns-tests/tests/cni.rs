@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use control::cni::ipam::{read_allocations, Allocation};
 use control::lab::{Lab, LabNode, LabPod, NodeKind, PingResult};
 use control::netlink::Netlink;
 use control::netns::{spawn_in_netns, NetNs};
@@ -55,16 +56,10 @@ fn weft_veths(node: &LabNode) -> Vec<String> {
         .collect()
 }
 
-fn allocations(node: &LabNode) -> Vec<Value> {
-    let path = node.cni_data_dir.join("cni-ipam.json");
-    match std::fs::read(&path) {
-        Ok(b) => {
-            let v: Value = serde_json::from_slice(&b).expect("IPAM state is JSON");
-            v["allocations"].as_array().cloned().unwrap_or_default()
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => panic!("read {}: {e}", path.display()),
-    }
+/// The node agent's IPAM allocations as recorded on disk (snapshot and journal).
+fn allocations(node: &LabNode) -> Vec<Allocation> {
+    read_allocations(&node.cni_data_dir)
+        .unwrap_or_else(|e| panic!("IPAM state of {}: {e}", node.name))
 }
 
 fn ns_command(ns: &NetNs, program: &str, args: &[&str]) -> String {
@@ -707,7 +702,7 @@ fn bad_input_gets_spec_errors_and_leaks_nothing() {
         .unwrap_or_else(|e| panic!("{e}"));
     let left = allocations(node);
     assert_eq!(left.len(), 1, "{left:?}");
-    assert_eq!(left[0]["container_id"], "fill2");
+    assert_eq!(left[0].key.container_id, "fill2");
     assert_eq!(weft_veths(node).len(), 1);
     d.del(&list110, &extra[2].1, Some(&extra[2].2))
         .unwrap_or_else(|e| panic!("{e}"));
