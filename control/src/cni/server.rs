@@ -368,15 +368,13 @@ impl Handler {
             .allocate(self.ctx.subnet, &key, &host_veth)
             .map_err(ipam_error)?;
         let plan = self.plan(&key, host_veth, alloc.ip);
-        match plumbing::attach(nl, &ns, &plan) {
-            Ok(()) => {}
-            Err(e) => {
-                if let Err(re) = ipam.release(&key) {
-                    tracing::error!("rollback: cannot release {}: {re}", alloc.ip);
-                }
-                return Err(plumb_error(netns_path, e));
+        if let Err(e) = plumbing::attach(nl, &ns, &plan) {
+            // attach removed its links; give the address back too.
+            if let Err(re) = ipam.release(&key) {
+                tracing::error!("rollback: cannot release {}: {re}", alloc.ip);
             }
-        };
+            return Err(plumb_error(netns_path, e));
+        }
         drop(work);
         Ok(AddResult {
             interfaces: vec![
