@@ -1,10 +1,14 @@
-//! The `weft` CNI plugin. The CNI issue fills it; until then it answers every call with the CNI
-//! spec's internal-error result instead of pretending to succeed.
+//! `weft`, the CNI plugin: see the library ([`cni_shim`]) for what it does.
 #![forbid(unsafe_code)]
 
-fn main() {
-    println!(
-        "{{\"cniVersion\":\"1.1.0\",\"code\":999,\"msg\":\"the weft CNI plugin is not implemented yet\"}}"
-    );
-    std::process::exit(1);
+use std::io::Write;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let outcome = cni_shim::run(|k| std::env::var(k).ok(), &mut std::io::stdin().lock());
+    let mut out = std::io::stdout().lock();
+    // Nothing sensible is left to do when stdout is gone; the exit status still tells.
+    let _ = out.write_all(outcome.stdout.as_bytes());
+    let _ = out.flush();
+    ExitCode::from(outcome.exit)
 }

@@ -78,6 +78,9 @@ pub enum AgentError {
     /// The Kubernetes datastore failed.
     #[error("kubernetes datastore: {0}")]
     Kube(#[from] kube::KubeError),
+    /// The CNI server could not be started.
+    #[error("CNI server: {0}")]
+    Cni(#[from] crate::cni::CniServerError),
 }
 
 /// What the agent derived from its configuration and the host.
@@ -111,6 +114,7 @@ pub struct Agent {
     health: Option<HealthServer>,
     stop: Arc<AtomicBool>,
     control: Option<JoinHandle<()>>,
+    cni: Option<crate::cni::CniServer>,
 }
 
 /// The live datastore connection the control thread takes over after start-up.
@@ -234,6 +238,22 @@ impl Agent {
             u32::from(facts.tun_mtu),
         );
         netlink::plumb_node(&nl, &plan)?;
+        // The CNI server comes up before the workers but answers STATUS with 50 (and ADD with 11)
+        // until the node is ready below.
+        let cni = if cfg.cni.enabled {
+            Some(crate::cni::CniServer::start(
+                &cfg.cni.socket,
+                crate::cni::CniContext {
+                    subnet,
+                    gateway: plan.bridge_addr.addr(),
+                    mtu: plan.bridge_mtu,
+                    bridge: plan.bridge.clone(),
+                    data_dir: cfg.cni.data_dir.clone(),
+                },
+            )?)
+        } else {
+            None
+        };
 
         let shared = Arc::new(WorkerShared::new(cell.clone(), facts.workers));
         metrics.attach_workers(shared.clone());
@@ -293,6 +313,9 @@ impl Agent {
                 })
                 .map_err(AgentError::Spawn)?
         };
+        if let Some(cni) = &cni {
+            cni.set_ready(true);
+        }
         tracing::info!(
             node = %facts.name,
             datastore = cfg.datastore.kind.name(),
@@ -316,6 +339,7 @@ impl Agent {
             health,
             stop,
             control: Some(control),
+            cni,
         })
     }
 
@@ -349,6 +373,8 @@ impl Agent {
                 tracing::error!("control thread panicked");
             }
         }
+        // No new pods while the dataplane goes down.
+        self.cni.take();
         self.shared.request_stop();
         for (id, w) in self.workers.drain(..).enumerate() {
             match w.join() {

@@ -51,6 +51,11 @@
 //! [health]
 //! listen = "0.0.0.0:9472"      # default; /healthz, /readyz, /metrics; "off" disables
 //!
+//! [cni]
+//! enabled = true               # default: serve the weft CNI plugin
+//! socket = "/run/weft/cni.sock"             # default; the plugin's "socket" must match
+//! data_dir = "/var/lib/weft"   # default; IPAM state (cni-ipam.json, cni-ipam.journal)
+//!
 //! [[peers]]                    # static datastore only; default none; one table per remote node
 //! name = "node-b"
 //! public_ip = "192.168.50.2"
@@ -84,6 +89,10 @@ pub const DEFAULT_PORT: u16 = 8472;
 pub const DEFAULT_BRIDGE: &str = "weft0";
 /// Default control socket path.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/weft/weftd.sock";
+/// Default CNI socket path (the `weft` plugin's default too).
+pub const DEFAULT_CNI_SOCKET: &str = "/run/weft/cni.sock";
+/// Default directory of the agent's state (IPAM allocations).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/weft";
 /// Smallest tunnel MTU accepted: the IPv4 minimum datagram every host must accept (RFC 791).
 pub const MIN_MTU: u32 = 576;
 /// Largest tunnel MTU accepted: a 9000-byte jumbo underlay minus the VXLAN overhead.
@@ -196,6 +205,7 @@ struct RawConfig {
     datastore: RawDatastore,
     #[serde(default)]
     health: RawHealth,
+    cni: RawCni,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     peers: Vec<RawPeer>,
 }
@@ -305,6 +315,17 @@ struct RawDataplane {
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+struct RawCni {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    socket: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 struct RawPeer {
     name: String,
     public_ip: String,
@@ -400,6 +421,16 @@ pub struct DataplaneSection {
 
 /// Default of `[dataplane] busy_poll_us`.
 pub const DEFAULT_BUSY_POLL_US: u32 = 200;
+/// `[cni]`: the server the `weft` CNI plugin talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniSection {
+    /// Serve the plugin (on by default).
+    pub enabled: bool,
+    /// The unix socket the plugin connects to; its network config's `socket` must name it.
+    pub socket: PathBuf,
+    /// Where the pod address allocations are kept (`cni-ipam.json` and `cni-ipam.journal`).
+    pub data_dir: PathBuf,
+}
 
 /// `[[peers]]`: a remote node of the static datastore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -499,6 +530,8 @@ pub struct Config {
     pub datastore: DatastoreSection,
     /// `[health]`.
     pub health: HealthSection,
+    /// `[cni]`.
+    pub cni: CniSection,
     /// `[[peers]]` (static datastore).
     pub peers: Vec<PeerConfig>,
 }
@@ -952,6 +985,44 @@ impl Config {
             busy_poll_us,
         };
 
+        // [cni]
+        let absolute = |field: &str, path: PathBuf| {
+            if path.is_absolute() {
+                Ok(path)
+            } else {
+                Err(invalid(
+                    field,
+                    format!("{} is not an absolute path", path.display()),
+                ))
+            }
+        };
+        let cni = CniSection {
+            enabled: raw.cni.enabled.unwrap_or(true),
+            socket: absolute(
+                "cni.socket",
+                raw.cni
+                    .socket
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_CNI_SOCKET)),
+            )?,
+            data_dir: absolute(
+                "cni.data_dir",
+                raw.cni
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            )?,
+        };
+        if cni.enabled && cni.socket == dataplane.control_socket {
+            return Err(invalid(
+                "cni.socket",
+                format!(
+                    "{} is also dataplane.control_socket; the two sockets need different paths",
+                    cni.socket.display()
+                ),
+            ));
+        }
+
         // [[peers]]
         let own_mac = vtep_mac_for(&node.name);
         let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peers.len());
@@ -1030,6 +1101,7 @@ impl Config {
             dataplane,
             datastore,
             health,
+            cni,
             peers,
         })
     }
@@ -1116,6 +1188,11 @@ impl Config {
                         .listen
                         .map_or_else(|| "off".to_string(), |a| a.to_string()),
                 ),
+            },
+            cni: RawCni {
+                enabled: Some(self.cni.enabled),
+                socket: Some(self.cni.socket.clone()),
+                data_dir: Some(self.cni.data_dir.clone()),
             },
             peers: self
                 .peers

@@ -102,6 +102,10 @@ pub struct LabNode {
     pub log: PathBuf,
     /// The agent's subnet.env (Weft nodes).
     pub subnet_file: PathBuf,
+    /// The agent's CNI socket (Weft nodes): what a CNI network config's `socket` names.
+    pub cni_socket: PathBuf,
+    /// The agent's CNI data directory (IPAM state), per node.
+    pub cni_data_dir: PathBuf,
     /// The agent process, while it runs.
     pub agent: Option<Child>,
     /// The pods on this node.
@@ -226,10 +230,21 @@ impl Lab {
 
     /// Adds node number `i` (1..=250): underlay address 192.168.77.i, pod subnet 10.244.i.0/24.
     pub fn add_node(&mut self, i: u8, kind: NodeKind) -> Result<usize, LabError> {
+        let subnet: Ipv4Net = format!("10.244.{i}.0/24").parse().expect("valid subnet");
+        self.add_node_with_subnet(i, kind, subnet)
+    }
+
+    /// Adds node number `i` as [`Lab::add_node`] does, with pod subnet `subnet` (inside
+    /// 10.244.0.0/16; a small one, such as a /29, to run out of addresses).
+    pub fn add_node_with_subnet(
+        &mut self,
+        i: u8,
+        kind: NodeKind,
+        subnet: Ipv4Net,
+    ) -> Result<usize, LabError> {
         let name = format!("node-{i}");
         let ns = netns(&format!("{}-n{i}", self.prefix))?;
         let public_ip = Ipv4Addr::new(192, 168, 77, i);
-        let subnet: Ipv4Net = format!("10.244.{i}.0/24").parse().expect("valid subnet");
         let ul_end = format!("{}n{i}", self.prefix);
         let ul_fd = self.underlay.file();
         let mtu = self.underlay_mtu;
@@ -252,6 +267,8 @@ impl Lab {
             ctl_socket: self.dir.join(format!("{name}.sock")),
             config: self.dir.join(format!("{name}.toml")),
             log: self.dir.join(format!("{name}.log")),
+            cni_socket: self.dir.join(format!("{name}.cni.sock")),
+            cni_data_dir: self.dir.join(format!("{name}.cni")),
             name,
             kind,
             ns,
@@ -337,6 +354,12 @@ impl Lab {
                     .map_err(io_err(format!("write {}", n.config.display())));
             }
         }
+        let _ = writeln!(
+            s,
+            "[cni]\nsocket = \"{}\"\ndata_dir = \"{}\"\n",
+            n.cni_socket.display(),
+            n.cni_data_dir.display()
+        );
         for (name, ip, subnet) in peers.iter().filter(|p| p.0 != n.name) {
             let _ = writeln!(
                 s,
@@ -536,6 +559,20 @@ impl Lab {
         }
         self.nodes[idx].pods.push(LabPod { ns, ip, host_veth });
         Ok(ip)
+    }
+
+    /// A new, empty namespace for a pod that something else attaches (a CNI plugin): loopback up,
+    /// nothing else. Its name carries the lab's prefix and `tag`; it is deleted when dropped.
+    pub fn empty_pod_ns(&self, tag: &str) -> Result<NetNs, LabError> {
+        let ns = netns(&format!("{}-{tag}", self.prefix))?;
+        in_ns(&ns, |nl| nl.set_up("lo"))?;
+        Ok(ns)
+    }
+
+    /// The underlay namespace (bridge `ul0`, address [`UNDERLAY_HOST`]): a vantage point outside
+    /// every node, e.g. for reaching a node's hostPort.
+    pub fn underlay(&self) -> &NetNs {
+        &self.underlay
     }
 
     /// The pod with address `ip`.

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod autodetect;
+pub mod cni;
 pub mod config;
 pub mod ctl;
 pub mod datastore;

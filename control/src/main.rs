@@ -28,7 +28,8 @@ enum Command {
     /// Run the node agent: get this node's subnet and its peers from the datastore (the config
     /// file, etcd or Kubernetes, in flannel's formats), create the TUN device `weft.<vni>` and
     /// bridge `weft0`, carry pod traffic in VXLAN (UDP 8472), keep the peers current, write
-    /// subnet.env, and serve /healthz, /readyz and /metrics, until SIGTERM or Ctrl-C.
+    /// subnet.env, serve the `weft` CNI plugin on /run/weft/cni.sock ([cni]) and /healthz, /readyz
+    /// and /metrics, until SIGTERM or Ctrl-C.
     ///
     /// Needs root (CAP_NET_ADMIN and CAP_NET_RAW) and /dev/net/tun. An invalid config exits
     /// with code 2 and names the field. See deploy/weftd.example.toml for every option; the
@@ -146,6 +147,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {

@@ -44,6 +44,9 @@ pub enum NetNsError {
         /// The error from open(2).
         source: io::Error,
     },
+    /// The file exists but is no network namespace.
+    #[error("{0} is not a network namespace (expected a bind mount like /var/run/netns/NAME or /proc/PID/ns/net)")]
+    NotNetworkNamespace(String),
     /// A step of creating, entering or deleting a namespace failed.
     #[error("network namespace {name:?}: {step} failed: {source}; this needs root (CAP_SYS_ADMIN) and a writable /run")]
     Syscall {
@@ -172,6 +175,28 @@ impl NetNs {
         Ok(NetNs {
             name: name.to_string(),
             path,
+            file,
+            delete_on_drop: false,
+        })
+    }
+
+    /// Opens the network namespace file at `path` — a runtime's `CNI_NETNS`, such as
+    /// `/var/run/netns/NAME` or `/proc/PID/ns/net` — and checks that it is one. Dropping the
+    /// result does not delete anything; [`NetNs::name`] is the path.
+    pub fn open_path(path: &Path) -> Result<NetNs, NetNsError> {
+        let name = path.display().to_string();
+        let file = File::open(path).map_err(|source| NetNsError::Open {
+            name: name.clone(),
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // A namespace file lives on nsfs; setns(2) then tells a network namespace from others.
+        if !sys::is_namespace_file(&file).unwrap_or(false) {
+            return Err(NetNsError::NotNetworkNamespace(name));
+        }
+        Ok(NetNs {
+            name,
+            path: path.to_path_buf(),
             file,
             delete_on_drop: false,
         })

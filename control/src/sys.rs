@@ -147,3 +147,31 @@ pub fn set_tx_checksum_offload(ifname: &str, on: bool) -> io::Result<()> {
     // to, both alive on this stack frame for the whole call; the socket fd is open.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut req) })
 }
+
+/// Takes an exclusive advisory lock on `file` without waiting (`flock(LOCK_EX | LOCK_NB)`):
+/// `Ok(true)` when taken, `Ok(false)` when another open file description holds it. The lock goes
+/// with the file's last descriptor, also when the process dies.
+pub fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
+    // SAFETY: flock takes a descriptor and flags; `file` keeps the descriptor open for the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// True when `file` is a namespace file (`/proc/PID/ns/*` or a bind mount of one): its file
+/// system is nsfs (`fstatfs(2)` reports `NSFS_MAGIC`).
+pub fn is_namespace_file(file: &std::fs::File) -> io::Result<bool> {
+    const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
+    // SAFETY: `statfs` is plain old data; all-zero is a valid value for it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs writes into `st`, a live, properly sized statfs on this stack frame; the
+    // descriptor stays open for the call because `file` is borrowed.
+    check(unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) })?;
+    Ok(st.f_type as libc::c_long == NSFS_MAGIC)
+}

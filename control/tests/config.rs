@@ -501,3 +501,36 @@ fn datastore_errors_name_the_field() {
         &["node.subnet:", "missing", "static"],
     );
 }
+
+#[test]
+fn cni_section_defaults_errors_and_round_trip() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert!(c.cni.enabled, "the CNI server is on by default");
+    assert_eq!(
+        c.cni.socket,
+        PathBuf::from(control::config::DEFAULT_CNI_SOCKET)
+    );
+    assert_eq!(c.cni.socket, PathBuf::from(cni_shim::DEFAULT_SOCKET));
+    assert_eq!(
+        c.cni.data_dir,
+        PathBuf::from(control::config::DEFAULT_DATA_DIR)
+    );
+    let d = |s: &str| format!("{MINIMAL}[cni]\n{s}\n");
+    assert_err(&d("socket = \"cni.sock\""), &["cni.socket:", "absolute"]);
+    assert_err(&d("data_dir = \"state\""), &["cni.data_dir:", "absolute"]);
+    assert_err(&d("enabled = 1"), &["enabled"]);
+    assert_err(&d("sockets = \"/x\""), &["sockets"]);
+    assert_err(
+        &d("socket = \"/run/weft/weftd.sock\""),
+        &["cni.socket:", "control_socket"],
+    );
+    let c = Config::from_toml_str(&d(
+        "enabled = false\nsocket = \"/run/w/c.sock\"\ndata_dir = \"/srv/weft\"",
+    ))
+    .unwrap();
+    assert!(!c.cni.enabled);
+    assert_eq!(c.cni.data_dir, PathBuf::from("/srv/weft"));
+    let rendered = c.to_toml_string();
+    assert!(rendered.contains("[cni]"), "{rendered}");
+    assert_eq!(Config::from_toml_str(&rendered).unwrap(), c);
+}

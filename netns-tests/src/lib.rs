@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+pub mod cni;
+
 /// Fails the test (never skips it) when not running as root: the namespace tests need
 /// CAP_SYS_ADMIN and CAP_NET_ADMIN. CI runs as root.
 pub fn require_root() {
@@ -30,4 +32,36 @@ pub fn weftd_path() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The `weft` CNI plugin binary built beside `weftd` (`cargo build --workspace --bins`).
+pub fn weft_plugin_path() -> PathBuf {
+    let path = weftd_path().with_file_name("weft");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first with `cargo build -p cni-shim --bin weft` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Where Debian's `containernetworking-plugins` installs the reference plugins.
+pub const SYSTEM_CNI_DIR: &str = "/usr/lib/cni";
+
+/// The `CNI_PATH` of the tests: the built `weft` plugin's directory, then the reference plugins.
+/// Fails (never skips) when the reference plugins the tests chain are missing.
+pub fn cni_path() -> Vec<PathBuf> {
+    for plugin in ["portmap", "bandwidth", "bridge", "host-local"] {
+        let p = std::path::Path::new(SYSTEM_CNI_DIR).join(plugin);
+        assert!(
+            p.is_file(),
+            "{} is missing: install Debian's containernetworking-plugins (.ci/run does)",
+            p.display()
+        );
+    }
+    let weft = weft_plugin_path();
+    vec![
+        weft.parent().expect("target dir").to_path_buf(),
+        PathBuf::from(SYSTEM_CNI_DIR),
+    ]
 }
