@@ -97,10 +97,19 @@ pub fn run(var: impl Fn(&str) -> Option<String>, stdin: &mut dyn Read) -> Outcom
         Err(e) => return Outcome::error(&e, version),
     };
     let socket = conf.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into());
+    let status = env.command == Command::Status;
     let request = wire::Request { env, config };
     match wire::call(Path::new(&socket), &request) {
         Ok(wire::Reply::Ok(result)) => Outcome::ok(result.as_ref()),
-        Ok(wire::Reply::Error(e)) | Err(e) => Outcome::error(&e, conf.cni_version),
+        Ok(wire::Reply::Error(e)) => Outcome::error(&e, conf.cni_version),
+        Err(mut e) => {
+            // For STATUS an absent agent is the spec's "plugin not available" (50), which is
+            // what a runtime turns into the node's NetworkReady=false.
+            if status && e.code == code::TRY_AGAIN_LATER {
+                e.code = code::NOT_AVAILABLE;
+            }
+            Outcome::error(&e, conf.cni_version)
+        }
     }
 }
 
@@ -186,6 +195,21 @@ mod tests {
             v["details"].as_str().unwrap_or_default().contains("[cni]"),
             "{v}"
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn status_without_agent_is_not_available() {
+        let dir = unique_dir("status");
+        let conf = format!(
+            r#"{{"cniVersion":"1.1.0","name":"n","type":"weft","socket":"{}/none.sock"}}"#,
+            dir.display()
+        );
+        let o = run(
+            env(vec![("CNI_COMMAND", "STATUS".into())]),
+            &mut conf.as_bytes(),
+        );
+        assert_eq!((o.exit, parse(&o)["code"].as_u64()), (1, Some(50)));
         let _ = std::fs::remove_dir_all(dir);
     }
 

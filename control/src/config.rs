@@ -205,6 +205,7 @@ struct RawConfig {
     datastore: RawDatastore,
     #[serde(default)]
     health: RawHealth,
+    #[serde(default)]
     cni: RawCni,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     peers: Vec<RawPeer>,
