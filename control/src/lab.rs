@@ -332,6 +332,12 @@ impl Lab {
             self.workers,
             self.dataplane_extra.trim_end(),
         );
+        let _ = writeln!(
+            s,
+            "[cni]\nsocket = \"{}\"\ndata_dir = \"{}\"\n",
+            n.cni_socket.display(),
+            n.cni_data_dir.display()
+        );
         match &self.datastore {
             LabDatastore::Static => {
                 let _ = writeln!(
@@ -354,12 +360,6 @@ impl Lab {
                     .map_err(io_err(format!("write {}", n.config.display())));
             }
         }
-        let _ = writeln!(
-            s,
-            "[cni]\nsocket = \"{}\"\ndata_dir = \"{}\"\n",
-            n.cni_socket.display(),
-            n.cni_data_dir.display()
-        );
         for (name, ip, subnet) in peers.iter().filter(|p| p.0 != n.name) {
             let _ = writeln!(
                 s,
