@@ -111,7 +111,16 @@ fn mixed_cluster_programmed_from_etcd_with_renewals_subnet_env_and_readyz() {
         let (_, m) = lab.http_get(idx, "/metrics").expect("metrics");
         assert_eq!(metric(&m, "weft_peers "), 3.0, "{m}");
         assert!(m.contains("weft_drops_total{reason=\"no_route\"}"), "{m}");
-        assert!(metric(&m, "weft_packets_total{direction=\"tx_underlay\"} ") > 0.0);
+        // Workers copy their counters out at most every 50 ms and when they next wake; give
+        // them a moment rather than racing the last ping.
+        let tx = "weft_packets_total{direction=\"tx_underlay\"} ";
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let mut m = m;
+        while metric(&m, tx) <= 0.0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            m = lab.http_get(idx, "/metrics").expect("metrics").1;
+        }
+        assert!(metric(&m, tx) > 0.0, "node {idx}: {m}");
     }
     // Renewal: after more than a TTL every Weft key is still there, on a new etcd lease.
     std::thread::sleep(Duration::from_secs(5));
