@@ -162,15 +162,15 @@ pub fn run(
                 let (_, g4) = iperf3(&v.lab, v.src, v.dst, seconds, &["-P", &streams])?;
                 v.gbps4.push(g4);
                 let len = UDP_LEN.to_string();
-                let (bytes, _) = iperf3(
+                // The received bit rate over iperf3's own measured interval, in datagrams.
+                let (_, gbps_udp) = iperf3(
                     &v.lab,
                     v.src,
                     v.dst,
                     seconds,
                     &["-u", "-b", "0", "-l", &len],
                 )?;
-                v.udp_kpps
-                    .push(bytes as f64 / UDP_LEN as f64 / seconds.max(1) as f64 / 1e3);
+                v.udp_kpps.push(gbps_udp * 1e9 / 8.0 / UDP_LEN as f64 / 1e3);
             }
             let pod = v.lab.pod(v.src).context("pod")?;
             let mut lost = 0;
