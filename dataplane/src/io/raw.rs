@@ -88,43 +88,71 @@ impl RawSender {
         }
     }
 
-    /// Sends everything queued in `batch`, recording the outcome in `report`. Each pass of the
-    /// loop either sends at least one datagram or drops at least one, so it ends.
+    /// Sends everything queued in `batch`, recording the outcome in `report`.
     fn flush(&self, batch: &mut SendScratch<'_>, report: &mut SendReport) {
-        let mut next = 0;
-        let mut interrupted = 0;
-        while next < batch.len() {
-            match batch.sendmmsg(self.fd.as_fd(), next) {
-                Ok(0) => {
-                    // Not documented to happen with a non-empty batch; do not loop on it.
-                    report.dropped += batch.len() - next;
-                    return;
+        send_batch_with_policy(self.fd.as_fd(), batch, report, |_, _, _| {});
+    }
+}
+
+/// A queue of `sendmmsg(2)` messages, as the senders' scratch arrays hold them.
+pub(crate) trait MmsgBatch {
+    /// Queued messages.
+    fn len(&self) -> usize;
+    /// `sendmmsg` from message `first` on; how many the kernel took, or message `first`'s error.
+    fn sendmmsg(&mut self, fd: BorrowedFd<'_>, first: usize) -> io::Result<usize>;
+    /// Message `i` on the wire: (datagrams, bytes from the IPv4 header on).
+    fn weigh(&self, i: usize) -> (usize, usize);
+}
+
+/// Sends everything in `batch` through `fd`, with the senders' one drop policy: a full socket
+/// buffer or device queue drops the rest of the batch; any other error drops only the message
+/// it concerns (after `refused` has seen it); `EINTR` is retried three times. Each pass either
+/// sends or drops at least one message, so it ends.
+pub(crate) fn send_batch_with_policy<B: MmsgBatch>(
+    fd: BorrowedFd<'_>,
+    batch: &mut B,
+    report: &mut SendReport,
+    mut refused: impl FnMut(&B, usize, &io::Error),
+) {
+    let drop_from = |batch: &B, from: usize, report: &mut SendReport| {
+        for i in from..batch.len() {
+            report.dropped += batch.weigh(i).0;
+        }
+    };
+    let mut next = 0;
+    let mut interrupted = 0;
+    while next < batch.len() {
+        match batch.sendmmsg(fd, next) {
+            Ok(0) => {
+                // Not documented to happen with a non-empty batch; do not loop on it.
+                drop_from(batch, next, report);
+                return;
+            }
+            Ok(k) => {
+                for i in next..(next + k).min(batch.len()) {
+                    let (datagrams, bytes) = batch.weigh(i);
+                    report.sent += datagrams;
+                    report.sent_bytes += bytes;
                 }
-                Ok(n) => {
-                    for i in next..next + n {
-                        report.sent += 1;
-                        report.sent_bytes += batch.packet_len(i);
-                    }
-                    next += n;
-                }
-                // MSG_DONTWAIT makes EINTR unlikely; retry a few times, then treat it as fatal.
-                Err(e) if e.kind() == io::ErrorKind::Interrupted && interrupted < 3 => {
-                    interrupted += 1;
-                }
-                Err(e) if is_congestion(&e) => {
-                    // The socket buffer or the device queue is full: the rest of the batch would
-                    // fail the same way, one syscall each.
-                    report.dropped += batch.len() - next;
-                    report.last_error = Some(e);
-                    return;
-                }
-                Err(e) => {
-                    // An error about this datagram (EMSGSIZE, ENETUNREACH, EPERM from a firewall):
-                    // drop it and go on with the next.
-                    report.dropped += 1;
-                    report.last_error = Some(e);
-                    next += 1;
-                }
+                next += k;
+            }
+            // MSG_DONTWAIT makes EINTR unlikely; retry a few times, then treat it as fatal.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && interrupted < 3 => {
+                interrupted += 1;
+            }
+            Err(e) if is_congestion(&e) => {
+                // The rest of the batch would fail the same way, one syscall each.
+                drop_from(batch, next, report);
+                report.last_error = Some(e);
+                return;
+            }
+            Err(e) => {
+                // An error about this message (EMSGSIZE, ENETUNREACH, EPERM from a firewall, a
+                // refused GSO train): drop it and go on with the next.
+                refused(batch, next, &e);
+                report.dropped += batch.weigh(next).0;
+                report.last_error = Some(e);
+                next += 1;
             }
         }
     }

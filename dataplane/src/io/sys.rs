@@ -738,3 +738,29 @@ impl<'a> TrainBatch<'a> {
         Ok(cvt(ret)? as usize)
     }
 }
+
+impl super::raw::MmsgBatch for SendScratch<'_> {
+    fn len(&self) -> usize {
+        SendScratch::len(self)
+    }
+    fn sendmmsg(&mut self, fd: BorrowedFd<'_>, first: usize) -> io::Result<usize> {
+        SendScratch::sendmmsg(self, fd, first)
+    }
+    fn weigh(&self, i: usize) -> (usize, usize) {
+        (1, self.packet_len(i))
+    }
+}
+
+impl super::raw::MmsgBatch for TrainBatch<'_> {
+    fn len(&self) -> usize {
+        TrainBatch::len(self)
+    }
+    fn sendmmsg(&mut self, fd: BorrowedFd<'_>, first: usize) -> io::Result<usize> {
+        TrainBatch::sendmmsg(self, fd, first)
+    }
+    /// Datagrams on the wire, and their bytes with the IPv4 and UDP headers the kernel adds.
+    fn weigh(&self, i: usize) -> (usize, usize) {
+        let segments = self.message_segments(i);
+        (segments, self.message_bytes(i) + segments * (20 + 8))
+    }
+}

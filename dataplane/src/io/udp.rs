@@ -19,7 +19,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use super::raw::{is_congestion, SendReport};
+use super::raw::{send_batch_with_policy, MmsgBatch, SendReport};
 use super::sys::{self, TrainBatch};
 use super::Slots;
 use crate::forward::HEADROOM;
@@ -347,54 +347,27 @@ impl VxlanSender {
         report
     }
 
-    /// Sends every closed message of `batch` through socket `sock`.
+    /// Sends every closed message of `batch` through socket `sock`; a train the kernel refuses
+    /// (`EIO`, `EINVAL`) turns GSO off for this sender.
     fn flush(&mut self, batch: &mut TrainBatch<'_>, sock: usize, report: &mut SendReport) {
         let Some(fd) = self.socks.get(sock) else {
             for i in 0..batch.len() {
-                report.dropped += batch.message_segments(i);
+                report.dropped += batch.weigh(i).0;
             }
             return;
         };
-        let mut next = 0;
-        let mut interrupted = 0;
-        while next < batch.len() {
-            match batch.sendmmsg(fd.as_fd(), next) {
-                Ok(0) => {
-                    for i in next..batch.len() {
-                        report.dropped += batch.message_segments(i);
-                    }
-                    return;
-                }
-                Ok(k) => {
-                    for i in next..next + k {
-                        let segs = batch.message_segments(i);
-                        report.sent += segs;
-                        report.sent_bytes += batch.message_bytes(i) + segs * (20 + 8);
-                    }
-                    next += k;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted && interrupted < 3 => {
-                    interrupted += 1;
-                }
-                Err(e) if is_congestion(&e) => {
-                    for i in next..batch.len() {
-                        report.dropped += batch.message_segments(i);
-                    }
-                    report.last_error = Some(e);
-                    return;
-                }
-                Err(e) => {
-                    let refused = batch.is_train(next)
-                        && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL));
-                    if refused && self.gso {
-                        self.gso = false;
-                        report.gso_disabled = Some(e.to_string());
-                    }
-                    report.dropped += batch.message_segments(next);
-                    report.last_error = Some(e);
-                    next += 1;
-                }
+        let gso = &mut self.gso;
+        let mut disabled = None;
+        send_batch_with_policy(fd.as_fd(), batch, report, |b, i, e| {
+            let refused =
+                b.is_train(i) && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL));
+            if refused && *gso {
+                *gso = false;
+                disabled = Some(e.to_string());
             }
+        });
+        if disabled.is_some() {
+            report.gso_disabled = disabled;
         }
     }
 }
@@ -597,5 +570,24 @@ mod tests {
                 assert_eq!(meta.src, ports[usize::from(*flow) % 3]);
             }
         }
+        // Where the trains broke, seen by a GRO receiver, which gets each train whole: flow 1's
+        // two 800s; flow 2 alone; flow 1's 900 with the shorter 100 as its last segment.
+        let rx = VxlanSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 20, 0)
+            .expect("bind GRO receiver");
+        rx.enable_gro().expect("UDP_GRO (Linux 5.0)");
+        let dst = rx.local_addr().expect("addr");
+        let mut tx = VxlanSender::new(Ipv4Addr::LOCALHOST, 3, 1 << 20, true).expect("sender");
+        let items: [(u16, usize); 5] = [(1, 800), (1, 800), (2, 800), (1, 900), (1, 100)];
+        let payloads: Vec<Vec<u8>> = items.iter().map(|&(_, n)| vec![7; n]).collect();
+        let report = tx.send_iter(items.iter().zip(&payloads).map(|(&(flow, _), p)| Datagram {
+            dst,
+            flow,
+            payload: p,
+        }));
+        assert_eq!((report.sent, report.dropped), (5, 0), "{report:?}");
+        let mut batch = RecvBatch::new(8, HEADROOM + 65_536);
+        let got = recv_all(&rx, &mut batch, 3400);
+        let shapes: Vec<(usize, usize)> = got.iter().map(|(m, _)| (m.len, m.segment)).collect();
+        assert_eq!(shapes, vec![(1600, 800), (800, 0), (1000, 900)]);
     }
 }
