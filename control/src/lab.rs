@@ -190,6 +190,10 @@ impl Lab {
         let underlay = netns(&format!("{prefix}-ul"))?;
         in_ns(&underlay, |nl| {
             nl.create_bridge("ul0")?;
+            // A bridge without a MAC of its own takes its lowest port's, and changes it as ports
+            // come and go: nodes added later would then strand their peers' ARP entries for the
+            // underlay host (etcd lives there). Pin it.
+            nl.set_mac("ul0", EthernetAddress([0x02, 0x77, 0x77, 0, 0, 0xfe]))?;
             nl.add_address("ul0", UNDERLAY_HOST.parse().expect("valid"))?;
             nl.set_up("ul0")?;
             nl.set_up("lo")

@@ -111,7 +111,15 @@ fn mixed_cluster_programmed_from_etcd_with_renewals_subnet_env_and_readyz() {
         let (_, m) = lab.http_get(idx, "/metrics").expect("metrics");
         assert_eq!(metric(&m, "weft_peers "), 3.0, "{m}");
         assert!(m.contains("weft_drops_total{reason=\"no_route\"}"), "{m}");
-        assert!(metric(&m, "weft_packets_total{direction=\"tx_underlay\"} ") > 0.0);
+        // Workers publish their counters every 50 ms or so: poll briefly.
+        until(
+            Duration::from_secs(3),
+            "tx_underlay packets counted",
+            || {
+                let (_, m) = lab.http_get(idx, "/metrics").expect("metrics");
+                metric(&m, "weft_packets_total{direction=\"tx_underlay\"} ") > 0.0
+            },
+        );
     }
     // Renewal: after more than a TTL every Weft key is still there, on a new etcd lease.
     std::thread::sleep(Duration::from_secs(5));
@@ -248,11 +256,20 @@ fn etcd_down_for_ten_seconds_keeps_traffic_and_converges_after() {
         .expect("node-3 acquires once etcd is back");
     lab.refresh_subnet(new).expect("subnet");
     let subnet = lab.nodes[new].subnet;
-    until(
-        Duration::from_secs(10),
-        "node-3 programmed on node-1 and node-2",
-        || programs(&lab, 0, subnet) && programs(&lab, 1, subnet),
-    );
+    let t = Instant::now();
+    while !(programs(&lab, 0, subnet) && programs(&lab, 1, subnet)) {
+        if t.elapsed() > Duration::from_secs(10) {
+            for n in &lab.nodes {
+                eprintln!(
+                    "--- {} log:\n{}",
+                    n.name,
+                    std::fs::read_to_string(&n.log).unwrap_or_default()
+                );
+            }
+            panic!("node-3 ({subnet}) not programmed on node-1 and node-2 within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let c = lab.add_pod(new, 2).expect("pod on node-3");
     ping_ok(&lab, a, c);
     ping_ok(&lab, c, b);
