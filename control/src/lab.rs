@@ -151,6 +151,12 @@ pub enum LabDatastore {
     Static,
     /// flannel's etcd layout; subnets come from leases.
     Etcd(LabEtcd),
+    /// flannel's Kubernetes layout against the API server a kubeconfig names (tests serve one);
+    /// subnets come from the Nodes' podCIDRs.
+    Kubernetes {
+        /// The kubeconfig every agent uses.
+        kubeconfig: PathBuf,
+    },
 }
 
 /// etcd settings of a lab (see [`Lab::start_etcd`]).
@@ -290,8 +296,8 @@ impl Lab {
     /// updated from its agent; kernel nodes publish their leases first and are programmed from
     /// everyone's leases once the agents are up.
     pub fn start(&mut self) -> Result<(), LabError> {
-        if let LabDatastore::Etcd(_) = self.datastore {
-            return self.start_with_etcd();
+        if self.datastore != LabDatastore::Static {
+            return self.start_from_datastore();
         }
         let peers: Vec<(String, Ipv4Addr, Ipv4Net)> = self
             .nodes
@@ -325,7 +331,7 @@ impl Lab {
         let mut s = String::new();
         let subnet_line = match self.datastore {
             LabDatastore::Static => format!("subnet = \"{}\"\n", n.subnet),
-            LabDatastore::Etcd(_) => String::new(),
+            LabDatastore::Etcd(_) | LabDatastore::Kubernetes { .. } => String::new(),
         };
         let _ = writeln!(
             s,
@@ -359,6 +365,16 @@ impl Lab {
                     e.prefix,
                     e.lease_ttl,
                     e.renew_margin
+                );
+                return std::fs::write(&n.config, s)
+                    .map_err(io_err(format!("write {}", n.config.display())));
+            }
+            LabDatastore::Kubernetes { kubeconfig } => {
+                let _ = writeln!(
+                    s,
+                    "[datastore]\ntype = \"kubernetes\"\nsubnet_file = \"{}\"\n\n[datastore.kubernetes]\nkubeconfig = \"{}\"\n",
+                    n.subnet_file.display(),
+                    kubeconfig.display()
                 );
                 return std::fs::write(&n.config, s)
                     .map_err(io_err(format!("write {}", n.config.display())));
@@ -574,7 +590,7 @@ impl Lab {
     }
 
     /// The underlay namespace (bridge `ul0`, address [`UNDERLAY_HOST`]): a vantage point outside
-    /// every node, e.g. for reaching a node's hostPort.
+    /// every node, e.g. for reaching a node's hostPort, or for servers the nodes reach there.
     pub fn underlay(&self) -> &NetNs {
         &self.underlay
     }
@@ -625,7 +641,9 @@ impl Lab {
     fn etcd_prefix(&self) -> String {
         match &self.datastore {
             LabDatastore::Etcd(e) => e.prefix.clone(),
-            LabDatastore::Static => flannel::DEFAULT_PREFIX.to_string(),
+            LabDatastore::Static | LabDatastore::Kubernetes { .. } => {
+                flannel::DEFAULT_PREFIX.to_string()
+            }
         }
     }
 
@@ -636,9 +654,18 @@ impl Lab {
         })
     }
 
-    fn start_with_etcd(&mut self) -> Result<(), LabError> {
+    fn start_from_datastore(&mut self) -> Result<(), LabError> {
+        let etcd = matches!(self.datastore, LabDatastore::Etcd(_));
         // Kernel nodes first publish their leases, as flanneld would on start.
         for idx in 0..self.nodes.len() {
+            if self.nodes[idx].kind != NodeKind::Weft && !etcd {
+                return Err(LabError::Io {
+                    what: format!("{} in a Kubernetes lab", self.nodes[idx].name),
+                    source: std::io::Error::other(
+                        "only Weft nodes run with the Kubernetes datastore",
+                    ),
+                });
+            }
             if self.nodes[idx].kind == NodeKind::KernelVxlan {
                 self.publish_kernel_lease(idx)?;
                 self.kernel_vxlan_device(idx)?;

@@ -265,7 +265,15 @@ fn run(cfg: &Config) -> anyhow::Result<()> {
                 stop.store(true, Ordering::Relaxed);
             })?
     };
-    let agent = control::agent::Agent::start_with_stop(cfg, stop.clone())?;
+    let agent = match control::agent::Agent::start_with_stop(cfg, stop.clone()) {
+        Ok(agent) => agent,
+        // SIGTERM while waiting for the datastore: a clean stop, nothing was plumbed yet.
+        Err(e) if stop.load(Ordering::Relaxed) => {
+            tracing::info!("stopped during start-up ({e})");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let _ = watcher.join();
     agent.stop();
     tracing::info!("stopped");

@@ -356,3 +356,74 @@ fn watch_follows_puts_and_deletes_and_relists_after_compaction() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     t.join().unwrap();
 }
+
+#[test]
+fn a_deleted_own_lease_is_recreated_with_the_same_subnet() {
+    let server = start();
+    let prefix = "/weft-test/recreate".to_string();
+    let net =
+        NetworkConfig::parse(r#"{"Network":"10.4.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+    let me = attrs(7);
+    let acquired = rt().block_on(async {
+        let mut c = client(&server).await;
+        etcd::acquire(&mut c, &prefix, &net, &me, None, 600)
+            .await
+            .unwrap()
+    });
+    let key = acquired.key.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(Metrics::new());
+    let cfg = etcd_cfg(&server);
+    let worker = {
+        let (stop, metrics, prefix, key) =
+            (stop.clone(), metrics.clone(), prefix.clone(), key.clone());
+        std::thread::spawn(move || {
+            rt().block_on(async {
+                let c = etcd::connect(&cfg).await.unwrap();
+                let (_, rev) = etcd::list_leases(&mut c.clone(), &prefix).await.unwrap();
+                let notify = Arc::new(tokio::sync::Notify::new());
+                let renew = tokio::spawn(etcd::renew_loop(
+                    c.clone(),
+                    acquired,
+                    600,
+                    60,
+                    metrics.clone(),
+                    stop.clone(),
+                    notify.clone(),
+                ));
+                let own = own_node();
+                let cell = Arc::new(SnapshotCell::new(reconcile(&own, &[]).snapshot()));
+                let mut sync = PeerSync::new(own, cell, metrics.clone());
+                let w = etcd::Watch {
+                    client: c,
+                    prefix,
+                    rev,
+                    own_key: key,
+                    metrics,
+                    stop,
+                    renew_now: notify,
+                };
+                etcd::watch_loop(w, &mut sync).await;
+                renew.abort();
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    server.delete(&key).unwrap();
+    let t = Instant::now();
+    loop {
+        let keys = server.list(&key).unwrap();
+        if let Some((_, value, lease)) = keys.first() {
+            assert_eq!(*value, me.value());
+            assert_ne!(*lease, 0);
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "own lease not re-created"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    worker.join().unwrap();
+}

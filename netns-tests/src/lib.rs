@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 pub mod cni;
+pub mod kube_api;
 
 /// Fails the test (never skips it) when not running as root: the namespace tests need
 /// CAP_SYS_ADMIN and CAP_NET_ADMIN. CI runs as root.
