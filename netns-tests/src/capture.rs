@@ -28,6 +28,15 @@ pub const TSHARK: &str = "tshark";
 /// Bytes kept of each frame: enough for the outer and inner headers of either tunnel.
 const SNAPLEN: &str = "256";
 
+/// The capture buffer, MiB (dumpcap's default, 2, overflows when a busy machine delays it).
+const BUFFER_MIB: &str = "64";
+
+/// How long [`Capture::stop`] lets the capture run on before ending it. The kernel hands dumpcap
+/// its packets a block at a time (TPACKET_V3), when a block fills or after dumpcap's read timeout
+/// (250 ms); a block not handed over yet is lost when tshark stops. Seen without this: the last
+/// few hundred milliseconds of a quiet interface missing from the file.
+pub const SETTLE: Duration = Duration::from_millis(1000);
+
 /// How long `tshark` may take to start capturing.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -40,6 +49,12 @@ pub struct IpHeader {
     pub dst: Ipv4Addr,
     /// IP protocol number (1 ICMP, 4 IP-in-IP, 6 TCP, 17 UDP).
     pub protocol: u8,
+    /// Time to live.
+    pub ttl: u8,
+    /// Don't-fragment flag.
+    pub df: bool,
+    /// The TOS byte (DSCP and ECN).
+    pub tos: u8,
 }
 
 /// How a captured packet was encapsulated.
@@ -96,7 +111,8 @@ impl Capture {
     pub fn start(ns: &NetNs, iface: &str, filter: &str, file: &Path) -> std::io::Result<Capture> {
         let what = format!("tshark on {iface} in {}", ns.name());
         let mut cmd = Command::new(TSHARK);
-        cmd.args(["-n", "-i", iface, "-s", SNAPLEN, "-f", filter, "-w"])
+        cmd.args(["-n", "-i", iface, "-s", SNAPLEN, "-B", BUFFER_MIB])
+            .args(["-f", filter, "-w"])
             .arg(file)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -171,11 +187,14 @@ impl Capture {
         }
     }
 
-    /// Stops the capture (SIGINT, so tshark writes out what it holds) and decodes the file.
+    /// Waits [`SETTLE`], stops the capture (SIGTERM, so tshark writes out what it holds; not SIGINT, which a
+    /// child of a non-interactive shell's background job ignores) and decodes the file. A
+    /// capture that dropped packets is an error: its absence of a packet would prove nothing.
     pub fn stop(mut self) -> std::io::Result<Vec<Packet>> {
+        std::thread::sleep(SETTLE);
         if let Some(mut child) = self.child.take() {
             if let Ok(pid) = i32::try_from(child.id()) {
-                control::sys::kill(pid, libc::SIGINT);
+                control::sys::kill(pid, libc::SIGTERM);
             }
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
@@ -186,14 +205,49 @@ impl Capture {
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(std::io::Error::other(format!(
-                        "{}: did not stop within 10 s of SIGINT",
+                        "{}: did not stop within 10 s of SIGTERM",
                         self.what
                     )));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        keep(&self.file);
+        // tshark's last words: "N packets captured", and "M packets dropped from <if>" if any.
+        let mut tail = Vec::new();
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(2)) {
+            tail.push(line);
+        }
+        let dropped: u64 = tail
+            .iter()
+            .filter(|l| l.contains("dropped"))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        if dropped > 0 {
+            return Err(std::io::Error::other(format!(
+                "{}: the capture dropped {dropped} packets (machine too busy?): {}",
+                self.what,
+                tail.join(" | ")
+            )));
+        }
         decode(&self.file)
+    }
+}
+
+/// The environment variable naming a directory where [`Capture::stop`] keeps a copy of every
+/// capture file, for reading a failed test's wire with Wireshark.
+pub const KEEP_ENV: &str = "WEFT_KEEP_CAPTURES";
+
+fn keep(file: &Path) {
+    let Some(dir) = std::env::var_os(KEEP_ENV) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    if let Some(name) = file.file_name() {
+        let _ = std::fs::create_dir_all(&dir);
+        if let Err(e) = std::fs::copy(file, dir.join(name)) {
+            eprintln!("{KEEP_ENV}: copy {}: {e}", file.display());
+        }
     }
 }
 
@@ -206,42 +260,35 @@ impl Drop for Capture {
     }
 }
 
+/// The tshark fields [`decode`] asks for; a field that occurs more than once (outer and inner
+/// headers) comes as a comma-separated list.
+const FIELDS: [&str; 10] = [
+    "frame.number",
+    "frame.protocols",
+    "ip.src",
+    "ip.dst",
+    "ip.proto",
+    "udp.dstport",
+    "vxlan.vni",
+    "ip.ttl",
+    "ip.flags.df",
+    "ip.dsfield",
+];
+
 /// Decodes a capture file with tshark: IPv4 frames only, UDP 8472 as VXLAN (tshark's default
 /// VXLAN port is 4789).
 pub fn decode(file: &Path) -> std::io::Result<Vec<Packet>> {
-    let out = Command::new(TSHARK)
-        .arg("-n")
-        .arg("-r")
-        .arg(file)
-        .args(["-d", "udp.port==8472,vxlan", "-Y", "ip", "-T", "fields"])
-        .args([
-            "-E",
-            "separator=/t",
-            "-E",
-            "occurrence=a",
-            "-E",
-            "aggregator=,",
-        ])
-        .args([
-            "-e",
-            "frame.number",
-            "-e",
-            "frame.protocols",
-            "-e",
-            "ip.src",
-        ])
-        .args([
-            "-e",
-            "ip.dst",
-            "-e",
-            "ip.proto",
-            "-e",
-            "udp.dstport",
-            "-e",
-            "vxlan.vni",
-        ])
-        .stdin(Stdio::null())
-        .output()?;
+    let mut cmd = Command::new(TSHARK);
+    cmd.arg("-n").arg("-r").arg(file);
+    cmd.args(["-d", "udp.port==8472,vxlan", "-Y", "ip", "-T", "fields"]);
+    for opt in ["separator=/t", "occurrence=a", "aggregator=,"] {
+        cmd.args(["-E", opt]);
+    }
+    // The columns `parse_line` reads, in order.
+    for field in FIELDS {
+        cmd.args(["-e", field]);
+    }
+    let out = cmd.stdin(Stdio::null()).output()?;
     if !out.status.success() {
         return Err(std::io::Error::other(format!(
             "tshark -r {}: {}: {}",
@@ -272,11 +319,15 @@ fn parse_line(line: &str) -> Option<Packet> {
     let number = f.first()?.parse().ok()?;
     let protocols = f.get(1)?.to_string();
     let (src, dst, proto) = (list(2), list(3), list(4));
+    let (ttl, df, tos) = (list(7), list(8), list(9));
     let header = |k: usize| -> Option<IpHeader> {
         Some(IpHeader {
             src: src.get(k)?.parse().ok()?,
             dst: dst.get(k)?.parse().ok()?,
             protocol: proto.get(k)?.parse().ok()?,
+            ttl: ttl.get(k)?.parse().ok()?,
+            df: *df.get(k)? == "1",
+            tos: u8::from_str_radix(tos.get(k)?.trim_start_matches("0x"), 16).ok()?,
         })
     };
     let outer = header(0)?;
@@ -317,7 +368,7 @@ mod tests {
     #[test]
     fn reads_ipip_vxlan_plain_and_icmp_error_lines() {
         let ipip = parse_line(
-            "3\teth:ethertype:ip:ip:icmp:data\t192.168.77.1,10.244.1.2\t192.168.78.3,10.244.3.2\t4,1\t\t",
+            "3\teth:ethertype:ip:ip:icmp:data\t192.168.77.1,10.244.1.2\t192.168.78.3,10.244.3.2\t4,1\t\t\t64,63\t1,1\t0x28,0x28",
         )
         .expect("ipip");
         assert_eq!(ipip.encap, Encap::Ipip);
@@ -326,26 +377,32 @@ mod tests {
         assert_eq!(inner.src, Ipv4Addr::new(10, 244, 1, 2));
         assert_eq!(inner.dst, Ipv4Addr::new(10, 244, 3, 2));
         assert_eq!(inner.protocol, 1);
+        assert_eq!((ipip.outer.ttl, inner.ttl), (64, 63));
+        assert!(ipip.outer.df && inner.df);
+        assert_eq!((ipip.outer.tos, inner.tos), (0x28, 0x28));
 
         let vx = parse_line(
-            "7\teth:ethertype:ip:udp:vxlan:eth:ethertype:ip:tcp\t192.168.77.1,10.244.1.2\t192.168.77.2,10.244.2.2\t17,6\t8472\t1",
+            "7\teth:ethertype:ip:udp:vxlan:eth:ethertype:ip:tcp\t192.168.77.1,10.244.1.2\t192.168.77.2,10.244.2.2\t17,6\t8472\t1\t64,63\t0,1\t0x00,0x00",
         )
         .expect("vxlan");
         assert_eq!(vx.encap, Encap::Vxlan { vni: 1 });
         assert_eq!(vx.udp_dst, Some(8472));
         assert_eq!(vx.pod_header().protocol, 6);
+        assert!(!vx.outer.df && vx.pod_header().df);
 
         let plain =
-            parse_line("9\teth:ethertype:ip:tcp\t10.244.1.2\t10.244.2.2\t6\t\t").expect("plain");
+            parse_line("9\teth:ethertype:ip:tcp\t10.244.1.2\t10.244.2.2\t6\t\t\t63\t1\t0x00")
+                .expect("plain");
         assert_eq!(plain.encap, Encap::None);
         assert_eq!(plain.inner, None);
         assert_eq!(plain.pod_header(), plain.outer);
 
         let err = parse_line(
-            "11\teth:ethertype:ip:icmp:ip:udp\t192.168.77.2,192.168.77.1\t192.168.77.1,192.168.77.2\t1,17\t,5000\t",
+            "11\teth:ethertype:ip:icmp:ip:udp\t192.168.77.2,192.168.77.1\t192.168.77.1,192.168.77.2\t1,17\t5000\t\t64,64\t0,0\t0xc0,0x00",
         )
         .expect("icmp error");
         assert_eq!(err.encap, Encap::None);
         assert_eq!(err.udp_dst, None);
+        assert_eq!(err.outer.tos, 0xc0);
     }
 }

@@ -22,6 +22,10 @@ use netns_tests::{require_root, weftd_path};
 /// Bytes of each verified TCP transfer.
 const TRANSFER: usize = 1 << 20;
 
+/// The TOS byte (DSCP CS1, ECN 0) of every TCP transfer's sender: IP-in-IP must copy it into the
+/// outer header.
+const TOS: u8 = 0x20;
+
 /// Node numbers and their underlay segments: 1 and 2 on `ul0`, 3 and 4 on `ul1`.
 const NODES: [(u8, u8); 4] = [(1, 0), (2, 0), (3, 1), (4, 1)];
 
@@ -112,6 +116,9 @@ fn tcp_exact(lab: &Lab, src: Ipv4Addr, dst: Ipv4Addr, port: u16) {
         .expect("pod")
         .connect(SocketAddrV4::new(dst, port), Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connect {src} -> {dst}: {e}\n{}", logs(lab)));
+    socket2::SockRef::from(&c)
+        .set_tos_v4(u32::from(TOS))
+        .expect("IP_TOS");
     c.write_all(&data).expect("send");
     drop(c);
     assert!(
@@ -138,13 +145,45 @@ impl Wires {
         }
     }
 
-    /// Stops both captures: the decoded packets of `ul0` and of `ul1`.
-    fn stop(self) -> [Vec<Packet>; 2] {
+    /// Stops both captures: the decoded packets of `ul0` and of `ul1`. First a ping from the
+    /// router to a node on each segment, which each capture must hold: proof that it ran to the
+    /// end, so a packet missing from it is missing from the wire.
+    fn stop(self, lab: &Lab) -> [Vec<Packet>; 2] {
+        let targets: Vec<Ipv4Addr> = (0..2u8)
+            .map(|seg| {
+                lab.nodes
+                    .iter()
+                    .find(|n| n.segment == seg)
+                    .expect("a node on each segment")
+                    .public_ip
+            })
+            .collect();
+        for &t in &targets {
+            let r = lab
+                .underlay()
+                .run(move || control::ping::ping(t, 8, false, Duration::from_secs(1)))
+                .expect("enter underlay namespace");
+            assert!(r.is_reply(), "router -> {t}: {r:?}");
+        }
         let [c0, c1] = self.caps;
-        [
-            c0.stop().expect("decode ul0 capture"),
-            c1.stop().expect("decode ul1 capture"),
-        ]
+        let seen = std::thread::scope(|s| {
+            let h0 = s.spawn(|| c0.stop());
+            let h1 = s.spawn(|| c1.stop());
+            [
+                h0.join().expect("ul0 capture").expect("decode ul0 capture"),
+                h1.join().expect("ul1 capture").expect("decode ul1 capture"),
+            ]
+        });
+        for (bridge, packets) in seen.iter().enumerate() {
+            assert!(
+                packets
+                    .iter()
+                    .any(|p| p.outer.dst == targets[bridge] && p.outer.protocol == 1),
+                "ul{bridge}: the capture misses the closing ping to {}: incomplete",
+                targets[bridge]
+            );
+        }
+        seen
     }
 }
 
@@ -244,21 +283,95 @@ fn pod_packets(packets: &[Packet], pods: (Ipv4Addr, Ipv4Addr)) -> BTreeMap<Strin
 }
 
 /// Every ordered pod pair among `pairs` pings and transfers while both bridges are captured;
-/// then each pair's packets are checked against `wire_of(a, b)`.
+/// then each pair's packets are checked against `wire_of(a, b)`. Returns the captures (`ul0`,
+/// `ul1`).
 fn every_pair(
     lab: &Lab,
     tag: &str,
     pairs: &[(usize, usize)],
     wire_of: impl Fn(usize, usize) -> Wire,
-) {
+) -> [Vec<Packet>; 2] {
     let wires = Wires::start(lab, tag);
     for (port, &(a, b)) in (7100..).zip(pairs) {
         ping_ok(lab, pod_ip(lab, a), pod_ip(lab, b));
         tcp_exact(lab, pod_ip(lab, a), pod_ip(lab, b), port);
     }
-    let seen = wires.stop();
+    let seen = wires.stop(lab);
     for &(a, b) in pairs {
         check_wire(lab, &seen, a, b, wire_of(a, b));
+    }
+    seen
+}
+
+/// RFC 2003 §3.1 on every IP-in-IP packet captured: the outer TOS is the inner one, the outer DF
+/// is the inner one (Weft copies it), and the tunnel's own TTL, 64, leaves the sender (seen on
+/// the sender's own segment, before the router decrements it).
+fn check_ipip_outer(lab: &Lab, seen: &[Vec<Packet>; 2]) {
+    let mut tos_seen = 0;
+    for (bridge, packets) in seen.iter().enumerate() {
+        for p in packets.iter().filter(|p| p.encap == Encap::Ipip) {
+            let inner = p.inner.expect("decoded inner header");
+            assert_eq!(p.outer.tos, inner.tos, "ul{bridge}: outer TOS of {p:?}");
+            assert_eq!(p.outer.df, inner.df, "ul{bridge}: outer DF of {p:?}");
+            let sender = lab.nodes.iter().find(|n| n.public_ip == p.outer.src);
+            if sender.is_some_and(|n| usize::from(n.segment) == bridge) {
+                assert_eq!(p.outer.ttl, 64, "ul{bridge}: outer TTL of {p:?}");
+            }
+            if inner.tos == TOS {
+                tos_seen += 1;
+            }
+        }
+    }
+    assert!(
+        tos_seen > 0,
+        "no IP-in-IP packet carried the TCP sender's TOS {TOS:#x}"
+    );
+}
+
+/// The kernel routes of node `idx` to the other nodes' pod subnets: routed natively (`<subnet>
+/// via <peer public IP> dev eth0`) exactly to the peers `native(peer)` names, no such route to
+/// the others.
+fn check_native_routes(lab: &Lab, idx: usize, native: impl Fn(usize) -> bool) {
+    let mut routes = Vec::new();
+    control::lab::in_ns(&lab.nodes[idx].ns, |nl| {
+        routes = nl.routes()?;
+        Ok(())
+    })
+    .expect("routes");
+    let n = &lab.nodes[idx];
+    for (p, peer) in lab.nodes.iter().enumerate().filter(|(p, _)| *p != idx) {
+        let via_peer = routes.iter().find(|r| {
+            r.dst == peer.subnet
+                && r.gateway == Some(peer.public_ip)
+                && r.dev.as_deref() == Some("eth0")
+        });
+        if native(p) {
+            assert!(
+                via_peer.is_some(),
+                "{}: no route {} via {} dev eth0; routes: {routes:?}",
+                n.name,
+                peer.subnet,
+                peer.public_ip
+            );
+        } else {
+            assert!(
+                via_peer.is_none(),
+                "{}: {} is routed natively via {}, expected not",
+                n.name,
+                peer.subnet,
+                peer.public_ip
+            );
+        }
+    }
+}
+
+/// Checks every node's native routes: to the peers on its own segment under CrossSubnet and
+/// host-gw (`same_segment`), to none under Always.
+fn check_all_native_routes(lab: &Lab, same_segment: bool) {
+    for idx in 0..lab.nodes.len() {
+        check_native_routes(lab, idx, |p| {
+            same_segment && lab.nodes[p].segment == lab.nodes[idx].segment
+        });
     }
 }
 
@@ -311,6 +424,7 @@ fn full_size_ping(lab: &Lab, a: usize, b: usize) {
 fn vxlan_always_carries_every_pair_across_two_subnets() {
     let lab = four_nodes("type = \"vxlan\"\n");
     every_pair(&lab, "vxlan-always", &all_pairs(), |_, _| Wire::Vxlan);
+    check_all_native_routes(&lab, false);
     full_size_ping(&lab, 0, 2);
 }
 
@@ -324,6 +438,7 @@ fn vxlan_cross_subnet_encapsulates_only_across_the_router() {
         cross_subnet(&lab, Wire::Vxlan),
     );
     check_tun(&lab, "weft.1", Some(1450));
+    check_all_native_routes(&lab, true);
     full_size_ping(&lab, 0, 2);
 }
 
@@ -331,7 +446,9 @@ fn vxlan_cross_subnet_encapsulates_only_across_the_router() {
 fn ipip_always_carries_every_pair_as_protocol_4() {
     let lab = four_nodes("type = \"ipip\"\n");
     check_tun(&lab, "weft.ipip", Some(1480));
-    every_pair(&lab, "ipip-always", &all_pairs(), |_, _| Wire::Ipip);
+    let seen = every_pair(&lab, "ipip-always", &all_pairs(), |_, _| Wire::Ipip);
+    check_ipip_outer(&lab, &seen);
+    check_all_native_routes(&lab, false);
     full_size_ping(&lab, 0, 2);
     full_size_ping(&lab, 3, 1);
     malformed_protocol_4_is_dropped_and_counted(&lab);
@@ -341,12 +458,14 @@ fn ipip_always_carries_every_pair_as_protocol_4() {
 fn ipip_cross_subnet_encapsulates_only_across_the_router() {
     let lab = four_nodes("type = \"ipip\"\nencapsulation = \"CrossSubnet\"\n");
     check_tun(&lab, "weft.ipip", Some(1480));
-    every_pair(
+    let seen = every_pair(
         &lab,
         "ipip-cross",
         &all_pairs(),
         cross_subnet(&lab, Wire::Ipip),
     );
+    check_ipip_outer(&lab, &seen);
+    check_all_native_routes(&lab, true);
     full_size_ping(&lab, 0, 2);
 }
 
@@ -367,6 +486,8 @@ fn host_gw_routes_within_a_subnet_and_refuses_peers_behind_the_router() {
     // Same segment: 1 <-> 2 on ul0, 3 <-> 4 on ul1; plain packets, full underlay MTU.
     let same = [(0, 1), (1, 0), (2, 3), (3, 2)];
     every_pair(&lab, "host-gw", &same, |_, _| Wire::Plain);
+    // Kernel routes to the adjacent peer only; none to the refused ones.
+    check_all_native_routes(&lab, true);
     assert_eq!(lab.pod_mtu(0), lab.underlay_mtu);
     let pod = lab.pod(pod_ip(&lab, 0)).expect("pod");
     let payload = lab.underlay_mtu as usize - 28;
@@ -389,7 +510,7 @@ fn host_gw_routes_within_a_subnet_and_refuses_peers_behind_the_router() {
             pod_ip(&lab, b)
         );
     }
-    let seen = wires.stop();
+    let seen = wires.stop(&lab);
     for (bridge, packets) in seen.iter().enumerate() {
         let leaked: Vec<&Packet> = packets
             .iter()
