@@ -10,6 +10,7 @@ pub mod cni;
 pub mod config;
 pub mod ctl;
 pub mod datastore;
+pub mod direct_routes;
 pub mod etcd_server;
 pub mod health;
 pub mod lab;

@@ -275,6 +275,8 @@ pub async fn list_leases(
 pub struct OwnAttrs {
     /// Our underlay address.
     pub public_ip: Ipv4Addr,
+    /// Our backend (the network config's `Backend.Type`).
+    pub backend: crate::config::BackendKind,
     /// Our VNI.
     pub vni: u32,
     /// Our VTEP MAC.
@@ -284,7 +286,7 @@ pub struct OwnAttrs {
 impl OwnAttrs {
     /// flannel's lease value for us.
     pub fn value(&self) -> String {
-        flannel::vxlan_lease_value(self.public_ip, self.vni, self.vtep_mac)
+        flannel::lease_value(self.backend, self.public_ip, self.vni, self.vtep_mac)
     }
 }
 

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
+use super::ipip::IpipSocket;
 use super::raw::{RawSender, SendReport};
 use super::tun::TunQueue;
 use super::udp::{Datagram, RecvBatch, VxlanSender, VxlanSocket};
@@ -175,13 +176,25 @@ impl WorkerShared {
     }
 }
 
+/// Where a worker receives tunnel traffic from the underlay.
+#[derive(Debug)]
+pub enum UnderlayRx {
+    /// A VXLAN socket (all workers' sockets bound to the same address, `SO_REUSEPORT`).
+    Vxlan(VxlanSocket),
+    /// An IP-in-IP raw socket taking this worker's share.
+    Ipip(IpipSocket),
+    /// Nothing: every peer is routed by the kernel (host-gw); the TUN only sees packets to peers
+    /// that could not be routed, which are answered with ICMP.
+    None,
+}
+
 /// One worker's I/O handles.
 #[derive(Debug)]
 pub struct WorkerIo {
     /// Its TUN queue.
     pub tun: TunQueue,
-    /// Its VXLAN socket (all workers' sockets bound to the same address).
-    pub udp: VxlanSocket,
+    /// Its underlay receive socket.
+    pub rx: UnderlayRx,
     /// Its VXLAN sender (a pool of UDP sockets, with GSO trains where the kernel has them).
     pub vxlan_tx: VxlanSender,
     /// Its raw sender, for everything not VXLAN (IP-in-IP, routed packets).
@@ -241,9 +254,27 @@ impl WorkerIo {
         vxlan_addr: SocketAddrV4,
         o: IoOptions,
     ) -> io::Result<WorkerIo> {
+        let udp = VxlanSocket::bind(vxlan_addr, o.rcvbuf, o.sndbuf)?;
+        WorkerIo::open_rx(tun, UnderlayRx::Vxlan(udp), o)
+    }
+
+    /// A worker's handles for IP-in-IP: a protocol-4 raw socket taking the share of worker
+    /// `worker` of `workers` ([`IpipSocket::open`]), and the raw sender.
+    pub fn open_ipip(
+        tun: TunQueue,
+        worker: usize,
+        workers: usize,
+        o: IoOptions,
+    ) -> io::Result<WorkerIo> {
+        let ipip = IpipSocket::open(o.rcvbuf, worker, workers)?;
+        WorkerIo::open_rx(tun, UnderlayRx::Ipip(ipip), o)
+    }
+
+    /// A worker's handles around `tun` and an underlay receive socket already opened.
+    pub fn open_rx(tun: TunQueue, rx: UnderlayRx, o: IoOptions) -> io::Result<WorkerIo> {
         Ok(WorkerIo {
             tun,
-            udp: VxlanSocket::bind(vxlan_addr, o.rcvbuf, o.sndbuf)?,
+            rx,
             vxlan_tx: VxlanSender::new(o.src, o.send_pool, o.sndbuf, o.gso)?,
             raw: RawSender::new(o.sndbuf)?,
         })
@@ -306,7 +337,7 @@ pub fn run_worker(
 ) -> io::Result<()> {
     let WorkerIo {
         tun,
-        udp,
+        rx: underlay,
         vxlan_tx,
         raw,
     } = io;
@@ -318,7 +349,7 @@ pub fn run_worker(
         ));
     }
     let mut tun_slots = Slots::new(cfg.tun_slots, cfg.slot_size);
-    let gro = cfg.gro && udp.enable_gro().is_ok();
+    let gro = cfg.gro && matches!(&underlay, UnderlayRx::Vxlan(udp) if udp.enable_gro().is_ok());
     let rx_slot = if gro {
         HEADROOM + GRO_SLOT_PAYLOAD
     } else {
@@ -355,7 +386,13 @@ pub fn run_worker(
             [true, true]
         } else {
             let timeout = if spinning { 0 } else { POLL_TIMEOUT_MS };
-            match sys::poll_in([tun.as_fd(), udp.as_fd()], timeout) {
+            // With no underlay socket the TUN stands in for it; its drain below is skipped.
+            let rx_fd = match &underlay {
+                UnderlayRx::Vxlan(s) => s.as_fd(),
+                UnderlayRx::Ipip(s) => s.as_fd(),
+                UnderlayRx::None => tun.as_fd(),
+            };
+            match sys::poll_in([tun.as_fd(), rx_fd], timeout) {
                 Ok(r) => r,
                 Err(e) => break Err(e),
             }
@@ -384,7 +421,11 @@ pub fn run_worker(
                 }
             }
             if udp_ready {
-                let n = w.drain_udp(&snap, &udp, &mut rx, now);
+                let n = match &underlay {
+                    UnderlayRx::Vxlan(udp) => w.drain_udp(&snap, udp, &mut rx, now),
+                    UnderlayRx::Ipip(ipip) => w.drain_ipip(&snap, ipip, &mut rx, now),
+                    UnderlayRx::None => 0,
+                };
                 busy |= n == cfg.batch;
                 moved |= n > 0;
             }
@@ -637,6 +678,35 @@ impl Worker<'_> {
                 self.carry_out(verdict, i, slot);
                 off += len;
             }
+        }
+        self.flush(rx.slots());
+        self.flush_coalesced();
+        n
+    }
+
+    /// Receives one batch of IP-in-IP datagrams (outer IPv4 header included) and forwards it.
+    /// Returns how many arrived; a receive error is retried at the next wakeup.
+    fn drain_ipip(
+        &mut self,
+        snap: &Snapshot,
+        ipip: &IpipSocket,
+        rx: &mut RecvBatch,
+        now: Instant,
+    ) -> usize {
+        let n = match ipip.recv_batch(rx) {
+            Ok(n) => n,
+            Err(_) => return 0,
+        };
+        for i in 0..n {
+            let Some(meta) = rx.meta(i) else { break };
+            self.counters.rx_underlay.add(meta.len);
+            if meta.truncated {
+                self.counters.drop(DropReason::TooBig);
+                continue;
+            }
+            let Some(slot) = rx.slot_mut(i) else { break };
+            let verdict = forward(snap, Ingress::Underlay, slot, HEADROOM, meta.len, now);
+            self.carry_out(verdict, i, slot);
         }
         self.flush(rx.slots());
         self.flush_coalesced();
