@@ -39,7 +39,7 @@ use super::udp::{Datagram, RecvBatch, VxlanSender, VxlanSocket};
 use super::{clock, sys, Slots};
 use crate::drop::{Counters, DropReason};
 use crate::forward::{
-    forward, Action, Encap, Ingress, Verdict, HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
+    forward, ipip_super_frame, Action, Encap, Ingress, Verdict, HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
 };
 use crate::offload::{
     complete_checksum, Coalescer, Gso, Push, Tcp4Segments, VnetRepr, SUPER_FRAME_BUF, VNET_HDR_LEN,
@@ -350,7 +350,10 @@ pub fn run_worker(
     }
     let mut tun_slots = Slots::new(cfg.tun_slots, cfg.slot_size);
     let gro = cfg.gro && matches!(&underlay, UnderlayRx::Vxlan(udp) if udp.enable_gro().is_ok());
-    let rx_slot = if gro {
+    // IP-in-IP arrives merged when the underlay device does GRO (the kernel's ipip GRO is built
+    // in): a raw socket hands the whole merged datagram over, so its slots hold 64 KiB too.
+    let ipip = matches!(underlay, UnderlayRx::Ipip(_));
+    let rx_slot = if gro || ipip {
         HEADROOM + GRO_SLOT_PAYLOAD
     } else {
         cfg.slot_size
@@ -697,6 +700,9 @@ impl Worker<'_> {
             Ok(n) => n,
             Err(_) => return 0,
         };
+        let tun_mtu = snap
+            .port(self.tun_port)
+            .map_or(usize::MAX - 20, |p| usize::from(p.mtu));
         for i in 0..n {
             let Some(meta) = rx.meta(i) else { break };
             self.counters.rx_underlay.add(meta.len);
@@ -705,12 +711,47 @@ impl Worker<'_> {
                 continue;
             }
             let Some(slot) = rx.slot_mut(i) else { break };
+            // Above the tunnel MTU plus an outer header: only a merged datagram can be.
+            if meta.len > tun_mtu + 20 {
+                match ipip_super_frame(snap, slot, HEADROOM, meta.len, self.tun_port) {
+                    Ok(Some(f)) => {
+                        self.write_super_frame(slot, f);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(reason) => {
+                        self.counters.drop(reason);
+                        continue;
+                    }
+                }
+            }
             let verdict = forward(snap, Ingress::Underlay, slot, HEADROOM, meta.len, now);
             self.carry_out(verdict, i, slot);
         }
         self.flush(rx.slots());
         self.flush_coalesced();
         n
+    }
+
+    /// Writes a merged IP-in-IP datagram's inner super-packet to the TUN behind its virtio-net
+    /// header, after whatever the coalescer holds (order). Without offloads on the queue the TUN
+    /// cannot take it: dropped as too big.
+    fn write_super_frame(&mut self, slot: &[u8], f: crate::forward::IpipSuperFrame) {
+        if !self.tun.vnet_hdr() {
+            self.counters.drop(DropReason::TooBig);
+            return;
+        }
+        self.flush_coalesced();
+        match slot
+            .get(f.start..f.start + f.len)
+            .map(|b| self.tun.write_raw(b))
+        {
+            Some(Ok(_)) => {
+                self.counters.tx_local.packets += f.segments as u64;
+                self.counters.tx_local.bytes += f.inner_len as u64;
+            }
+            _ => self.counters.drops[DropReason::IoError.index()] += f.segments as u64,
+        }
     }
 
     /// Hands an IPv4 packet bound for the TUN to the coalescer, or writes it now. Packets leave
