@@ -5,6 +5,10 @@
 //!  pod ns ──veth── node ns (weftd or kernel flannel.1, bridge weft0) ──veth── underlay ns (bridge ul0)
 //! ```
 //!
+//! Nodes added with [`Lab::add_node_on`] segment 1 hang off a second bridge, `ul1`
+//! (192.168.78.0/24), in the same underlay namespace, which then routes between the two segments
+//! (.254 on each bridge): two underlay subnets, one router, as cross-subnet tests need.
+//!
 //! Every namespace and link name carries a per-process prefix, so concurrent labs never collide,
 //! and everything is removed in `Drop`, also when a test fails half-way. Agents run as child
 //! processes (`weftd run`) inside their node's namespace and are killed on drop.
@@ -92,6 +96,8 @@ pub struct LabNode {
     pub ns: NetNs,
     /// Underlay address.
     pub public_ip: Ipv4Addr,
+    /// Underlay segment: 0 = 192.168.77.0/24 on `ul0`, 1 = 192.168.78.0/24 on `ul1`.
+    pub segment: u8,
     /// Pod subnet.
     pub subnet: Ipv4Net,
     /// The agent's control socket (Weft nodes).
@@ -138,6 +144,10 @@ pub struct Lab {
     pub workers: usize,
     /// Extra `[dataplane]` lines for every Weft agent's config, e.g. `"gso = false\n"`.
     pub dataplane_extra: String,
+    /// The body of every Weft agent's `[backend]` section (default [`DEFAULT_BACKEND`]), e.g.
+    /// `"type = \"ipip\"\nencapsulation = \"CrossSubnet\"\n"`. Its `type` also sets the pods' MTU
+    /// ([`Lab::pod_mtu`]).
+    pub backend: String,
     /// Where Weft agents get their subnets and peers.
     pub datastore: LabDatastore,
     etcd: Option<EtcdServer>,
@@ -181,8 +191,17 @@ pub const NETWORK: &str = "10.244.0.0/16";
 /// The underlay namespace's own address on `ul0`: a vantage point for tests that send raw frames
 /// to a node's VXLAN port.
 pub const UNDERLAY_HOST: &str = "192.168.77.254/24";
+/// The underlay namespace's own address on `ul1`, segment 1's router address.
+pub const UNDERLAY_HOST_1: &str = "192.168.78.254/24";
+/// The underlay segments: bridge, /24 network, and the underlay namespace's address on it.
+pub const SEGMENTS: [(&str, Ipv4Addr, &str); 2] = [
+    ("ul0", Ipv4Addr::new(192, 168, 77, 0), UNDERLAY_HOST),
+    ("ul1", Ipv4Addr::new(192, 168, 78, 0), UNDERLAY_HOST_1),
+];
 /// The bridge every node's pods hang off.
 pub const BRIDGE: &str = "weft0";
+/// The `[backend]` body of a lab's Weft agents unless a test sets [`Lab::backend`].
+pub const DEFAULT_BACKEND: &str = "type = \"vxlan\"\n";
 
 static LAB_SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -219,6 +238,7 @@ impl Lab {
             underlay_mtu: 1500,
             workers: 0,
             dataplane_extra: String::new(),
+            backend: DEFAULT_BACKEND.to_string(),
             datastore: LabDatastore::Static,
             etcd: None,
         })
@@ -240,8 +260,42 @@ impl Lab {
 
     /// Adds node number `i` (1..=250): underlay address 192.168.77.i, pod subnet 10.244.i.0/24.
     pub fn add_node(&mut self, i: u8, kind: NodeKind) -> Result<usize, LabError> {
+        self.add_node_on(i, kind, 0)
+    }
+
+    /// Adds node number `i` (1..=250, unique across segments) on underlay segment `segment`
+    /// ([`SEGMENTS`]): 0 is [`Lab::add_node`]'s 192.168.77.i on `ul0`; 1 is 192.168.78.i on `ul1`,
+    /// created with the first such node, the underlay namespace routing between the two. Pod
+    /// subnet 10.244.i.0/24. Every node has a route to the other segment via its own segment's
+    /// .254, so the nodes of the two segments reach each other through one router hop.
+    pub fn add_node_on(&mut self, i: u8, kind: NodeKind, segment: u8) -> Result<usize, LabError> {
         let subnet: Ipv4Net = format!("10.244.{i}.0/24").parse().expect("valid subnet");
-        self.add_node_with_subnet(i, kind, subnet)
+        self.add_node_with_subnet_on(i, kind, subnet, segment)
+    }
+
+    /// Creates bridge `ul1` (segment 1) in the underlay namespace if it is missing and turns the
+    /// namespace into the router between the segments.
+    fn ensure_segment_1(&self) -> Result<(), LabError> {
+        let (bridge, _, host) = SEGMENTS[1];
+        let exists = {
+            let mut found = false;
+            in_ns(&self.underlay, |nl| {
+                found = nl.link(bridge)?.is_some();
+                Ok(())
+            })?;
+            found
+        };
+        if exists {
+            return Ok(());
+        }
+        in_ns(&self.underlay, |nl| {
+            nl.create_bridge(bridge)?;
+            // Pinned as `ul0` is (see `Lab::new`).
+            nl.set_mac(bridge, EthernetAddress([0x02, 0x77, 0x78, 0, 0, 0xfe]))?;
+            nl.add_address(bridge, host.parse().expect("valid"))?;
+            nl.set_up(bridge)
+        })?;
+        sysctl(&self.underlay, "net/ipv4/ip_forward", "1")
     }
 
     /// Adds node number `i` as [`Lab::add_node`] does, with pod subnet `subnet` (inside
@@ -252,9 +306,30 @@ impl Lab {
         kind: NodeKind,
         subnet: Ipv4Net,
     ) -> Result<usize, LabError> {
+        self.add_node_with_subnet_on(i, kind, subnet, 0)
+    }
+
+    fn add_node_with_subnet_on(
+        &mut self,
+        i: u8,
+        kind: NodeKind,
+        subnet: Ipv4Net,
+        segment: u8,
+    ) -> Result<usize, LabError> {
+        let Some(&(bridge, net, _)) = SEGMENTS.get(usize::from(segment)) else {
+            return Err(LabError::Io {
+                what: format!("node-{i} on segment {segment}"),
+                source: std::io::Error::other("the lab has segments 0 and 1"),
+            });
+        };
+        if segment == 1 {
+            self.ensure_segment_1()?;
+        }
         let name = format!("node-{i}");
         let ns = netns(&format!("{}-n{i}", self.prefix))?;
-        let public_ip = Ipv4Addr::new(192, 168, 77, i);
+        let public_ip = Ipv4Addr::from(u32::from(net) + u32::from(i));
+        let router = Ipv4Addr::from(u32::from(net) + 254);
+        let other: Ipv4Net = Ipv4Net::new(SEGMENTS[usize::from(1 - segment)].1, 24).expect("valid");
         let ul_end = format!("{}n{i}", self.prefix);
         let ul_fd = self.underlay.file();
         let mtu = self.underlay_mtu;
@@ -264,11 +339,12 @@ impl Lab {
             nl.move_to_netns(&ul_end, ul_fd.as_fd())?;
             nl.set_mtu("eth0", mtu)?;
             nl.add_address("eth0", Ipv4Net::new(public_ip, 24).expect("valid"))?;
-            nl.set_up("eth0")
+            nl.set_up("eth0")?;
+            nl.replace_route(other, "eth0", Some(router), false)
         })?;
         in_ns(&self.underlay, |nl| {
             nl.set_mtu(&ul_end, mtu)?;
-            nl.set_master(&ul_end, "ul0")?;
+            nl.set_master(&ul_end, bridge)?;
             nl.set_up(&ul_end)
         })?;
         sysctl(&ns, "net/ipv4/ip_forward", "1")?;
@@ -283,6 +359,7 @@ impl Lab {
             kind,
             ns,
             public_ip,
+            segment,
             subnet,
             agent: None,
             pods: Vec::new(),
@@ -335,9 +412,10 @@ impl Lab {
         };
         let _ = writeln!(
             s,
-            "[node]\nname = \"{}\"\npublic_ip = \"{}\"\n{subnet_line}\n[network]\nnetwork = \"{NETWORK}\"\n\n[backend]\ntype = \"vxlan\"\n\n[dataplane]\nbridge = \"{BRIDGE}\"\ncontrol_socket = \"{}\"\nworkers = {}\n{}\n[health]\nlisten = \"0.0.0.0:{HEALTH_PORT}\"\n",
+            "[node]\nname = \"{}\"\npublic_ip = \"{}\"\n{subnet_line}\n[network]\nnetwork = \"{NETWORK}\"\n\n[backend]\n{}\n\n[dataplane]\nbridge = \"{BRIDGE}\"\ncontrol_socket = \"{}\"\nworkers = {}\n{}\n[health]\nlisten = \"0.0.0.0:{HEALTH_PORT}\"\n",
             n.name,
             n.public_ip,
+            self.backend.trim_end(),
             n.ctl_socket.display(),
             self.workers,
             self.dataplane_extra.trim_end(),
@@ -530,11 +608,13 @@ impl Lab {
         })
     }
 
-    /// The MTU pods on node `idx` get: the tunnel MTU, or the underlay MTU under host-gw.
+    /// The MTU pods on node `idx` get: the tunnel MTU (underlay − 50 for VXLAN, − 20 for IP-in-IP,
+    /// by the `type` of [`Lab::backend`] on Weft nodes), or the underlay MTU under host-gw.
     pub fn pod_mtu(&self, idx: usize) -> u32 {
         match self.nodes[idx].kind {
             NodeKind::KernelHostGw => self.underlay_mtu,
-            NodeKind::Weft | NodeKind::KernelVxlan => self.underlay_mtu - 50,
+            NodeKind::KernelVxlan => self.underlay_mtu - 50,
+            NodeKind::Weft => self.underlay_mtu - backend_overhead(&self.backend),
         }
     }
 
@@ -546,7 +626,7 @@ impl Lab {
             (
                 n.ns.file().try_clone().map_err(io_err("dup netns fd"))?,
                 n.subnet,
-                self.underlay_mtu - 50,
+                self.pod_mtu(idx),
             )
         };
         let pod_name = format!("{}-p{}x{host}", self.prefix, idx + 1);
@@ -793,6 +873,20 @@ impl Drop for Lab {
 /// by the same rule `weftd` plumbs `weft0` with.
 fn bridge_addr(subnet: Ipv4Net) -> Ipv4Net {
     crate::netlink::NodePlan::new(0, subnet, subnet, BRIDGE, 0).bridge_addr
+}
+
+/// Bytes of encapsulation per packet under a `[backend]` body: 50 for VXLAN (also when the body
+/// does not parse: the agent will refuse it anyway), 20 for IP-in-IP, none for host-gw.
+fn backend_overhead(backend: &str) -> u32 {
+    let ty = backend
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|t| t.get("type").and_then(|v| v.as_str().map(str::to_string)));
+    match ty.as_deref() {
+        Some("ipip") => 20,
+        Some("host-gw") => 0,
+        _ => 50,
+    }
 }
 
 /// The pods' gateway on a node: the bridge's address.

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+pub mod capture;
 pub mod cni;
 pub mod kube_api;
 
