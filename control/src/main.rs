@@ -71,11 +71,12 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
-    /// Benchmark harness: kernel VXLAN (flannel layout), kernel routing (host-gw) and Weft VXLAN
-    /// on the same two-node namespace topology, measured in alternation: single-stream and
+    /// Benchmark harness: kernel VXLAN (flannel layout), kernel routing (host-gw), Weft VXLAN,
+    /// Weft IP-in-IP and Weft host-gw on the same two-node namespace topology, measured in
+    /// alternation: single-stream and
     /// 4-stream TCP and 1400-byte UDP packets/s (iperf3; without it, single-stream TCP from the
     /// built-in generator), ping RTT p50/p99 and Weft's CPU seconds per GB, with ratios to kernel
-    /// VXLAN. Needs root; about 2.5 minutes with the defaults.
+    /// VXLAN. Needs root; about 4 minutes with the defaults.
     Bench {
         /// Rounds; every round measures every variant once.
         #[arg(long, default_value_t = 5)]
