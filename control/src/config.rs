@@ -266,6 +266,8 @@ struct RawHealth {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawNode {
+    // Optional in the file: a DaemonSet's shared config leaves it to `--node-name` / NODE_NAME.
+    #[serde(default)]
     name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     public_ip: Option<String>,
@@ -514,6 +516,8 @@ pub struct Overrides {
     pub health_listen: Option<String>,
     /// `datastore.kubernetes.kubeconfig`.
     pub kubeconfig: Option<PathBuf>,
+    /// `node.name` (`--node-name`, env `NODE_NAME` as in flannel's DaemonSet).
+    pub node_name: Option<String>,
 }
 
 /// A validated configuration.
@@ -773,6 +777,9 @@ impl Overrides {
         if let Some(v) = &self.kubeconfig {
             raw.datastore.kubernetes.kubeconfig = Some(v.clone());
         }
+        if let Some(v) = &self.node_name {
+            raw.node.name = v.clone();
+        }
         raw
     }
 }
@@ -825,7 +832,12 @@ impl Config {
         }
 
         // [node]
-        validate_node_name("node.name", &raw.node.name)?;
+        if raw.node.name.trim().is_empty() {
+            return Err(invalid(
+                "node.name",
+                "missing or empty; set it in the file or with --node-name (env NODE_NAME)",
+            ));
+        }
         let public_address = match (&raw.node.public_ip, &raw.node.autodetect) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
