@@ -604,6 +604,7 @@ pub async fn watch_loop(w: Watch, sync: &mut PeerSync) {
                 Err(e) => {
                     tracing::warn!("{e}; keeping the last tables and retrying");
                     failed = true;
+                    metrics.datastore_connected.store(false, Ordering::Relaxed);
                     continue;
                 }
             }
@@ -617,6 +618,7 @@ pub async fn watch_loop(w: Watch, sync: &mut PeerSync) {
             Err(e) => {
                 tracing::warn!("etcd watch: {e}; keeping the last tables and retrying");
                 failed = true;
+                metrics.datastore_connected.store(false, Ordering::Relaxed);
                 continue;
             }
         };
@@ -624,6 +626,7 @@ pub async fn watch_loop(w: Watch, sync: &mut PeerSync) {
             metrics.reconnected();
             tracing::info!(revision = rev, "etcd watch re-established");
         }
+        metrics.datastore_connected.store(true, Ordering::Relaxed);
         failed = false;
         backoff.reset();
         loop {
@@ -686,6 +689,7 @@ pub async fn watch_loop(w: Watch, sync: &mut PeerSync) {
                 Ok(None) => {
                     tracing::warn!("etcd watch ended; reconnecting");
                     failed = true;
+                    metrics.datastore_connected.store(false, Ordering::Relaxed);
                     break;
                 }
                 Err(e) => {
@@ -693,6 +697,7 @@ pub async fn watch_loop(w: Watch, sync: &mut PeerSync) {
                         "etcd watch broke: {e}; keeping the last tables and reconnecting"
                     );
                     failed = true;
+                    metrics.datastore_connected.store(false, Ordering::Relaxed);
                     break;
                 }
             }
