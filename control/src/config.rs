@@ -5,7 +5,7 @@
 //!
 //! ```toml
 //! [node]
-//! name = "node-a"              # required; also the seed of the node's VTEP MAC (vtep_mac_for)
+//! name = "node-a"              # required, here or --node-name / NODE_NAME; the VTEP MAC's seed (vtep_mac_for)
 //! public_ip = "192.168.50.1"   # the underlay address; exclusive with autodetect
 //! autodetect = "first-found"   # default when public_ip is absent; or "can-reach=IP", "interface=REGEX"
 //! subnet = "10.244.1.0/24"     # required with the static datastore (only there); this node's pod

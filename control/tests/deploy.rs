@@ -989,3 +989,80 @@ fn install_cni_is_atomic_idempotent_and_checks_first() {
         "{err}"
     );
 }
+
+#[test]
+fn the_configuration_doc_lists_every_option_with_its_default() {
+    let doc = read("docs/configuration.md");
+    let cfg = Config::from_toml_str("[node]\nname = \"a\"\nsubnet = \"10.244.1.0/24\"\n")
+        .expect("minimal config");
+    let printed: toml::Table = toml::from_str(&cfg.to_toml_string()).expect("--print-config");
+    fn flatten(prefix: &str, t: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
+        for (k, v) in t {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(t) => flatten(&path, t, out),
+                v => out.push((path, v.clone())),
+            }
+        }
+    }
+    let mut options = Vec::new();
+    flatten("", &printed, &mut options);
+    assert!(options.len() > 20, "{options:?}");
+    for (path, value) in options {
+        let line = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{path}` |")))
+            .unwrap_or_else(|| panic!("docs/configuration.md has no row for `{path}`"));
+        if ["node.name", "node.subnet"].contains(&path.as_str()) {
+            continue;
+        }
+        assert!(
+            line.contains(&format!("`{value}`")),
+            "docs/configuration.md: `{path}` should show the default `{value}`: {line}"
+        );
+    }
+    // And every key the annotated example sets is documented.
+    let example: toml::Table =
+        toml::from_str(&read("deploy/weftd.example.toml")).expect("example TOML");
+    let mut keys = Vec::new();
+    flatten("", &example, &mut keys);
+    for (path, _) in keys {
+        // [[peers]] is an array of tables, documented in its own section.
+        let path = if path == "peers" {
+            "peers.name".to_string()
+        } else {
+            path
+        };
+        assert!(
+            doc.contains(&format!("`{path}`")),
+            "docs/configuration.md lacks `{path}`"
+        );
+    }
+}
+
+#[test]
+fn relative_links_in_the_docs_resolve() {
+    let link = regex::Regex::new(r"\]\(([^)#:]+)(#[^)]*)?\)").expect("regex");
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(repo().join("docs"))
+        .expect("docs/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    docs.push(repo().join("README.md"));
+    for doc in docs {
+        let text = std::fs::read_to_string(&doc).expect("read");
+        for cap in link.captures_iter(&text) {
+            let target = doc.parent().expect("dir").join(&cap[1]);
+            assert!(
+                target.exists(),
+                "{}: link to {} does not resolve",
+                doc.display(),
+                &cap[1]
+            );
+        }
+    }
+}
