@@ -454,3 +454,69 @@ pub fn request_show(path: &Path) -> Result<ShowReply, CtlError> {
 pub fn request_status(path: &Path) -> Result<StatusReply, CtlError> {
     request(path, &Request::Status)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{status_of, DatastoreView, Health};
+
+    fn show() -> ShowReply {
+        ShowReply {
+            node: NodeView {
+                name: "node-a".into(),
+                public_ip: Ipv4Addr::new(192, 168, 50, 1),
+                subnet: "10.244.1.0/24".into(),
+                network: "10.244.0.0/16".into(),
+                vtep_mac: "02:00:00:00:00:01".into(),
+                vni: 1,
+                port: 8472,
+                tun: "weft.1".into(),
+                tun_mtu: 1450,
+                underlay_mtu: 1500,
+                workers: 1,
+            },
+            routes: Vec::new(),
+            neighbors: Vec::new(),
+            fdb: Vec::new(),
+            counters: CountersView::default(),
+        }
+    }
+
+    fn health() -> Health {
+        Health {
+            backend: "vxlan".into(),
+            uptime_secs: 1,
+            datastore: DatastoreView {
+                kind: "static".into(),
+                endpoint: "[[peers]] of the config file".into(),
+                connected: true,
+                reconnects: 0,
+            },
+            lease_held: true,
+            renewals: 0,
+            tables_programmed: true,
+            subnet_file: "/run/flannel/subnet.env".into(),
+            subnet_env_written: false,
+            peers: 0,
+        }
+    }
+
+    #[test]
+    fn show_status_and_bad_requests_over_the_socket() {
+        let path = std::env::temp_dir().join(format!("weft-ctl-test-{}.sock", std::process::id()));
+        let server = CtlServer::start(&path, show, || status_of(show(), health())).expect("listen");
+        assert_eq!(request_show(&path).expect("show"), show());
+        let status = request_status(&path).expect("status");
+        assert!(!status.healthy);
+        assert_eq!(status, status_of(show(), health()));
+        // A request the agent does not know: its error, not a decoding failure.
+        let mut s = UnixStream::connect(&path).expect("connect");
+        s.write_all(b"{\"cmd\":\"reboot\"}\n").expect("write");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read");
+        assert!(body.contains("bad request"), "{body}");
+        drop(server);
+        assert!(!path.exists(), "the socket file is removed on drop");
+        assert!(matches!(request_show(&path), Err(CtlError::Connect { .. })));
+    }
+}

@@ -151,8 +151,11 @@ pub fn check_conflist(text: &str) -> Result<Value, String> {
         }
         // The configuration a runtime hands plugin i (libcni's buildOneConfig).
         let mut conf = p.clone();
-        conf["name"] = obj.get("name").cloned().unwrap_or(Value::Null);
-        conf["cniVersion"] = obj.get("cniVersion").cloned().unwrap_or(Value::Null);
+        for key in ["name", "cniVersion"] {
+            if let Some(v) = obj.get(key) {
+                conf[key] = v.clone();
+            }
+        }
         let checked = cni_shim::spec::NetConf::from_value(&conf)
             .map_err(|e| format!("plugins[{i}] ({ty}): {}", e.msg))?;
         if ty == PLUGIN_NAME {
