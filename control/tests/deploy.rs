@@ -1066,3 +1066,17 @@ fn relative_links_in_the_docs_resolve() {
         }
     }
 }
+
+/// The typed round trip of [`load`] is what catches a misspelt field: k8s-openapi alone would
+/// ignore it.
+#[test]
+fn a_misspelt_field_fails_the_manifest_check() {
+    let text = read("deploy/kubernetes/weft.yaml");
+    let bad = text.replacen("mountPath: /dev/net/tun", "mountpath: /dev/net/tun", 1);
+    assert_ne!(bad, text);
+    let path = std::env::temp_dir().join(format!("weft-bad-{}.yaml", std::process::id()));
+    std::fs::write(&path, bad).expect("write");
+    let result = std::panic::catch_unwind(|| load(&path));
+    let _ = std::fs::remove_file(&path);
+    assert!(result.is_err(), "a misspelt mountPath went unnoticed");
+}
