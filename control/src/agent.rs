@@ -212,6 +212,7 @@ impl Agent {
             .map_err(AgentError::Spawn)?;
         let prepared = rt.block_on(prepare(cfg, &facts, &stop))?;
         metrics.lease_held.store(true, Ordering::Relaxed);
+        metrics.datastore_connected.store(true, Ordering::Relaxed);
         let cfg = prepared.effective(cfg);
         // The datastore's network config may have chosen another backend than the file's.
         facts.tun_name = cfg.backend.kind.tun_name(cfg.backend.vni);
@@ -319,7 +320,14 @@ impl Agent {
             let cfg = cfg.clone();
             move || show_reply(&cfg, &facts, &shared)
         };
-        let ctl = CtlServer::start(&cfg.dataplane.control_socket, show)?;
+        let status = {
+            let show = show.clone();
+            let cfg = cfg.clone();
+            let metrics = metrics.clone();
+            let started = std::time::Instant::now();
+            move || crate::status::status_of(show(), health_of(&cfg, &metrics, started))
+        };
+        let ctl = CtlServer::start(&cfg.dataplane.control_socket, show, status)?;
 
         let env = SubnetEnv {
             network: cfg.network.network,
@@ -615,6 +623,40 @@ fn node_facts(cfg: &Config) -> Result<NodeFacts, AgentError> {
         tun_name: cfg.backend.kind.tun_name(cfg.backend.vni),
         workers,
     })
+}
+
+/// The control plane's state for `weftctl status`.
+fn health_of(
+    cfg: &Config,
+    metrics: &Metrics,
+    started: std::time::Instant,
+) -> crate::status::Health {
+    let d = &cfg.datastore;
+    let endpoint = match d.kind {
+        DatastoreKind::Static => "[[peers]] of the config file".to_string(),
+        DatastoreKind::Etcd => format!("{} prefix {}", d.etcd.endpoints.join(","), d.etcd.prefix),
+        DatastoreKind::Kubernetes => match &d.kubernetes.kubeconfig {
+            Some(k) => k.display().to_string(),
+            None => "in-cluster".to_string(),
+        },
+    };
+    crate::status::Health {
+        // BackendKind's Debug name, lower case ("vxlan").
+        backend: format!("{:?}", cfg.backend.kind).to_lowercase(),
+        uptime_secs: started.elapsed().as_secs(),
+        datastore: crate::status::DatastoreView {
+            kind: d.kind.name().to_string(),
+            endpoint,
+            connected: metrics.datastore_connected.load(Ordering::Relaxed),
+            reconnects: metrics.reconnects(),
+        },
+        lease_held: metrics.lease_held.load(Ordering::Relaxed),
+        renewals: metrics.renewals(),
+        tables_programmed: metrics.tables_programmed.load(Ordering::Relaxed),
+        subnet_file: d.subnet_file.display().to_string(),
+        subnet_env_written: metrics.subnet_env_written.load(Ordering::Relaxed),
+        peers: metrics.peers(),
+    }
 }
 
 fn show_reply(cfg: &Config, facts: &NodeFacts, shared: &WorkerShared) -> ShowReply {

@@ -5,7 +5,7 @@
 //!
 //! ```toml
 //! [node]
-//! name = "node-a"              # required; also the seed of the node's VTEP MAC (vtep_mac_for)
+//! name = "node-a"              # required, here or --node-name / NODE_NAME; the VTEP MAC's seed (vtep_mac_for)
 //! public_ip = "192.168.50.1"   # the underlay address; exclusive with autodetect
 //! autodetect = "first-found"   # default when public_ip is absent; or "can-reach=IP", "interface=REGEX"
 //! subnet = "10.244.1.0/24"     # required with the static datastore (only there); this node's pod
@@ -273,6 +273,8 @@ struct RawHealth {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawNode {
+    // Optional in the file: a DaemonSet's shared config leaves it to `--node-name` / NODE_NAME.
+    #[serde(default)]
     name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     public_ip: Option<String>,
@@ -604,6 +606,8 @@ pub struct Overrides {
     pub health_listen: Option<String>,
     /// `datastore.kubernetes.kubeconfig`.
     pub kubeconfig: Option<PathBuf>,
+    /// `node.name` (`--node-name`, env `NODE_NAME` as in flannel's DaemonSet).
+    pub node_name: Option<String>,
 }
 
 /// A validated configuration.
@@ -863,6 +867,9 @@ impl Overrides {
         if let Some(v) = &self.kubeconfig {
             raw.datastore.kubernetes.kubeconfig = Some(v.clone());
         }
+        if let Some(v) = &self.node_name {
+            raw.node.name = v.clone();
+        }
         raw
     }
 }
@@ -915,7 +922,12 @@ impl Config {
         }
 
         // [node]
-        validate_node_name("node.name", &raw.node.name)?;
+        if raw.node.name.trim().is_empty() {
+            return Err(invalid(
+                "node.name",
+                "missing or empty; set it in the file or with --node-name (env NODE_NAME)",
+            ));
+        }
         let public_address = match (&raw.node.public_ip, &raw.node.autodetect) {
             (Some(_), Some(_)) => {
                 return Err(invalid(

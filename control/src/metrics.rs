@@ -56,6 +56,10 @@ pub struct Metrics {
     pub tables_programmed: AtomicBool,
     /// subnet.env is written.
     pub subnet_env_written: AtomicBool,
+    /// The datastore answers: true from the first successful request, false while the etcd watch
+    /// or the Node watcher is broken and reconnecting. Not part of readiness (the last tables
+    /// stay in force), but `weftctl status` reports a node that cannot see changes as unhealthy.
+    pub datastore_connected: AtomicBool,
     workers: OnceLock<Arc<WorkerShared>>,
 }
 
@@ -89,6 +93,7 @@ impl Metrics {
             lease_held: AtomicBool::new(false),
             tables_programmed: AtomicBool::new(false),
             subnet_env_written: AtomicBool::new(false),
+            datastore_connected: AtomicBool::new(false),
             workers: OnceLock::new(),
         }
     }
@@ -124,6 +129,11 @@ impl Metrics {
     /// Records how many kernel routes for directly routed peers are installed.
     pub fn set_direct_routes(&self, n: usize) {
         self.direct_routes.set(n as i64);
+    }
+
+    /// Remote nodes in the published tables.
+    pub fn peers(&self) -> usize {
+        usize::try_from(self.peers.get()).unwrap_or(0)
     }
 
     /// Records one datastore reconnection.

@@ -606,6 +606,7 @@ pub async fn watch_loop(w: Watch, sync: &mut PeerSync) {
                 Err(e) => {
                     tracing::warn!("{e}; keeping the last tables and retrying");
                     failed = true;
+                    metrics.datastore_connected.store(false, Ordering::Relaxed);
                     continue;
                 }
             }
@@ -619,6 +620,7 @@ pub async fn watch_loop(w: Watch, sync: &mut PeerSync) {
             Err(e) => {
                 tracing::warn!("etcd watch: {e}; keeping the last tables and retrying");
                 failed = true;
+                metrics.datastore_connected.store(false, Ordering::Relaxed);
                 continue;
             }
         };
@@ -626,6 +628,7 @@ pub async fn watch_loop(w: Watch, sync: &mut PeerSync) {
             metrics.reconnected();
             tracing::info!(revision = rev, "etcd watch re-established");
         }
+        metrics.datastore_connected.store(true, Ordering::Relaxed);
         failed = false;
         backoff.reset();
         loop {
@@ -688,6 +691,7 @@ pub async fn watch_loop(w: Watch, sync: &mut PeerSync) {
                 Ok(None) => {
                     tracing::warn!("etcd watch ended; reconnecting");
                     failed = true;
+                    metrics.datastore_connected.store(false, Ordering::Relaxed);
                     break;
                 }
                 Err(e) => {
@@ -695,6 +699,7 @@ pub async fn watch_loop(w: Watch, sync: &mut PeerSync) {
                         "etcd watch broke: {e}; keeping the last tables and reconnecting"
                     );
                     failed = true;
+                    metrics.datastore_connected.store(false, Ordering::Relaxed);
                     break;
                 }
             }

@@ -35,6 +35,19 @@ use super::{BackendChoice, Backoff, Lease, PeerSync};
 use crate::config::{BackendKind, Config};
 use crate::metrics::Metrics;
 
+/// Every Kubernetes API call this module makes, as RBAC `(resource, verb)` pairs. The
+/// ClusterRole in `deploy/kubernetes/weft.yaml` grants exactly these; `control/tests/deploy.rs`
+/// checks the manifest against this list and this list against the calls in this file.
+pub const API_CALLS: &[(&str, &str)] = &[
+    // prepare: `nodes.get(name)`, the own Node's podCIDR and annotations.
+    ("nodes", "get"),
+    // run: the watcher's list and watch of every Node.
+    ("nodes", "list"),
+    ("nodes", "watch"),
+    // prepare: `nodes.patch_status(..)`, the annotations and NetworkUnavailable=False.
+    ("nodes/status", "patch"),
+];
+
 /// Kubernetes datastore errors.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -388,6 +401,7 @@ pub async fn run(
                     metrics.reconnected();
                     failed = false;
                 }
+                metrics.datastore_connected.store(true, Ordering::Relaxed);
                 match ev {
                     Event::Init => init.clear(),
                     Event::InitApply(n) => init.push(n),
@@ -434,6 +448,7 @@ pub async fn run(
                     tracing::warn!("Node watcher: {e}; keeping the last tables and retrying");
                 }
                 failed = true;
+                metrics.datastore_connected.store(false, Ordering::Relaxed);
             }
         }
     }
