@@ -40,6 +40,15 @@ pub struct LeaseView {
     pub renewals: u64,
 }
 
+/// flannel's subnet.env.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SubnetEnvView {
+    /// Where it is written (`datastore.subnet_file`).
+    pub path: String,
+    /// Written since the agent started.
+    pub written: bool,
+}
+
 /// Sizes of the published tables.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct TableSizes {
@@ -71,7 +80,7 @@ pub struct StatusReply {
     /// The tables hold what the datastore said (first listing applied).
     pub tables_programmed: bool,
     /// subnet.env and whether it is written.
-    pub subnet_env: (String, bool),
+    pub subnet_env: SubnetEnvView,
     /// Remote nodes programmed.
     pub peers: usize,
     /// Table sizes.
@@ -142,7 +151,10 @@ pub fn status_of(show: ShowReply, h: Health) -> StatusReply {
         uptime_secs: h.uptime_secs,
         datastore: h.datastore,
         tables_programmed: h.tables_programmed,
-        subnet_env: (h.subnet_file, h.subnet_env_written),
+        subnet_env: SubnetEnvView {
+            path: h.subnet_file,
+            written: h.subnet_env_written,
+        },
         peers: h.peers,
         tables,
         counters: show.counters,
@@ -202,8 +214,8 @@ impl StatusReply {
             n.network,
             self.lease.renewals,
             yes_no(self.tables_programmed, "programmed", "NOT PROGRAMMED"),
-            self.subnet_env.0,
-            yes_no(self.subnet_env.1, "written", "NOT WRITTEN"),
+            self.subnet_env.path,
+            yes_no(self.subnet_env.written, "written", "NOT WRITTEN"),
         );
         let _ = writeln!(
             s,
