@@ -19,15 +19,17 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use dataplane::io::tun::{TunDevice, TunOffload};
-use dataplane::io::worker::{self, IoOptions, WorkerConfig, WorkerIo, WorkerShared};
+use dataplane::io::worker::{self, IoOptions, UnderlayRx, WorkerConfig, WorkerIo, WorkerShared};
 use dataplane::snapshot::SnapshotCell;
 use ipnet::Ipv4Net;
 
-use crate::config::{Config, PublicAddress};
+use crate::config::{BackendKind, Config, Encapsulation, PublicAddress};
 use crate::ctl::{self, CountersView, CtlServer, NodeView, ShowReply};
 use crate::datastore::{
-    etcd, kube, reconcile, static_peers, Backoff, DatastoreKind, Lease, OwnNode, PeerSync,
+    etcd, kube, reconcile, static_peers, BackendChoice, Backoff, DatastoreKind, Lease, OwnNode,
+    PeerSync,
 };
+use crate::direct_routes::DirectRoutes;
 use crate::health::{HealthError, HealthServer};
 use crate::metrics::Metrics;
 use crate::netlink::{self, Netlink, NodePlan};
@@ -55,9 +57,11 @@ pub enum AgentError {
     /// Netlink plumbing failed.
     #[error("node plumbing: {0}")]
     Plumbing(#[from] netlink::NetlinkError),
-    /// A VXLAN socket could not be opened.
-    #[error("cannot open the VXLAN sockets on UDP {port}: {source} (another VXLAN device or agent on the port? CAP_NET_RAW for the raw sender?)")]
+    /// The underlay sockets could not be opened.
+    #[error("cannot open the {backend} sockets (VXLAN: UDP {port}): {source} (another VXLAN device or agent on the port? CAP_NET_RAW for the raw sockets?)")]
     Socket {
+        /// The backend.
+        backend: &'static str,
         /// UDP port.
         port: u16,
         /// OS error.
@@ -94,9 +98,11 @@ pub struct NodeFacts {
     pub underlay_if: String,
     /// Underlay MTU.
     pub underlay_mtu: u16,
+    /// The underlay interface's subnet: peers in it can be routed directly.
+    pub underlay: Ipv4Net,
     /// Tunnel MTU.
     pub tun_mtu: u16,
-    /// TUN device name, `weft.<vni>`.
+    /// TUN device name: `weft.<vni>` (vxlan), `weft.ipip`, `weft.hostgw`.
     pub tun_name: String,
     /// Worker count.
     pub workers: usize,
@@ -115,6 +121,7 @@ pub struct Agent {
     stop: Arc<AtomicBool>,
     control: Option<JoinHandle<()>>,
     cni: Option<crate::cni::CniServer>,
+    routes: Option<DirectRoutes>,
 }
 
 /// The live datastore connection the control thread takes over after start-up.
@@ -144,8 +151,7 @@ impl std::fmt::Debug for Session {
 struct Prepared {
     subnet: Ipv4Net,
     network: Ipv4Net,
-    vni: u32,
-    port: u16,
+    backend: BackendChoice,
     leases: Vec<Lease>,
     /// The tables hold everything the datastore had (static, etcd: the acquisition's listing);
     /// Kubernetes programs its peers once the watcher's first list is in.
@@ -159,8 +165,10 @@ impl Prepared {
         let mut c = cfg.clone();
         c.node.subnet = Some(self.subnet);
         c.network.network = self.network;
-        c.backend.vni = self.vni;
-        c.backend.port = self.port;
+        c.backend.kind = self.backend.kind;
+        c.backend.encapsulation = self.backend.encapsulation;
+        c.backend.vni = self.backend.vni;
+        c.backend.port = self.backend.port;
         c
     }
 }
@@ -175,6 +183,9 @@ pub fn own_node(cfg: &Config, facts: &NodeFacts, subnet: Ipv4Net) -> OwnNode {
         vxlan_port: cfg.backend.port,
         underlay_mtu: facts.underlay_mtu,
         tun_mtu: facts.tun_mtu,
+        backend: cfg.backend.kind,
+        encapsulation: cfg.backend.encapsulation,
+        underlay: facts.underlay,
     }
 }
 
@@ -201,12 +212,28 @@ impl Agent {
             .map_err(AgentError::Spawn)?;
         let prepared = rt.block_on(prepare(cfg, &facts, &stop))?;
         metrics.lease_held.store(true, Ordering::Relaxed);
+        metrics.datastore_connected.store(true, Ordering::Relaxed);
         let cfg = prepared.effective(cfg);
-        facts.tun_name = netlink::tun_name(cfg.backend.vni);
+        // The datastore's network config may have chosen another backend than the file's.
+        facts.tun_name = cfg.backend.kind.tun_name(cfg.backend.vni);
+        facts.tun_mtu =
+            u16::try_from(cfg.tunnel_mtu(u32::from(facts.underlay_mtu))).unwrap_or(u16::MAX);
         let subnet = prepared.subnet;
         let own = own_node(&cfg, &facts, subnet);
         let cell = Arc::new(SnapshotCell::new(reconcile(&own, &[]).snapshot()));
         let mut sync = PeerSync::new(own, cell.clone(), metrics.clone());
+        // Kernel routes for peers reached without encapsulation.
+        let routes = if cfg.backend.kind == BackendKind::HostGw
+            || cfg.backend.encapsulation != Encapsulation::Always
+        {
+            let (routes, sink) =
+                DirectRoutes::start(facts.underlay_if.clone(), prepared.network, metrics.clone())
+                    .map_err(AgentError::Spawn)?;
+            sync.set_direct_sink(sink);
+            Some(routes)
+        } else {
+            None
+        };
         sync.replace_all(prepared.leases.iter().cloned());
         sync.commit();
         if prepared.programmed {
@@ -230,13 +257,14 @@ impl Agent {
         }
         let tun_offload = tun.offload().tso4;
         let nl = Netlink::new()?;
-        let plan = NodePlan::new(
+        let mut plan = NodePlan::new(
             cfg.backend.vni,
             subnet,
             cfg.network.network,
             &cfg.dataplane.bridge,
             u32::from(facts.tun_mtu),
         );
+        plan.tun_name = facts.tun_name.clone();
         netlink::plumb_node(&nl, &plan)?;
         // The CNI server comes up before the workers but answers STATUS with 50 (and ADD with 11)
         // until the node is ready below.
@@ -258,25 +286,25 @@ impl Agent {
         let shared = Arc::new(WorkerShared::new(cell.clone(), facts.workers));
         metrics.attach_workers(shared.clone());
         let vxlan_addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, cfg.backend.port);
+        let opts = IoOptions {
+            rcvbuf: SOCKET_BUFFER,
+            sndbuf: SOCKET_BUFFER,
+            src: facts.public_ip,
+            gso: cfg.dataplane.gso,
+            ..IoOptions::default()
+        };
         let mut io = Vec::with_capacity(facts.workers);
-        for queue in tun.into_queues() {
-            io.push(
-                WorkerIo::open_with(
-                    queue,
-                    vxlan_addr,
-                    IoOptions {
-                        rcvbuf: SOCKET_BUFFER,
-                        sndbuf: SOCKET_BUFFER,
-                        src: facts.public_ip,
-                        gso: cfg.dataplane.gso,
-                        ..IoOptions::default()
-                    },
-                )
-                .map_err(|source| AgentError::Socket {
-                    port: cfg.backend.port,
-                    source,
-                })?,
-            );
+        for (id, queue) in tun.into_queues().into_iter().enumerate() {
+            let opened = match cfg.backend.kind {
+                BackendKind::Vxlan => WorkerIo::open_with(queue, vxlan_addr, opts),
+                BackendKind::Ipip => WorkerIo::open_ipip(queue, id, facts.workers, opts),
+                BackendKind::HostGw => WorkerIo::open_rx(queue, UnderlayRx::None, opts),
+            };
+            io.push(opened.map_err(|source| AgentError::Socket {
+                backend: cfg.backend.kind.name(),
+                port: cfg.backend.port,
+                source,
+            })?);
         }
         let wcfg = WorkerConfig {
             gro: cfg.dataplane.gro,
@@ -292,7 +320,14 @@ impl Agent {
             let cfg = cfg.clone();
             move || show_reply(&cfg, &facts, &shared)
         };
-        let ctl = CtlServer::start(&cfg.dataplane.control_socket, show)?;
+        let status = {
+            let show = show.clone();
+            let cfg = cfg.clone();
+            let metrics = metrics.clone();
+            let started = std::time::Instant::now();
+            move || crate::status::status_of(show(), health_of(&cfg, &metrics, started))
+        };
+        let ctl = CtlServer::start(&cfg.dataplane.control_socket, show, status)?;
 
         let env = SubnetEnv {
             network: cfg.network.network,
@@ -323,6 +358,9 @@ impl Agent {
             subnet = %subnet,
             tun = %facts.tun_name,
             mtu = facts.tun_mtu,
+            backend = cfg.backend.kind.name(),
+            encapsulation = cfg.backend.encapsulation.name(),
+            underlay = %facts.underlay,
             workers = facts.workers,
             tun_offload,
             peers,
@@ -340,6 +378,7 @@ impl Agent {
             stop,
             control: Some(control),
             cni,
+            routes,
         })
     }
 
@@ -385,6 +424,10 @@ impl Agent {
         }
         self.ctl.take();
         self.health.take();
+        // The control thread (and with it the route sink) is gone: the programmer ends.
+        if let Some(r) = self.routes.take() {
+            r.join();
+        }
     }
 }
 
@@ -407,8 +450,7 @@ async fn prepare(
                 .subnet
                 .expect("validation requires node.subnet with the static datastore"),
             network: cfg.network.network,
-            vni: cfg.backend.vni,
-            port: cfg.backend.port,
+            backend: BackendChoice::of_config(cfg),
             leases: static_peers::leases(cfg),
             programmed: true,
             session: Session::Static,
@@ -420,12 +462,15 @@ async fn prepare(
             tracing::info!(
                 network = %net.network,
                 subnet_len = net.subnet_len,
+                backend = net.backend.kind.name(),
+                direct_routing = net.backend.direct_routing,
                 vni = net.backend.vni,
                 port = net.backend.port,
                 "network config from etcd"
             );
             let own = etcd::OwnAttrs {
                 public_ip: facts.public_ip,
+                backend: net.backend.kind,
                 vni: net.backend.vni,
                 vtep_mac: cfg.vtep_mac(),
             };
@@ -455,8 +500,7 @@ async fn prepare(
             Ok(Prepared {
                 subnet: acquired.subnet,
                 network: net.network,
-                vni: net.backend.vni,
-                port: net.backend.port,
+                backend: BackendChoice::of_flannel(&net.backend),
                 leases: etcd::leases_of(&acquired.listed.0),
                 programmed: true,
                 session: Session::Etcd {
@@ -470,8 +514,7 @@ async fn prepare(
             Ok(Prepared {
                 subnet: p.subnet,
                 network: p.network,
-                vni: p.vni,
-                port: p.port,
+                backend: p.backend,
                 leases: Vec::new(),
                 programmed: false,
                 session: Session::Kube { client: p.client },
@@ -562,6 +605,8 @@ fn node_facts(cfg: &Config) -> Result<NodeFacts, AgentError> {
             crate::autodetect::detect(method).map_err(|e| AgentError::Underlay(e.to_string()))?
         }
     };
+    let underlay =
+        crate::autodetect::subnet_of(public_ip).map_err(|e| AgentError::Underlay(e.to_string()))?;
     let tun_mtu = u16::try_from(cfg.tunnel_mtu(underlay_mtu)).unwrap_or(u16::MAX);
     let underlay_mtu = u16::try_from(underlay_mtu).unwrap_or(u16::MAX);
     let workers = match cfg.dataplane.workers {
@@ -573,10 +618,45 @@ fn node_facts(cfg: &Config) -> Result<NodeFacts, AgentError> {
         public_ip,
         underlay_if,
         underlay_mtu,
+        underlay,
         tun_mtu,
-        tun_name: format!("weft.{}", cfg.backend.vni),
+        tun_name: cfg.backend.kind.tun_name(cfg.backend.vni),
         workers,
     })
+}
+
+/// The control plane's state for `weftctl status`.
+fn health_of(
+    cfg: &Config,
+    metrics: &Metrics,
+    started: std::time::Instant,
+) -> crate::status::Health {
+    let d = &cfg.datastore;
+    let endpoint = match d.kind {
+        DatastoreKind::Static => "[[peers]] of the config file".to_string(),
+        DatastoreKind::Etcd => format!("{} prefix {}", d.etcd.endpoints.join(","), d.etcd.prefix),
+        DatastoreKind::Kubernetes => match &d.kubernetes.kubeconfig {
+            Some(k) => k.display().to_string(),
+            None => "in-cluster".to_string(),
+        },
+    };
+    crate::status::Health {
+        // BackendKind's Debug name, lower case ("vxlan").
+        backend: format!("{:?}", cfg.backend.kind).to_lowercase(),
+        uptime_secs: started.elapsed().as_secs(),
+        datastore: crate::status::DatastoreView {
+            kind: d.kind.name().to_string(),
+            endpoint,
+            connected: metrics.datastore_connected.load(Ordering::Relaxed),
+            reconnects: metrics.reconnects(),
+        },
+        lease_held: metrics.lease_held.load(Ordering::Relaxed),
+        renewals: metrics.renewals(),
+        tables_programmed: metrics.tables_programmed.load(Ordering::Relaxed),
+        subnet_file: d.subnet_file.display().to_string(),
+        subnet_env_written: metrics.subnet_env_written.load(Ordering::Relaxed),
+        peers: metrics.peers(),
+    }
 }
 
 fn show_reply(cfg: &Config, facts: &NodeFacts, shared: &WorkerShared) -> ShowReply {

@@ -17,6 +17,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::str::FromStr;
 
+use ipnet::Ipv4Net;
 use regex::Regex;
 
 use crate::netlink::{Netlink, NetlinkError};
@@ -215,6 +216,17 @@ pub fn source_address_for(target: Ipv4Addr) -> Result<Ipv4Addr, AutodetectError>
 /// The interface holding `addr` and its MTU, in the calling thread's network namespace.
 pub fn interface_of(addr: Ipv4Addr) -> Result<(String, u32), AutodetectError> {
     interface_of_with(&Netlink::new()?, addr)
+}
+
+/// The subnet of the interface address `addr` (e.g. `192.168.77.0/24` for 192.168.77.3/24): the
+/// underlay peers are directly reachable in, for host-gw and `CrossSubnet`.
+pub fn subnet_of(addr: Ipv4Addr) -> Result<Ipv4Net, AutodetectError> {
+    Netlink::new()?
+        .addresses()?
+        .into_iter()
+        .find(|a| a.addr.addr() == addr)
+        .map(|a| a.addr.trunc())
+        .ok_or(AutodetectError::NoInterfaceFor(addr))
 }
 
 /// [`interface_of`] through an existing netlink handle.

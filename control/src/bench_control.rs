@@ -226,6 +226,9 @@ fn change_latency(
         vxlan_port: 8472,
         underlay_mtu: 1500,
         tun_mtu: 1450,
+        backend: control::config::BackendKind::Vxlan,
+        encapsulation: control::config::Encapsulation::Always,
+        underlay: "192.168.0.0/16".parse().expect("net"),
     };
     let cell = Arc::new(SnapshotCell::new(reconcile(&own, &[]).snapshot()));
     let stop = Arc::new(AtomicBool::new(false));

@@ -5,7 +5,7 @@
 //!
 //! ```toml
 //! [node]
-//! name = "node-a"              # required; also the seed of the node's VTEP MAC (vtep_mac_for)
+//! name = "node-a"              # required, here or --node-name / NODE_NAME; the VTEP MAC's seed (vtep_mac_for)
 //! public_ip = "192.168.50.1"   # the underlay address; exclusive with autodetect
 //! autodetect = "first-found"   # default when public_ip is absent; or "can-reach=IP", "interface=REGEX"
 //! subnet = "10.244.1.0/24"     # required with the static datastore (only there); this node's pod
@@ -15,10 +15,13 @@
 //! network = "10.244.0.0/16"    # default; flannel's Network
 //!
 //! [backend]
-//! type = "vxlan"               # default and, for now, the only backend
-//! vni = 1                      # default 1; 0..=16777215
-//! port = 8472                  # default 8472 (flannel's; Calico and IANA use 4789)
-//! mtu = "auto"                 # default "auto": underlay MTU - 50; or a number 576..=8950
+//! type = "vxlan"               # default; or "ipip" (RFC 2003, protocol 4), "host-gw" (plain routes)
+//! encapsulation = "Always"     # default; or "CrossSubnet" (peers on this node's underlay subnet
+//!                              # are routed natively), "Never" (all peers natively); vxlan and ipip
+//! vni = 1                      # default 1; 0..=16777215 (vxlan)
+//! port = 8472                  # default 8472 (flannel's; Calico and IANA use 4789) (vxlan)
+//! mtu = "auto"                 # default "auto": underlay MTU - 50 (vxlan), - 20 (ipip), - 0
+//!                              # (host-gw); or a number 576..=8950
 //!
 //! [dataplane]
 //! workers = 0                  # default 0: one per core
@@ -99,6 +102,8 @@ pub const MIN_MTU: u32 = 576;
 pub const MAX_MTU: u32 = 9000 - VXLAN_OVERHEAD;
 /// Bytes VXLAN over IPv4 adds: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// Bytes IP-in-IP adds: the outer IPv4 header.
+pub const IPIP_OVERHEAD: u32 = 20;
 /// Largest VNI: 24 bits (RFC 7348 §5).
 pub const MAX_VNI: u32 = (1 << 24) - 1;
 /// Default health and metrics listen address (flannel serves /healthz only when given a port;
@@ -177,8 +182,10 @@ pub enum ConfigError {
         /// The field path of the earlier entry.
         other_field: String,
     },
-    /// A backend Weft does not implement yet.
-    #[error("backend.type: {0:?} is not supported yet; only \"vxlan\" is (IP-in-IP and host-gw come later)")]
+    /// A backend Weft does not implement.
+    #[error(
+        "backend.type: {0:?} is not a backend Weft has; use \"vxlan\", \"ipip\" or \"host-gw\""
+    )]
     UnsupportedBackend(String),
 }
 
@@ -266,6 +273,8 @@ struct RawHealth {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawNode {
+    // Optional in the file: a DaemonSet's shared config leaves it to `--node-name` / NODE_NAME.
+    #[serde(default)]
     name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     public_ip: Option<String>,
@@ -287,6 +296,8 @@ struct RawNetwork {
 struct RawBackend {
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    encapsulation: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     vni: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -365,11 +376,90 @@ pub struct NetworkSection {
     pub network: Ipv4Net,
 }
 
-/// Which encapsulation the node uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which backend the node runs (flannel's `Backend.Type` and lease `BackendType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum BackendKind {
-    /// VXLAN, wire-compatible with flannel's vxlan backend.
+    /// VXLAN, wire-compatible with flannel's vxlan backend (and Calico's `vxlanMode`).
     Vxlan,
+    /// IP-in-IP (RFC 2003, IP protocol 4), flannel's `ipip` backend and Calico's `ipipMode`,
+    /// carried in userspace: no `ipip` kernel module.
+    Ipip,
+    /// No encapsulation: each peer's pod subnet routed via its public IP, which must be on a
+    /// directly connected underlay subnet (flannel's `host-gw`).
+    HostGw,
+}
+
+impl BackendKind {
+    /// Every backend, for messages.
+    pub const ALL: [BackendKind; 3] = [BackendKind::Vxlan, BackendKind::Ipip, BackendKind::HostGw];
+
+    /// flannel's name: `vxlan`, `ipip`, `host-gw` (`Backend.Type`, lease `BackendType`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Vxlan => "vxlan",
+            BackendKind::Ipip => "ipip",
+            BackendKind::HostGw => "host-gw",
+        }
+    }
+
+    /// The backend flannel calls `name`.
+    pub fn from_name(name: &str) -> Option<BackendKind> {
+        BackendKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Bytes the encapsulation adds in front of a pod packet (the MTU it costs).
+    pub fn overhead(self) -> u32 {
+        match self {
+            BackendKind::Vxlan => VXLAN_OVERHEAD,
+            BackendKind::Ipip => IPIP_OVERHEAD,
+            BackendKind::HostGw => 0,
+        }
+    }
+
+    /// The TUN device's name: `weft.<vni>` for VXLAN (as flannel names `flannel.<vni>`),
+    /// `weft.ipip`, `weft.hostgw`.
+    pub fn tun_name(self, vni: u32) -> String {
+        match self {
+            BackendKind::Vxlan => format!("weft.{vni}"),
+            BackendKind::Ipip => "weft.ipip".to_string(),
+            BackendKind::HostGw => "weft.hostgw".to_string(),
+        }
+    }
+}
+
+/// When a tunnel backend encapsulates (Calico's `ipipMode` / `vxlanMode` values; flannel's
+/// `DirectRouting: true` is `CrossSubnet`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Encapsulation {
+    /// Every peer through the tunnel.
+    Always,
+    /// Peers whose public IP is on this node's underlay subnet are routed natively (a kernel
+    /// route via the peer); the others through the tunnel.
+    CrossSubnet,
+    /// Every peer routed natively, as host-gw: peers off the underlay subnet are refused.
+    Never,
+}
+
+impl Encapsulation {
+    /// Calico's spelling: `Always`, `CrossSubnet`, `Never`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encapsulation::Always => "Always",
+            Encapsulation::CrossSubnet => "CrossSubnet",
+            Encapsulation::Never => "Never",
+        }
+    }
+
+    /// The mode Calico spells `name`.
+    pub fn from_name(name: &str) -> Option<Encapsulation> {
+        [
+            Encapsulation::Always,
+            Encapsulation::CrossSubnet,
+            Encapsulation::Never,
+        ]
+        .into_iter()
+        .find(|e| e.name() == name)
+    }
 }
 
 /// The tunnel MTU setting.
@@ -386,6 +476,8 @@ pub enum Mtu {
 pub struct BackendSection {
     /// The backend type.
     pub kind: BackendKind,
+    /// When to encapsulate (vxlan and ipip; host-gw never does).
+    pub encapsulation: Encapsulation,
     /// VXLAN network identifier.
     pub vni: u32,
     /// VXLAN UDP destination port.
@@ -514,6 +606,8 @@ pub struct Overrides {
     pub health_listen: Option<String>,
     /// `datastore.kubernetes.kubeconfig`.
     pub kubeconfig: Option<PathBuf>,
+    /// `node.name` (`--node-name`, env `NODE_NAME` as in flannel's DaemonSet).
+    pub node_name: Option<String>,
 }
 
 /// A validated configuration.
@@ -773,6 +867,9 @@ impl Overrides {
         if let Some(v) = &self.kubeconfig {
             raw.datastore.kubernetes.kubeconfig = Some(v.clone());
         }
+        if let Some(v) = &self.node_name {
+            raw.node.name = v.clone();
+        }
         raw
     }
 }
@@ -825,7 +922,12 @@ impl Config {
         }
 
         // [node]
-        validate_node_name("node.name", &raw.node.name)?;
+        if raw.node.name.trim().is_empty() {
+            return Err(invalid(
+                "node.name",
+                "missing or empty; set it in the file or with --node-name (env NODE_NAME)",
+            ));
+        }
         let public_address = match (&raw.node.public_ip, &raw.node.autodetect) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -896,9 +998,24 @@ impl Config {
         };
 
         // [backend]
-        let kind = match raw.backend.kind.as_deref().unwrap_or("vxlan") {
-            "vxlan" => BackendKind::Vxlan,
-            other => return Err(ConfigError::UnsupportedBackend(other.to_string())),
+        let kind_name = raw.backend.kind.as_deref().unwrap_or("vxlan");
+        let kind = BackendKind::from_name(kind_name)
+            .ok_or_else(|| ConfigError::UnsupportedBackend(kind_name.to_string()))?;
+        let encapsulation = match (kind, raw.backend.encapsulation.as_deref()) {
+            (BackendKind::HostGw, None | Some("Never")) => Encapsulation::Never,
+            (BackendKind::HostGw, Some(other)) => {
+                return Err(invalid(
+                    "backend.encapsulation",
+                    format!("{other:?} with type \"host-gw\", which never encapsulates; leave it out or use a tunnel type (\"vxlan\", \"ipip\")"),
+                ))
+            }
+            (_, None) => Encapsulation::Always,
+            (_, Some(name)) => Encapsulation::from_name(name).ok_or_else(|| {
+                invalid(
+                    "backend.encapsulation",
+                    format!("{name:?} is not one of \"Always\", \"CrossSubnet\", \"Never\" (Calico's names, case as written)"),
+                )
+            })?,
         };
         let vni = in_range(
             "backend.vni",
@@ -929,6 +1046,7 @@ impl Config {
         };
         let backend = BackendSection {
             kind,
+            encapsulation,
             vni,
             port,
             mtu,
@@ -1113,11 +1231,12 @@ impl Config {
     }
 
     /// The tunnel MTU for an underlay interface of MTU `underlay_mtu`: the fixed `backend.mtu`, or
-    /// `underlay_mtu - 50` when it is `auto`.
+    /// `underlay_mtu` minus the backend's overhead (50 vxlan, 20 ipip, 0 host-gw) when it is
+    /// `auto`.
     pub fn tunnel_mtu(&self, underlay_mtu: u32) -> u32 {
         match self.backend.mtu {
             Mtu::Fixed(mtu) => mtu,
-            Mtu::Auto => underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
+            Mtu::Auto => underlay_mtu.saturating_sub(self.backend.kind.overhead()),
         }
     }
 
@@ -1139,12 +1258,8 @@ impl Config {
                 network: Some(self.network.network.to_string()),
             },
             backend: RawBackend {
-                kind: Some(
-                    match self.backend.kind {
-                        BackendKind::Vxlan => "vxlan",
-                    }
-                    .to_string(),
-                ),
+                kind: Some(self.backend.kind.name().to_string()),
+                encapsulation: Some(self.backend.encapsulation.name().to_string()),
                 vni: Some(i64::from(self.backend.vni)),
                 port: Some(i64::from(self.backend.port)),
                 mtu: Some(match self.backend.mtu {

@@ -2,9 +2,15 @@
 //! node's tables and counters, for `weftd show` (the `ip route` / `ip neigh` / `bridge fdb` of a
 //! userspace dataplane) and for scripts (`-o json`).
 //!
-//! Protocol: the client writes one line `{"cmd":"show"}` and reads one JSON document until EOF.
-//! The server runs on its own thread and reads only published snapshots and merged counters, so a
+//! Protocol: the client writes one line, `{"cmd":"show"}` or `{"cmd":"status"}`, and reads one
+//! JSON document until EOF: a [`ShowReply`], a [`StatusReply`], or `{"error": "..."}` for a request
+//! the agent does not understand. The reply is written in one piece. The server runs on its own
+//! thread and reads only published snapshots, merged counters and the control plane's flags, so a
 //! slow or stuck client never touches the forwarding path.
+//!
+//! `weftctl status` ([`StatusReply`]) is the one-screen health check: healthy means the lease is
+//! held, the tables are programmed from the datastore, subnet.env is written and the datastore
+//! answers; the reply lists what is wrong otherwise.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -23,6 +29,8 @@ use dataplane::fib::NextHop;
 use dataplane::snapshot::Snapshot;
 use dataplane::time::Instant;
 use serde::{Deserialize, Serialize};
+
+pub use crate::status::StatusReply;
 
 /// Errors of the control socket, on either side.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +57,9 @@ pub enum CtlError {
     /// The other side sent something that is not the expected JSON.
     #[error("control socket answer is not valid JSON: {0}")]
     Decode(#[from] serde_json::Error),
+    /// The agent refused the request (an older weftd that lacks it, say).
+    #[error("weftd answered: {0}")]
+    Agent(String),
 }
 
 /// A request on the control socket.
@@ -57,6 +68,8 @@ pub enum CtlError {
 pub enum Request {
     /// Tables, counters and node facts.
     Show,
+    /// The node's health on one screen (`weftctl status`).
+    Status,
 }
 
 /// The node's identity and tunnel parameters.
@@ -317,10 +330,11 @@ pub struct CtlServer {
 
 impl CtlServer {
     /// Listens on `path` (a stale socket file from a killed agent is replaced) and answers each
-    /// request with `show()`.
-    pub fn start<F>(path: &Path, show: F) -> Result<CtlServer, CtlError>
+    /// request with `show()` or `status()`.
+    pub fn start<F, G>(path: &Path, show: F, status: G) -> Result<CtlServer, CtlError>
     where
         F: Fn() -> ShowReply + Send + 'static,
+        G: Fn() -> StatusReply + Send + 'static,
     {
         let listen_err = |source| CtlError::Listen {
             path: path.to_path_buf(),
@@ -338,9 +352,15 @@ impl CtlServer {
         listener.set_nonblocking(true).map_err(listen_err)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let handler = move |req: &Request| -> Result<Vec<u8>, serde_json::Error> {
+            match req {
+                Request::Show => serde_json::to_vec(&show()),
+                Request::Status => serde_json::to_vec(&status()),
+            }
+        };
         let thread = std::thread::Builder::new()
             .name("weft-ctl".into())
-            .spawn(move || serve(listener, stop2, show))
+            .spawn(move || serve(listener, stop2, handler))
             .map_err(listen_err)?;
         Ok(CtlServer {
             path: path.to_path_buf(),
@@ -360,11 +380,14 @@ impl Drop for CtlServer {
     }
 }
 
-fn serve<F: Fn() -> ShowReply>(listener: UnixListener, stop: Arc<AtomicBool>, show: F) {
+fn serve<H>(listener: UnixListener, stop: Arc<AtomicBool>, handler: H)
+where
+    H: Fn(&Request) -> Result<Vec<u8>, serde_json::Error>,
+{
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
-                if let Err(e) = answer(stream, &show) {
+                if let Err(e) = answer(stream, &handler) {
                     tracing::debug!("control socket client: {e}");
                 }
             }
@@ -379,34 +402,121 @@ fn serve<F: Fn() -> ShowReply>(listener: UnixListener, stop: Arc<AtomicBool>, sh
     }
 }
 
-fn answer<F: Fn() -> ShowReply>(stream: UnixStream, show: &F) -> Result<(), CtlError> {
+fn answer<H>(stream: UnixStream, handler: &H) -> Result<(), CtlError>
+where
+    H: Fn(&Request) -> Result<Vec<u8>, serde_json::Error>,
+{
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut line = String::new();
     BufReader::new(&stream).take(4096).read_line(&mut line)?;
+    // Encoded whole, then written at once: serde_json writing straight into the socket would make
+    // one write(2) per token.
+    let body = match serde_json::from_str::<Request>(line.trim()) {
+        Ok(req) => handler(&req)?,
+        Err(e) => serde_json::to_vec(&serde_json::json!({ "error": format!("bad request: {e}") }))?,
+    };
     let mut out = &stream;
-    match serde_json::from_str::<Request>(line.trim()) {
-        Ok(Request::Show) => serde_json::to_writer(&mut out, &show())?,
-        Err(e) => serde_json::to_writer(
-            &mut out,
-            &serde_json::json!({ "error": format!("bad request: {e}") }),
-        )?,
-    }
-    out.flush()?;
+    out.write_all(&body)?;
     Ok(())
 }
 
-/// Asks the agent at `path` for its tables and counters.
-pub fn request_show(path: &Path) -> Result<ShowReply, CtlError> {
+/// Sends `req` to the agent at `path` and decodes its answer.
+pub fn request<T: serde::de::DeserializeOwned>(path: &Path, req: &Request) -> Result<T, CtlError> {
     let mut stream = UnixStream::connect(path).map_err(|source| CtlError::Connect {
         path: path.to_path_buf(),
         source,
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut req = serde_json::to_string(&Request::Show)?;
-    req.push('\n');
-    stream.write_all(req.as_bytes())?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
     let mut body = String::new();
     stream.read_to_string(&mut body)?;
-    Ok(serde_json::from_str(&body)?)
+    match serde_json::from_str::<T>(&body) {
+        Ok(v) => Ok(v),
+        Err(e) => match serde_json::from_str::<serde_json::Value>(&body) {
+            Ok(serde_json::Value::Object(o)) if o.contains_key("error") => Err(CtlError::Agent(
+                o["error"].as_str().unwrap_or_default().to_string(),
+            )),
+            _ => Err(e.into()),
+        },
+    }
+}
+
+/// Asks the agent at `path` for its tables and counters.
+pub fn request_show(path: &Path) -> Result<ShowReply, CtlError> {
+    request(path, &Request::Show)
+}
+
+/// Asks the agent at `path` for its health.
+pub fn request_status(path: &Path) -> Result<StatusReply, CtlError> {
+    request(path, &Request::Status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{status_of, DatastoreView, Health};
+
+    fn show() -> ShowReply {
+        ShowReply {
+            node: NodeView {
+                name: "node-a".into(),
+                public_ip: Ipv4Addr::new(192, 168, 50, 1),
+                subnet: "10.244.1.0/24".into(),
+                network: "10.244.0.0/16".into(),
+                vtep_mac: "02:00:00:00:00:01".into(),
+                vni: 1,
+                port: 8472,
+                tun: "weft.1".into(),
+                tun_mtu: 1450,
+                underlay_mtu: 1500,
+                workers: 1,
+            },
+            routes: Vec::new(),
+            neighbors: Vec::new(),
+            fdb: Vec::new(),
+            counters: CountersView::default(),
+        }
+    }
+
+    fn health() -> Health {
+        Health {
+            backend: "vxlan".into(),
+            uptime_secs: 1,
+            datastore: DatastoreView {
+                kind: "static".into(),
+                endpoint: "[[peers]] of the config file".into(),
+                connected: true,
+                reconnects: 0,
+            },
+            lease_held: true,
+            renewals: 0,
+            tables_programmed: true,
+            subnet_file: "/run/flannel/subnet.env".into(),
+            subnet_env_written: false,
+            peers: 0,
+        }
+    }
+
+    #[test]
+    fn show_status_and_bad_requests_over_the_socket() {
+        let path = std::env::temp_dir().join(format!("weft-ctl-test-{}.sock", std::process::id()));
+        let server = CtlServer::start(&path, show, || status_of(show(), health())).expect("listen");
+        assert_eq!(request_show(&path).expect("show"), show());
+        let status = request_status(&path).expect("status");
+        assert!(!status.healthy);
+        assert_eq!(status, status_of(show(), health()));
+        // A request the agent does not know: its error, not a decoding failure.
+        let mut s = UnixStream::connect(&path).expect("connect");
+        s.write_all(b"{\"cmd\":\"reboot\"}\n").expect("write");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read");
+        assert!(body.contains("bad request"), "{body}");
+        drop(server);
+        assert!(!path.exists(), "the socket file is removed on drop");
+        assert!(matches!(request_show(&path), Err(CtlError::Connect { .. })));
+    }
 }

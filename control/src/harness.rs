@@ -29,6 +29,16 @@ struct Variant {
     cpu_s_per_gb: Vec<f64>,
 }
 
+/// The variants, in the order every round measures them: name, node kind, the Weft agents'
+/// `[backend]` body. The first is the reference of every ratio.
+const VARIANTS: [(&str, NodeKind, &str); 5] = [
+    ("kernel VXLAN (flannel.1)", NodeKind::KernelVxlan, ""),
+    ("kernel routing (host-gw)", NodeKind::KernelHostGw, ""),
+    ("Weft VXLAN", NodeKind::Weft, "type = \"vxlan\"\n"),
+    ("Weft IP-in-IP", NodeKind::Weft, "type = \"ipip\"\n"),
+    ("Weft host-gw", NodeKind::Weft, "type = \"host-gw\"\n"),
+];
+
 /// Streams of the multi-stream TCP run.
 const STREAMS: usize = 4;
 /// Datagram size of the UDP run (payload bytes, as iperf3 `-l`).
@@ -88,22 +98,20 @@ pub fn run(
     let weftd = std::env::current_exe().context("cannot find the weftd binary itself")?;
     let started = Instant::now();
     eprintln!(
-        "weftd bench: {rounds} rounds x 3 variants, {seconds} s single-stream TCP ({}) and {pings} pings each",
+        "weftd bench: {rounds} rounds x {} variants, {seconds} s single-stream TCP ({}) and {pings} pings each",
+        VARIANTS.len(),
         match generator {
             Generator::Iperf3 => "iperf3",
             Generator::Builtin => "built-in generator; install iperf3 to use it",
         }
     );
     let mut variants = Vec::new();
-    for (name, kind) in [
-        ("kernel VXLAN (flannel.1)", NodeKind::KernelVxlan),
-        ("kernel routing (host-gw)", NodeKind::KernelHostGw),
-        ("Weft VXLAN", NodeKind::Weft),
-    ] {
+    for (name, kind, backend) in VARIANTS {
         eprintln!("[setup] {name} ...");
         let mut lab = Lab::new(&weftd)?;
         lab.workers = knobs.workers;
         lab.dataplane_extra = knobs.dataplane_lines();
+        lab.backend = backend.to_string();
         lab.add_node(1, kind)?;
         lab.add_node(2, kind)?;
         lab.start()?;

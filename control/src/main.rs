@@ -59,6 +59,34 @@ enum Command {
         /// Health and metrics address, or "off" (health.listen).
         #[arg(long, value_name = "ADDR:PORT")]
         health_listen: Option<String>,
+        /// This node's name (node.name); in a DaemonSet, NODE_NAME from the downward API's
+        /// spec.nodeName, as flannel's.
+        #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+        node_name: Option<String>,
+    },
+    /// Install the `weft` CNI plugin into the runtime's plugin directory and the network
+    /// configuration list into its config directory, as the DaemonSet's init container does.
+    ///
+    /// Each file is written to a temporary file beside it and renamed into place (a runtime
+    /// never sees half a file; replacing a running plugin is safe); a file already identical is
+    /// left alone, so running it again changes nothing. The conflist is checked as a CNI network
+    /// configuration list first, and the plugin goes in before the conflist. Config files that
+    /// sort before ours in the config directory are reported: the runtime would use them
+    /// instead.
+    InstallCni {
+        /// The plugin binary to install [default: `weft` beside this weftd].
+        #[arg(long, value_name = "FILE")]
+        plugin: Option<PathBuf>,
+        /// The conflist to install as 10-weft.conflist [default: the built-in copy of
+        /// deploy/10-weft.conflist: weft + portmap + bandwidth, socket /run/weft/cni.sock].
+        #[arg(long, value_name = "FILE")]
+        conflist: Option<PathBuf>,
+        /// The runtime's CNI plugin directory.
+        #[arg(long, value_name = "DIR", default_value = control::install_cni::DEFAULT_BIN_DIR)]
+        bin_dir: PathBuf,
+        /// The runtime's CNI network configuration directory.
+        #[arg(long, value_name = "DIR", default_value = control::install_cni::DEFAULT_CONF_DIR)]
+        conf_dir: PathBuf,
     },
     /// Build a 3-node cluster in network namespaces on this machine, run an agent per node, ping
     /// and move TCP pod to pod across nodes, print each node's tables and counters, and remove
@@ -71,11 +99,12 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
-    /// Benchmark harness: kernel VXLAN (flannel layout), kernel routing (host-gw) and Weft VXLAN
-    /// on the same two-node namespace topology, measured in alternation: single-stream and
+    /// Benchmark harness: kernel VXLAN (flannel layout), kernel routing (host-gw), Weft VXLAN,
+    /// Weft IP-in-IP and Weft host-gw on the same two-node namespace topology, measured in
+    /// alternation: single-stream and
     /// 4-stream TCP and 1400-byte UDP packets/s (iperf3; without it, single-stream TCP from the
     /// built-in generator), ping RTT p50/p99 and Weft's CPU seconds per GB, with ratios to kernel
-    /// VXLAN. Needs root; about 2.5 minutes with the defaults.
+    /// VXLAN. Needs root; about 4 minutes with the defaults.
     Bench {
         /// Rounds; every round measures every variant once.
         #[arg(long, default_value_t = 5)]
@@ -160,6 +189,7 @@ fn main() -> ExitCode {
             subnet_file,
             kubeconfig,
             health_listen,
+            node_name,
         } => {
             let overrides = Overrides {
                 datastore,
@@ -168,6 +198,7 @@ fn main() -> ExitCode {
                 subnet_file,
                 health_listen,
                 kubeconfig,
+                node_name,
             };
             let cfg = match Config::load_with(&config, &overrides) {
                 Ok(cfg) => cfg,
@@ -182,6 +213,17 @@ fn main() -> ExitCode {
             }
             report(run(&cfg))
         }
+        Command::InstallCni {
+            plugin,
+            conflist,
+            bin_dir,
+            conf_dir,
+        } => report(install_cni(control::install_cni::InstallPlan {
+            plugin: plugin.unwrap_or_else(control::install_cni::default_plugin),
+            conflist,
+            bin_dir,
+            conf_dir,
+        })),
         Command::Demo { seconds, keep } => report(demo::run(seconds, keep)),
         Command::Bench {
             rounds,
@@ -221,6 +263,27 @@ fn main() -> ExitCode {
             Err(e) => report(Err(e.into())),
         },
     }
+}
+
+fn install_cni(plan: control::install_cni::InstallPlan) -> anyhow::Result<()> {
+    use control::install_cni::Outcome;
+    let r = control::install_cni::install(&plan)?;
+    for (path, outcome) in [&r.plugin, &r.conflist] {
+        let what = match outcome {
+            Outcome::Installed => "installed",
+            Outcome::Unchanged => "unchanged",
+        };
+        println!("{what} {}", path.display());
+    }
+    for p in &r.shadowing {
+        eprintln!(
+            "weftd: warning: {} sorts before {} and the runtime uses the first config file it \
+             finds: remove it (a previous CNI's config?) or pods will not use weft",
+            p.display(),
+            r.conflist.0.display()
+        );
+    }
+    Ok(())
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {

@@ -16,6 +16,9 @@
 //! | `weft_ready` | gauge | 1 once lease held, tables programmed and subnet.env written |
 //! | `weft_packets_total{direction}`, `weft_bytes_total{direction}` | counter | `rx_local`, `rx_underlay`, `tx_local`, `tx_underlay` |
 //! | `weft_drops_total{reason}` | counter | dropped packets by reason (every reason, zeros included) |
+//! | `weft_peers_refused_total{reason}` | counter | peers not programmed: `not_adjacent` (host-gw, `Never` or `CrossSubnet` direct routing to a public IP off our underlay subnet), counted when first refused |
+//! | `weft_direct_routes` | gauge | kernel routes `<subnet> via <public IP>` installed for directly routed peers |
+//! | `weft_gso_fallbacks_total` | counter | times a worker's UDP GSO was refused by the kernel and turned off |
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -27,6 +30,7 @@ use dataplane::snapshot::Tables;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -44,12 +48,18 @@ pub struct Metrics {
     renewals: Counter,
     watch_lag: Histogram,
     ready: Gauge,
+    refused: Family<Vec<(String, String)>, Counter>,
+    direct_routes: Gauge,
     /// Readiness parts.
     pub lease_held: AtomicBool,
     /// The tables hold what the datastore said (first list applied).
     pub tables_programmed: AtomicBool,
     /// subnet.env is written.
     pub subnet_env_written: AtomicBool,
+    /// The datastore answers: true from the first successful request, false while the etcd watch
+    /// or the Node watcher is broken and reconnecting. Not part of readiness (the last tables
+    /// stay in force), but `weftctl status` reports a node that cannot see changes as unhealthy.
+    pub datastore_connected: AtomicBool,
     workers: OnceLock<Arc<WorkerShared>>,
 }
 
@@ -73,9 +83,17 @@ impl Metrics {
             // 100 µs .. ~3 s.
             watch_lag: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
             ready: Gauge::default(),
+            refused: {
+                let f = Family::default();
+                // Listed at 0 from the start, so a dashboard sees the series before a refusal.
+                let _ = f.get_or_create(&vec![("reason".to_string(), "not_adjacent".to_string())]);
+                f
+            },
+            direct_routes: Gauge::default(),
             lease_held: AtomicBool::new(false),
             tables_programmed: AtomicBool::new(false),
             subnet_env_written: AtomicBool::new(false),
+            datastore_connected: AtomicBool::new(false),
             workers: OnceLock::new(),
         }
     }
@@ -92,6 +110,30 @@ impl Metrics {
         self.neighbors.set(tables.neigh.len() as i64);
         self.fdb_entries.set(tables.fdb.len() as i64);
         self.publishes.inc();
+    }
+
+    /// Records a peer newly refused for `reason` (e.g. `not_adjacent`).
+    pub fn peer_refused(&self, reason: &str) {
+        self.refused
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+    }
+
+    /// Peers refused for `reason` so far.
+    pub fn peers_refused(&self, reason: &str) -> u64 {
+        self.refused
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .get()
+    }
+
+    /// Records how many kernel routes for directly routed peers are installed.
+    pub fn set_direct_routes(&self, n: usize) {
+        self.direct_routes.set(n as i64);
+    }
+
+    /// Remote nodes in the published tables.
+    pub fn peers(&self) -> usize {
+        usize::try_from(self.peers.get()).unwrap_or(0)
     }
 
     /// Records one datastore reconnection.
@@ -188,6 +230,16 @@ impl Metrics {
             "1 once the lease is held, tables are programmed and subnet.env is written",
             self.ready.clone(),
         );
+        reg.register(
+            "peers_refused",
+            "Peers not programmed, by reason (not_adjacent: direct routing to a public IP off this node's underlay subnet)",
+            self.refused.clone(),
+        );
+        reg.register(
+            "direct_routes",
+            "Kernel routes installed for directly routed peers (host-gw, CrossSubnet)",
+            self.direct_routes.clone(),
+        );
         if let Some(w) = self.workers.get() {
             reg.register_collector(Box::new(WorkerCollector(w.clone())));
         }
@@ -248,6 +300,16 @@ impl Collector for WorkerCollector {
                 ConstCounter::new(c.drops(*r))
                     .encode(m.encode_family(&[("reason", r.label())])?)?;
             }
+        }
+        {
+            let counter = ConstCounter::new(c.gso_fallbacks);
+            let m = encoder.encode_descriptor(
+                "gso_fallbacks",
+                "Times the kernel refused a worker's UDP GSO train and GSO was turned off for it",
+                None,
+                counter.metric_type(),
+            )?;
+            counter.encode(m)?;
         }
         Ok(())
     }

@@ -167,3 +167,48 @@ fn run_flags_override_the_file_and_are_validated_like_it() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("node.subnet"));
 }
+
+#[test]
+fn node_name_comes_from_the_flag_or_node_name_env_when_the_file_has_none() {
+    // A DaemonSet's shared config: no name in the file.
+    let cfg = write_config("[node]\nsubnet = \"10.244.1.0/24\"\n");
+    let out = weftd()
+        .args(["run", "--print-config", "--config"])
+        .arg(&cfg.0)
+        .env("NODE_NAME", "node-from-env")
+        .output()
+        .expect("run weftd");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("name = \"node-from-env\""));
+    // The flag wins over the environment.
+    let out = weftd()
+        .args([
+            "run",
+            "--print-config",
+            "--node-name",
+            "node-flag",
+            "--config",
+        ])
+        .arg(&cfg.0)
+        .env("NODE_NAME", "node-from-env")
+        .output()
+        .expect("run weftd");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("name = \"node-flag\""));
+    // Neither: exit 2 naming the field and both ways to set it.
+    let out = weftd()
+        .args(["run", "--print-config", "--config"])
+        .arg(&cfg.0)
+        .env_remove("NODE_NAME")
+        .output()
+        .expect("run weftd");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node.name") && err.contains("--node-name") && err.contains("NODE_NAME"),
+        "{err}"
+    );
+}

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use control::autodetect::AutodetectMethod;
 use control::config::{
-    vtep_mac_for, BackendKind, Config, ConfigError, Mtu, PublicAddress, DEFAULT_CONTROL_SOCKET,
+    vtep_mac_for, BackendKind, Config, ConfigError, Encapsulation, Mtu, PublicAddress,
+    DEFAULT_CONTROL_SOCKET,
 };
 use dataplane::wire::EthernetAddress;
 
@@ -284,13 +285,53 @@ fn network_errors_name_the_field() {
 fn backend_errors_name_the_field() {
     let b = |s: &str| format!("{MINIMAL}[backend]\n{s}\n");
     assert_err(
-        &b("type = \"ipip\""),
-        &["backend.type:", "ipip", "not supported yet"],
+        &b("type = \"wireguard\""),
+        &["backend.type:", "wireguard", "\"ipip\""],
     );
     assert_err(
-        &b("type = \"host-gw\""),
-        &["backend.type:", "host-gw", "not supported yet"],
+        &b("type = \"ipip\"\nencapsulation = \"crosssubnet\""),
+        &["backend.encapsulation:", "CrossSubnet"],
     );
+    assert_err(
+        &b("type = \"host-gw\"\nencapsulation = \"Always\""),
+        &["backend.encapsulation:", "host-gw"],
+    );
+    for (text, kind, encap, mtu) in [
+        (
+            "type = \"ipip\"",
+            BackendKind::Ipip,
+            Encapsulation::Always,
+            1480,
+        ),
+        (
+            "type = \"ipip\"\nencapsulation = \"CrossSubnet\"",
+            BackendKind::Ipip,
+            Encapsulation::CrossSubnet,
+            1480,
+        ),
+        (
+            "encapsulation = \"Never\"",
+            BackendKind::Vxlan,
+            Encapsulation::Never,
+            1450,
+        ),
+        (
+            "type = \"host-gw\"",
+            BackendKind::HostGw,
+            Encapsulation::Never,
+            1500,
+        ),
+    ] {
+        let c = Config::from_toml_str(&b(text)).expect(text);
+        assert_eq!(
+            (c.backend.kind, c.backend.encapsulation),
+            (kind, encap),
+            "{text}"
+        );
+        assert_eq!(c.tunnel_mtu(1500), mtu, "{text}");
+        let again = Config::from_toml_str(&c.to_toml_string()).expect("round trip");
+        assert_eq!(again, c, "{text}");
+    }
     assert_err(
         &b("vni = 16777216"),
         &["backend.vni:", "16777216", "0..=16777215"],

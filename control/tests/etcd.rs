@@ -40,6 +40,7 @@ fn etcd_cfg(server: &EtcdServer) -> control::config::EtcdSection {
 fn attrs(i: u32) -> OwnAttrs {
     OwnAttrs {
         public_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(192, 168, 0, 0)) + i),
+        backend: control::config::BackendKind::Vxlan,
         vni: 1,
         vtep_mac: EthernetAddress([2, 0, 0, 0, (i >> 8) as u8, i as u8]),
     }
@@ -240,6 +241,9 @@ fn own_node() -> OwnNode {
         vxlan_port: 8472,
         underlay_mtu: 1500,
         tun_mtu: 1450,
+        backend: control::config::BackendKind::Vxlan,
+        encapsulation: control::config::Encapsulation::Always,
+        underlay: "192.168.0.0/16".parse().expect("net"),
     }
 }
 

@@ -108,6 +108,9 @@ fn leases_from_nodes_follow_flannels_annotations() {
         vxlan_port: 8472,
         underlay_mtu: 1500,
         tun_mtu: 1450,
+        backend: control::config::BackendKind::Vxlan,
+        encapsulation: control::config::Encapsulation::Always,
+        underlay: "192.168.0.0/16".parse().expect("net"),
     };
     let peers = peers_of(&own, &leases_of_nodes(&nodes));
     assert_eq!(peers.len(), 2, "b and e: {peers:?}");
@@ -116,6 +119,7 @@ fn leases_from_nodes_follow_flannels_annotations() {
 
     // Our own annotations are flannel's, byte for byte.
     let ann = own_annotations(
+        control::config::BackendKind::Vxlan,
         Ipv4Addr::new(192, 168, 50, 1),
         1,
         EthernetAddress([0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44]),
@@ -185,7 +189,12 @@ fn kube_client_annotates_sets_condition_and_follows_nodes_through_the_api() {
     let ann = patches[0];
     assert_eq!(ann.content_type, "application/strategic-merge-patch+json");
     let body: Value = serde_json::from_str(&ann.body).unwrap();
-    let want = own_annotations(Ipv4Addr::new(192, 168, 50, 1), 1, vtep_mac_for("node-a"));
+    let want = own_annotations(
+        control::config::BackendKind::Vxlan,
+        Ipv4Addr::new(192, 168, 50, 1),
+        1,
+        vtep_mac_for("node-a"),
+    );
     assert_eq!(
         body["metadata"]["annotations"],
         serde_json::to_value(&want).unwrap()
@@ -217,6 +226,9 @@ fn kube_client_annotates_sets_condition_and_follows_nodes_through_the_api() {
         vxlan_port: 8472,
         underlay_mtu: 1500,
         tun_mtu: 1450,
+        backend: control::config::BackendKind::Vxlan,
+        encapsulation: control::config::Encapsulation::Always,
+        underlay: "192.168.0.0/16".parse().expect("net"),
     };
     let cell = Arc::new(SnapshotCell::new(reconcile(&own, &[]).snapshot()));
     let metrics = Arc::new(Metrics::new());

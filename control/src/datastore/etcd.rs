@@ -275,6 +275,8 @@ pub async fn list_leases(
 pub struct OwnAttrs {
     /// Our underlay address.
     pub public_ip: Ipv4Addr,
+    /// Our backend (the network config's `Backend.Type`).
+    pub backend: crate::config::BackendKind,
     /// Our VNI.
     pub vni: u32,
     /// Our VTEP MAC.
@@ -284,7 +286,7 @@ pub struct OwnAttrs {
 impl OwnAttrs {
     /// flannel's lease value for us.
     pub fn value(&self) -> String {
-        flannel::vxlan_lease_value(self.public_ip, self.vni, self.vtep_mac)
+        flannel::lease_value(self.backend, self.public_ip, self.vni, self.vtep_mac)
     }
 }
 
@@ -604,6 +606,7 @@ pub async fn watch_loop(w: Watch, sync: &mut PeerSync) {
                 Err(e) => {
                     tracing::warn!("{e}; keeping the last tables and retrying");
                     failed = true;
+                    metrics.datastore_connected.store(false, Ordering::Relaxed);
                     continue;
                 }
             }
@@ -617,6 +620,7 @@ pub async fn watch_loop(w: Watch, sync: &mut PeerSync) {
             Err(e) => {
                 tracing::warn!("etcd watch: {e}; keeping the last tables and retrying");
                 failed = true;
+                metrics.datastore_connected.store(false, Ordering::Relaxed);
                 continue;
             }
         };
@@ -624,6 +628,7 @@ pub async fn watch_loop(w: Watch, sync: &mut PeerSync) {
             metrics.reconnected();
             tracing::info!(revision = rev, "etcd watch re-established");
         }
+        metrics.datastore_connected.store(true, Ordering::Relaxed);
         failed = false;
         backoff.reset();
         loop {
@@ -686,6 +691,7 @@ pub async fn watch_loop(w: Watch, sync: &mut PeerSync) {
                 Ok(None) => {
                     tracing::warn!("etcd watch ended; reconnecting");
                     failed = true;
+                    metrics.datastore_connected.store(false, Ordering::Relaxed);
                     break;
                 }
                 Err(e) => {
@@ -693,6 +699,7 @@ pub async fn watch_loop(w: Watch, sync: &mut PeerSync) {
                         "etcd watch broke: {e}; keeping the last tables and reconnecting"
                     );
                     failed = true;
+                    metrics.datastore_connected.store(false, Ordering::Relaxed);
                     break;
                 }
             }

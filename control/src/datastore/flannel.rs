@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{Lease, BACKEND_VXLAN};
+use crate::config::BackendKind;
 
 /// flannel's default etcd prefix (`--etcd-prefix`).
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
@@ -68,7 +69,10 @@ fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
     /// `Backend.Type`.
-    pub kind: String,
+    pub kind: BackendKind,
+    /// `Backend.DirectRouting` (vxlan, ipip): peers on this node's underlay subnet are routed
+    /// natively, Calico's `CrossSubnet`.
+    pub direct_routing: bool,
     /// `Backend.VNI` (default 1).
     pub vni: u32,
     /// `Backend.Port` (default 8472).
@@ -215,16 +219,25 @@ impl NetworkConfig {
             Some(Value::String(s)) => s.clone(),
             Some(other) => return Err(cfg_err(format!("Backend.Type: {other} is not a string"))),
         };
-        if kind != BACKEND_VXLAN {
+        let Some(kind) = BackendKind::from_name(&kind) else {
             return Err(cfg_err(format!(
-                "Backend.Type {kind:?} is not supported by Weft; only \"vxlan\" is{}",
+                "Backend.Type {kind:?} is not supported by Weft; it has \"vxlan\", \"ipip\" and \"host-gw\"{}",
                 if field(&backend, "Type").is_none() {
-                    " (flannel's default when Backend.Type is absent is \"udp\"; set it to \"vxlan\")"
+                    " (flannel's default when Backend.Type is absent is \"udp\"; set one of them)"
                 } else {
                     ""
                 }
             )));
-        }
+        };
+        let direct_routing = match field(&backend, "DirectRouting") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(cfg_err(format!(
+                    "Backend.DirectRouting: {other} is not true or false"
+                )))
+            }
+        };
         let num = |name: &str, default: u64, max: u64| -> Result<u64, FormatError> {
             match field(&backend, name) {
                 None | Some(Value::Null) => Ok(default),
@@ -244,7 +257,12 @@ impl NetworkConfig {
             subnet_len,
             subnet_min,
             subnet_max,
-            backend: BackendConfig { kind, vni, port },
+            backend: BackendConfig {
+                kind,
+                direct_routing,
+                vni,
+                port,
+            },
         })
     }
 
@@ -275,7 +293,7 @@ impl NetworkConfig {
             "SubnetLen": self.subnet_len,
             "SubnetMin": self.subnet_min.to_string(),
             "SubnetMax": self.subnet_max.to_string(),
-            "Backend": {"Type": self.backend.kind, "VNI": self.backend.vni, "Port": self.backend.port},
+            "Backend": {"Type": self.backend.kind.name(), "VNI": self.backend.vni, "Port": self.backend.port, "DirectRouting": self.backend.direct_routing},
         })
         .to_string()
     }
@@ -358,6 +376,36 @@ pub fn vxlan_lease_value(public_ip: Ipv4Addr, vni: u32, vtep_mac: EthernetAddres
     .expect("strings and numbers serialise")
 }
 
+/// The lease value flannel writes for a node of backend `kind`: [`vxlan_lease_value`] for VXLAN;
+/// for ipip and host-gw no `BackendData`:
+/// `{"PublicIP":"192.168.64.4","PublicIPv6":null,"BackendType":"ipip"}`.
+pub fn lease_value(
+    kind: BackendKind,
+    public_ip: Ipv4Addr,
+    vni: u32,
+    vtep_mac: EthernetAddress,
+) -> String {
+    match kind {
+        BackendKind::Vxlan => vxlan_lease_value(public_ip, vni, vtep_mac),
+        BackendKind::Ipip | BackendKind::HostGw => serde_json::to_string(&LeaseAttrs {
+            public_ip: public_ip.to_string(),
+            public_ipv6: None,
+            backend_type: kind.name(),
+            backend_data: None,
+        })
+        .expect("strings serialise"),
+    }
+}
+
+/// The `backend-data` annotation of a node of backend `kind`: [`vxlan_backend_data`] for VXLAN,
+/// `null` (flannel's marshalled empty BackendData) for ipip and host-gw.
+pub fn backend_data(kind: BackendKind, vni: u32, vtep_mac: EthernetAddress) -> String {
+    match kind {
+        BackendKind::Vxlan => vxlan_backend_data(vni, vtep_mac),
+        BackendKind::Ipip | BackendKind::HostGw => "null".to_string(),
+    }
+}
+
 /// Reads BackendData: the VNI and VTEP MAC when present (either may be absent for backends other
 /// than VXLAN).
 pub fn parse_backend_data(v: &Value) -> Result<(Option<u32>, Option<EthernetAddress>), String> {
@@ -433,6 +481,37 @@ mod tests {
             vxlan_backend_data(1, MAC),
             r#"{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}"#
         );
+    }
+
+    #[test]
+    fn ipip_and_host_gw_leases_have_no_backend_data() {
+        let ip = Ipv4Addr::new(192, 168, 64, 4);
+        assert_eq!(
+            lease_value(BackendKind::Ipip, ip, 1, MAC),
+            r#"{"PublicIP":"192.168.64.4","PublicIPv6":null,"BackendType":"ipip"}"#
+        );
+        assert_eq!(
+            lease_value(BackendKind::HostGw, ip, 1, MAC),
+            r#"{"PublicIP":"192.168.64.4","PublicIPv6":null,"BackendType":"host-gw"}"#
+        );
+        assert_eq!(
+            lease_value(BackendKind::Vxlan, ip, 1, MAC),
+            vxlan_lease_value(ip, 1, MAC)
+        );
+        assert_eq!(backend_data(BackendKind::Ipip, 1, MAC), "null");
+        let c = NetworkConfig::parse(
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"ipip","DirectRouting":true}}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            (c.backend.kind, c.backend.direct_routing),
+            (BackendKind::Ipip, true)
+        );
+        let e = NetworkConfig::parse(
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":"yes"}}"#,
+        )
+        .expect_err("not a bool");
+        assert!(e.to_string().contains("Backend.DirectRouting"), "{e}");
     }
 
     #[test]
@@ -546,8 +625,8 @@ mod tests {
             ),
             (r#"{"Network":"10.244.0.0/16"}"#, "udp"),
             (
-                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
-                "host-gw",
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#,
+                "wireguard",
             ),
             (
                 r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#,

@@ -31,9 +31,22 @@ use kube::{Api, Client};
 use serde_json::{json, Value};
 
 use super::flannel::{self, NetworkConfig};
-use super::{Backoff, Lease, PeerSync};
-use crate::config::Config;
+use super::{BackendChoice, Backoff, Lease, PeerSync};
+use crate::config::{BackendKind, Config};
 use crate::metrics::Metrics;
+
+/// Every Kubernetes API call this module makes, as RBAC `(resource, verb)` pairs. The
+/// ClusterRole in `deploy/kubernetes/weft.yaml` grants exactly these; `control/tests/deploy.rs`
+/// checks the manifest against this list and this list against the calls in this file.
+pub const API_CALLS: &[(&str, &str)] = &[
+    // prepare: `nodes.get(name)`, the own Node's podCIDR and annotations.
+    ("nodes", "get"),
+    // run: the watcher's list and watch of every Node.
+    ("nodes", "list"),
+    ("nodes", "watch"),
+    // prepare: `nodes.patch_status(..)`, the annotations and NetworkUnavailable=False.
+    ("nodes/status", "patch"),
+];
 
 /// Kubernetes datastore errors.
 #[derive(Debug, thiserror::Error)]
@@ -80,10 +93,8 @@ pub struct KubePrepared {
     pub subnet: Ipv4Net,
     /// The network.
     pub network: Ipv4Net,
-    /// The VNI.
-    pub vni: u32,
-    /// The VXLAN port.
-    pub port: u16,
+    /// The backend (net-conf.json's, else the config file's).
+    pub backend: BackendChoice,
 }
 
 impl std::fmt::Debug for KubePrepared {
@@ -91,8 +102,7 @@ impl std::fmt::Debug for KubePrepared {
         f.debug_struct("KubePrepared")
             .field("subnet", &self.subnet)
             .field("network", &self.network)
-            .field("vni", &self.vni)
-            .field("port", &self.port)
+            .field("backend", &self.backend)
             .finish_non_exhaustive()
     }
 }
@@ -115,9 +125,9 @@ pub async fn client(cfg: &Config) -> Result<Client, KubeError> {
     Client::try_from(config).map_err(|e| KubeError::Config(e.to_string()))
 }
 
-/// The network, VNI and port: from flannel's net-conf.json when configured, else from the file's
+/// The network and backend: from flannel's net-conf.json when configured, else from the file's
 /// `[network]` and `[backend]`.
-pub fn network_of(cfg: &Config) -> Result<(Ipv4Net, u32, u16), KubeError> {
+pub fn network_of(cfg: &Config) -> Result<(Ipv4Net, BackendChoice), KubeError> {
     match &cfg.datastore.kubernetes.net_conf {
         Some(path) => {
             let err = |message: String| KubeError::NetConf {
@@ -126,9 +136,9 @@ pub fn network_of(cfg: &Config) -> Result<(Ipv4Net, u32, u16), KubeError> {
             };
             let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
             let net = NetworkConfig::parse(&text).map_err(|e| err(e.to_string()))?;
-            Ok((net.network, net.backend.vni, net.backend.port))
+            Ok((net.network, BackendChoice::of_flannel(&net.backend)))
         }
-        None => Ok((cfg.network.network, cfg.backend.vni, cfg.backend.port)),
+        None => Ok((cfg.network.network, BackendChoice::of_config(cfg))),
     }
 }
 
@@ -208,15 +218,19 @@ pub fn leases_of_nodes<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Vec<Lea
 
 /// flannel's annotations for our Node.
 pub fn own_annotations(
+    backend: BackendKind,
     public_ip: Ipv4Addr,
     vni: u32,
     vtep_mac: EthernetAddress,
 ) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (flannel::ANN_BACKEND_TYPE.to_string(), "vxlan".to_string()),
+        (
+            flannel::ANN_BACKEND_TYPE.to_string(),
+            backend.name().to_string(),
+        ),
         (
             flannel::ANN_BACKEND_DATA.to_string(),
-            flannel::vxlan_backend_data(vni, vtep_mac),
+            flannel::backend_data(backend, vni, vtep_mac),
         ),
         (flannel::ANN_PUBLIC_IP.to_string(), public_ip.to_string()),
         (
@@ -289,7 +303,7 @@ pub async fn prepare(
     public_ip: Ipv4Addr,
     stop: &AtomicBool,
 ) -> Result<KubePrepared, KubeError> {
-    let (network, vni, port) = network_of(cfg)?;
+    let (network, backend) = network_of(cfg)?;
     let client = client(cfg).await?;
     let nodes: Api<Node> = Api::all(client.clone());
     let name = cfg.node.name.as_str();
@@ -315,7 +329,7 @@ pub async fn prepare(
             network,
         });
     }
-    let wanted = own_annotations(public_ip, vni, cfg.vtep_mac());
+    let wanted = own_annotations(backend.kind, public_ip, backend.vni, cfg.vtep_mac());
     let current = node.metadata.annotations.clone().unwrap_or_default();
     if wanted.iter().any(|(k, v)| current.get(k) != Some(v)) {
         // Through nodes/status, as flannel does, so flannel's RBAC (nodes get/list/watch,
@@ -348,8 +362,7 @@ pub async fn prepare(
         client,
         subnet,
         network,
-        vni,
-        port,
+        backend,
     })
 }
 
@@ -388,6 +401,7 @@ pub async fn run(
                     metrics.reconnected();
                     failed = false;
                 }
+                metrics.datastore_connected.store(true, Ordering::Relaxed);
                 match ev {
                     Event::Init => init.clear(),
                     Event::InitApply(n) => init.push(n),
@@ -434,6 +448,7 @@ pub async fn run(
                     tracing::warn!("Node watcher: {e}; keeping the last tables and retrying");
                 }
                 failed = true;
+                metrics.datastore_connected.store(false, Ordering::Relaxed);
             }
         }
     }

@@ -26,10 +26,53 @@ use dataplane::snapshot::{NodeConfig, Port, PortKind, SnapshotCell, Tables};
 use dataplane::wire::EthernetAddress;
 use ipnet::Ipv4Net;
 
+use crate::config::{BackendKind, Encapsulation};
 use crate::metrics::Metrics;
 
-/// The only backend type Weft programs (flannel's `BackendType`).
+/// flannel's `BackendType` of a VXLAN node.
 pub const BACKEND_VXLAN: &str = "vxlan";
+
+/// The backend a node runs with, as the datastore's network config (etcd's `<prefix>/config`,
+/// Kubernetes' net-conf.json) or, without one, the config file's `[backend]` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendChoice {
+    /// vxlan, ipip or host-gw.
+    pub kind: BackendKind,
+    /// When to encapsulate.
+    pub encapsulation: Encapsulation,
+    /// The VXLAN VNI.
+    pub vni: u32,
+    /// The VXLAN UDP port.
+    pub port: u16,
+}
+
+impl BackendChoice {
+    /// The config file's `[backend]`.
+    pub fn of_config(cfg: &crate::config::Config) -> Self {
+        BackendChoice {
+            kind: cfg.backend.kind,
+            encapsulation: cfg.backend.encapsulation,
+            vni: cfg.backend.vni,
+            port: cfg.backend.port,
+        }
+    }
+
+    /// flannel's network config `Backend`: `DirectRouting: true` is `CrossSubnet`; host-gw never
+    /// encapsulates.
+    pub fn of_flannel(b: &flannel::BackendConfig) -> Self {
+        let encapsulation = match (b.kind, b.direct_routing) {
+            (BackendKind::HostGw, _) => Encapsulation::Never,
+            (_, true) => Encapsulation::CrossSubnet,
+            (_, false) => Encapsulation::Always,
+        };
+        BackendChoice {
+            kind: b.kind,
+            encapsulation,
+            vni: b.vni,
+            port: b.port,
+        }
+    }
+}
 
 /// One node's claim on a subnet, as every datastore describes it (flannel's `Lease`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,15 +91,34 @@ pub struct Lease {
     pub expiration: Option<SystemTime>,
 }
 
-/// A remote node as the dataplane programs it: flannel's neighbour, FDB entry and route.
+/// A remote node as this node reaches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Peer {
     /// The peer's pod subnet.
     pub subnet: Ipv4Net,
     /// Its underlay address.
     pub public_ip: Ipv4Addr,
-    /// Its VTEP MAC.
-    pub vtep_mac: EthernetAddress,
+    /// How its pods are reached.
+    pub via: PeerRoute,
+}
+
+/// How a peer's pods are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PeerRoute {
+    /// Through Weft in VXLAN: flannel's neighbour, FDB entry and route, with the peer's VTEP MAC.
+    Vxlan(EthernetAddress),
+    /// Through Weft in IP-in-IP to its public IP.
+    Ipip,
+    /// Natively: a kernel route `<subnet> via <public IP>` on the underlay interface (host-gw,
+    /// and same-subnet peers under `CrossSubnet`). Not in Weft's tables.
+    Direct,
+}
+
+impl Peer {
+    /// The kernel route a direct peer needs: `(subnet, gateway)`.
+    pub fn direct_route(&self) -> Option<(Ipv4Net, Ipv4Addr)> {
+        (self.via == PeerRoute::Direct).then_some((self.subnet, self.public_ip))
+    }
 }
 
 /// What this node is, for [`reconcile`]: its own subnet and tunnel parameters.
@@ -76,6 +138,13 @@ pub struct OwnNode {
     pub underlay_mtu: u16,
     /// The TUN's MTU.
     pub tun_mtu: u16,
+    /// Our backend.
+    pub backend: BackendKind,
+    /// When we encapsulate.
+    pub encapsulation: Encapsulation,
+    /// The underlay interface's subnet (our public IP with its prefix): the peers we can route
+    /// to directly.
+    pub underlay: Ipv4Net,
 }
 
 /// The TUN device's port id in the tables.
@@ -86,8 +155,11 @@ pub const TUN_PORT: dataplane::PortId = dataplane::PortId(0);
 pub enum Skip {
     /// It is our own lease.
     Own,
-    /// Its backend is not VXLAN (a host-gw or ipip node is not reachable through our tunnel).
+    /// It runs another backend than ours (flannel programs only leases of its own backend).
     Backend,
+    /// It must be routed directly (host-gw, `Never`, or `CrossSubnet` treating it as local) but
+    /// its public IP is not on our underlay subnet: no route, rather than a black hole.
+    NotAdjacent,
     /// Its backend data carries no VTEP MAC.
     NoVtepMac,
     /// Its subnet overlaps ours.
@@ -102,14 +174,31 @@ pub fn peer_of(own: &OwnNode, lease: &Lease) -> Result<Peer, Skip> {
     if lease.subnet.contains(&own.subnet) || own.subnet.contains(&lease.subnet) {
         return Err(Skip::OverlapsOwn);
     }
-    if lease.backend_type != BACKEND_VXLAN {
+    if lease.backend_type != own.backend.name() {
         return Err(Skip::Backend);
     }
-    let vtep_mac = lease.vtep_mac.ok_or(Skip::NoVtepMac)?;
+    let adjacent = own.underlay.contains(&lease.public_ip);
+    let direct = match own.encapsulation {
+        Encapsulation::Always => own.backend == BackendKind::HostGw,
+        Encapsulation::CrossSubnet => adjacent || own.backend == BackendKind::HostGw,
+        Encapsulation::Never => true,
+    };
+    let via = if direct {
+        if !adjacent {
+            return Err(Skip::NotAdjacent);
+        }
+        PeerRoute::Direct
+    } else {
+        match own.backend {
+            BackendKind::Vxlan => PeerRoute::Vxlan(lease.vtep_mac.ok_or(Skip::NoVtepMac)?),
+            BackendKind::Ipip => PeerRoute::Ipip,
+            BackendKind::HostGw => PeerRoute::Direct,
+        }
+    };
     Ok(Peer {
         subnet: lease.subnet,
         public_ip: lease.public_ip,
-        vtep_mac,
+        via,
     })
 }
 
@@ -124,9 +213,34 @@ pub fn peers_of<'a>(own: &OwnNode, leases: impl IntoIterator<Item = &'a Lease>) 
     peers
 }
 
-/// The tables a node forwards with: its own subnet to the TUN and, per peer, flannel's neighbour
-/// `<subnet>.0 lladdr <VtepMAC>`, FDB entry `<VtepMAC> dst <PublicIP>` and route
-/// `<subnet> via <subnet>.0 onlink`. Pure: the same inputs give the same tables.
+/// The leases refused because they must be routed directly but are not on our underlay subnet
+/// ([`Skip::NotAdjacent`]), as `(subnet, public IP)`, sorted.
+pub fn not_adjacent_of<'a>(
+    own: &OwnNode,
+    leases: impl IntoIterator<Item = &'a Lease>,
+) -> Vec<(Ipv4Net, Ipv4Addr)> {
+    let mut v: Vec<_> = leases
+        .into_iter()
+        .filter(|l| peer_of(own, l) == Err(Skip::NotAdjacent))
+        .map(|l| (l.subnet, l.public_ip))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The kernel routes directly routed peers need, `(subnet, via)`, sorted.
+pub fn direct_routes_of(peers: &[Peer]) -> Vec<(Ipv4Net, Ipv4Addr)> {
+    peers.iter().filter_map(Peer::direct_route).collect()
+}
+
+/// Where [`PeerSync`] sends the full set of direct routes whenever it changes.
+pub type DirectRouteSink = std::sync::mpsc::Sender<Vec<(Ipv4Net, Ipv4Addr)>>;
+
+/// The tables a node forwards with: its own subnet to the TUN and, per VXLAN peer, flannel's
+/// neighbour `<subnet>.0 lladdr <VtepMAC>`, FDB entry `<VtepMAC> dst <PublicIP>` and route
+/// `<subnet> via <subnet>.0 onlink`; per IP-in-IP peer a route `<subnet> via <PublicIP> onlink`
+/// in protocol 4. Direct peers are kernel routes, not in these tables. Pure: the same inputs give
+/// the same tables.
 pub fn reconcile(own: &OwnNode, peers: &[Peer]) -> Tables {
     let mut node = NodeConfig::flannel_defaults(own.vtep_mac, own.public_ip, own.subnet.network());
     node.vni = own.vni;
@@ -142,7 +256,18 @@ pub fn reconcile(own: &OwnNode, peers: &[Peer]) -> Tables {
     );
     t.fib.insert(own.subnet, NextHop::Local { port: TUN_PORT });
     for p in peers {
-        t.add_vxlan_peer(p.subnet, p.public_ip, p.vtep_mac);
+        match p.via {
+            PeerRoute::Vxlan(mac) => t.add_vxlan_peer(p.subnet, p.public_ip, mac),
+            PeerRoute::Ipip => {
+                t.fib.insert(
+                    p.subnet,
+                    NextHop::Ipip {
+                        remote: p.public_ip,
+                    },
+                );
+            }
+            PeerRoute::Direct => {}
+        }
     }
     t
 }
@@ -162,6 +287,10 @@ pub struct PeerSync {
     metrics: Arc<Metrics>,
     /// When the oldest change not yet published arrived (for the watch-lag metric).
     pending_since: Option<Instant>,
+    /// Leases refused as not adjacent at the last commit, to log each refusal once.
+    refused: Vec<(Ipv4Net, Ipv4Addr)>,
+    /// Where direct routes go (the agent's route programmer); none in tests without one.
+    direct: Option<DirectRouteSink>,
 }
 
 impl PeerSync {
@@ -175,9 +304,17 @@ impl PeerSync {
             cell,
             metrics,
             pending_since: None,
+            refused: Vec::new(),
+            direct: None,
         };
         sync.metrics.set_tables(0, &reconcile(&own, &[]));
         sync
+    }
+
+    /// Sends every change of the direct-route set to `sink` (the current set right away).
+    pub fn set_direct_sink(&mut self, sink: DirectRouteSink) {
+        let _ = sink.send(direct_routes_of(&self.published));
+        self.direct = Some(sink);
     }
 
     /// The node this sync programs for.
@@ -221,9 +358,28 @@ impl PeerSync {
     /// whether it published.
     pub fn commit(&mut self) -> bool {
         let since = self.pending_since.take();
+        let refused = not_adjacent_of(&self.own, self.leases.values());
+        for (subnet, ip) in refused.iter().filter(|r| !self.refused.contains(r)) {
+            tracing::warn!(
+                %subnet,
+                public_ip = %ip,
+                underlay = %self.own.underlay,
+                backend = self.own.backend.name(),
+                encapsulation = self.own.encapsulation.name(),
+                "peer refused: it must be routed directly but its public IP is not on this node's underlay subnet (no L2 adjacency); its pods are unreachable from here. Use an encapsulating backend or encapsulation = \"CrossSubnet\""
+            );
+            self.metrics.peer_refused("not_adjacent");
+        }
+        self.refused = refused;
         let peers = peers_of(&self.own, self.leases.values());
         if peers == self.published {
             return false;
+        }
+        let direct = direct_routes_of(&peers);
+        if direct != direct_routes_of(&self.published) {
+            if let Some(sink) = &self.direct {
+                let _ = sink.send(direct);
+            }
         }
         let tables = reconcile(&self.own, &peers);
         self.cell.publish(tables.snapshot());
@@ -332,6 +488,9 @@ mod tests {
             vxlan_port: 8472,
             underlay_mtu: 1500,
             tun_mtu: 1450,
+            backend: crate::config::BackendKind::Vxlan,
+            encapsulation: crate::config::Encapsulation::Always,
+            underlay: "192.168.0.0/16".parse().expect("net"),
         }
     }
 
@@ -344,6 +503,107 @@ mod tests {
             vtep_mac: Some(EthernetAddress([2, 0, 0, 0, 0, i])),
             expiration: None,
         }
+    }
+
+    /// A lease of `backend` from public IP `ip`, subnet 10.244.`i`.0/24.
+    fn lease_at(i: u8, backend: &str, ip: [u8; 4]) -> Lease {
+        Lease {
+            public_ip: Ipv4Addr::from(ip),
+            ..lease(i, backend)
+        }
+    }
+
+    #[test]
+    fn encapsulation_policy_picks_tunnel_or_direct_route_per_peer() {
+        use crate::config::{BackendKind as K, Encapsulation as E};
+        let at = |backend, encapsulation| OwnNode {
+            backend,
+            encapsulation,
+            underlay: "192.168.1.0/24".parse().expect("net"),
+            ..own()
+        };
+        let near = |b: &str| lease_at(2, b, [192, 168, 1, 2]);
+        let far = |b: &str| lease_at(3, b, [192, 168, 2, 3]);
+        let via = |o: &OwnNode, l: &Lease| peer_of(o, l).map(|p| p.via);
+        let mac = PeerRoute::Vxlan(EthernetAddress([2, 0, 0, 0, 0, 2]));
+        let mac3 = PeerRoute::Vxlan(EthernetAddress([2, 0, 0, 0, 0, 3]));
+
+        let o = at(K::Ipip, E::Always);
+        assert_eq!(via(&o, &near("ipip")), Ok(PeerRoute::Ipip));
+        assert_eq!(via(&o, &far("ipip")), Ok(PeerRoute::Ipip));
+        assert_eq!(via(&o, &near("vxlan")), Err(Skip::Backend));
+        let o = at(K::Ipip, E::CrossSubnet);
+        assert_eq!(via(&o, &near("ipip")), Ok(PeerRoute::Direct));
+        assert_eq!(via(&o, &far("ipip")), Ok(PeerRoute::Ipip));
+        let o = at(K::Vxlan, E::CrossSubnet);
+        assert_eq!(via(&o, &near("vxlan")), Ok(PeerRoute::Direct));
+        assert_eq!(via(&o, &far("vxlan")), Ok(mac3));
+        let o = at(K::Vxlan, E::Always);
+        assert_eq!(via(&o, &near("vxlan")), Ok(mac));
+        let o = at(K::Ipip, E::Never);
+        assert_eq!(via(&o, &near("ipip")), Ok(PeerRoute::Direct));
+        assert_eq!(via(&o, &far("ipip")), Err(Skip::NotAdjacent));
+        let o = at(K::HostGw, E::Never);
+        assert_eq!(via(&o, &near("host-gw")), Ok(PeerRoute::Direct));
+        assert_eq!(via(&o, &far("host-gw")), Err(Skip::NotAdjacent));
+        assert_eq!(via(&o, &near("vxlan")), Err(Skip::Backend));
+
+        // Direct peers are kernel routes, not Weft routes; refused ones are neither.
+        let leases = [near("host-gw"), far("host-gw")];
+        let peers = peers_of(&o, &leases);
+        assert_eq!(
+            direct_routes_of(&peers),
+            vec![(leases[0].subnet, leases[0].public_ip)]
+        );
+        assert_eq!(
+            not_adjacent_of(&o, &leases),
+            vec![(leases[1].subnet, leases[1].public_ip)]
+        );
+        assert_eq!(reconcile(&o, &peers).fib.len(), 1, "own subnet only");
+        let o = at(K::Ipip, E::CrossSubnet);
+        let leases = [near("ipip"), far("ipip")];
+        let t = reconcile(&o, &peers_of(&o, &leases));
+        assert_eq!(t.fib.len(), 2, "own subnet and the far ipip peer");
+    }
+
+    #[test]
+    fn a_refused_peer_is_counted_once_and_direct_routes_reach_the_sink() {
+        use crate::config::{BackendKind as K, Encapsulation as E};
+        let o = OwnNode {
+            backend: K::HostGw,
+            encapsulation: E::Never,
+            underlay: "192.168.1.0/24".parse().expect("net"),
+            ..own()
+        };
+        let cell = Arc::new(SnapshotCell::new(reconcile(&o, &[]).snapshot()));
+        let metrics = Arc::new(Metrics::new());
+        let mut sync = PeerSync::new(o, cell, metrics.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        sync.set_direct_sink(tx);
+        assert_eq!(rx.try_recv(), Ok(vec![]));
+        sync.replace_all([
+            lease_at(2, "host-gw", [192, 168, 1, 2]),
+            lease_at(3, "host-gw", [192, 168, 2, 3]),
+        ]);
+        assert!(sync.commit());
+        assert_eq!(
+            rx.try_recv(),
+            Ok(vec![(
+                "10.244.2.0/24".parse().expect("net"),
+                Ipv4Addr::new(192, 168, 1, 2)
+            )])
+        );
+        sync.upsert(lease_at(4, "host-gw", [192, 168, 1, 4]));
+        assert!(sync.commit());
+        assert_eq!(rx.try_recv().map(|v| v.len()), Ok(2));
+        assert_eq!(
+            metrics.peers_refused("not_adjacent"),
+            1,
+            "refused once, not per commit"
+        );
+        sync.remove("10.244.3.0/24".parse().expect("net"));
+        assert!(!sync.commit(), "the refused peer was never programmed");
+        assert!(rx.try_recv().is_err(), "no change to the direct routes");
     }
 
     #[test]

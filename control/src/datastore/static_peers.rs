@@ -3,9 +3,10 @@
 
 use crate::config::Config;
 
-use super::{Lease, BACKEND_VXLAN};
+use super::Lease;
 
-/// The leases the config file lists: one per `[[peers]]` table, VXLAN with the config's VNI.
+/// The leases the config file lists: one per `[[peers]]` table, each taken to run this node's
+/// backend (VXLAN with the config's VNI and the peer's VTEP MAC).
 pub fn leases(cfg: &Config) -> Vec<Lease> {
     cfg.peers
         .iter()
@@ -13,7 +14,7 @@ pub fn leases(cfg: &Config) -> Vec<Lease> {
         .map(|p| Lease {
             subnet: p.subnet,
             public_ip: p.public_ip,
-            backend_type: BACKEND_VXLAN.to_string(),
+            backend_type: cfg.backend.kind.name().to_string(),
             vni: Some(cfg.backend.vni),
             vtep_mac: Some(p.vtep_mac),
             expiration: None,

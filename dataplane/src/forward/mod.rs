@@ -286,6 +286,99 @@ fn from_underlay(
     }
 }
 
+/// An IP-in-IP datagram the underlay's receive offload (GRO) merged: one outer header around
+/// one inner IPv4/TCP packet larger than the tunnel MTU, its TCP checksum left partial (the
+/// pseudo-header sum, as the kernel's GRO leaves it). A raw socket hands such a datagram over
+/// whole; this is what [`ipip_super_frame`] makes of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpipSuperFrame {
+    /// Offset in the buffer of the virtio-net header written in front of the inner packet.
+    pub start: usize,
+    /// Bytes from `start`: the virtio-net header and the inner packet.
+    pub len: usize,
+    /// The TCP segments it stands for (for counters).
+    pub segments: usize,
+    /// Inner packet bytes.
+    pub inner_len: usize,
+}
+
+/// If `buf[start..start + len]` is a merged IP-in-IP datagram for us whose inner packet (a TCP
+/// super-packet above the tunnel MTU) goes to local port `port`, writes a virtio-net header
+/// (TCPv4 GSO at `gso_size` = port MTU - headers, checksum partial) over the tail of the outer
+/// header and says where the result lies: a TUN with offloads takes it in one write and the
+/// kernel cuts it up only if it must. `Ok(None)` when the datagram is not such a frame (the
+/// normal path takes it); an error when it is one that cannot be delivered this way.
+pub fn ipip_super_frame(
+    snap: &Snapshot,
+    buf: &mut [u8],
+    start: usize,
+    len: usize,
+    port: PortId,
+) -> Result<Option<IpipSuperFrame>, DropReason> {
+    use crate::offload::{Gso, VnetHeader, VnetRepr, VNET_HDR_LEN};
+    let Some(mtu) = snap.port(port).map(|p| usize::from(p.mtu)) else {
+        return Ok(None);
+    };
+    let Some(pkt) = start.checked_add(len).and_then(|end| buf.get(start..end)) else {
+        return Err(DropReason::Truncated);
+    };
+    let Ok(outer) = Ipv4Packet::new_checked(pkt) else {
+        return Ok(None);
+    };
+    let hlen = outer.header_len();
+    if outer.protocol() != ipv4::protocol::IPIP || len - hlen <= mtu {
+        return Ok(None);
+    }
+    if !outer.verify_checksum() || outer.dst_addr() != snap.node.underlay_addr {
+        return Ok(None);
+    }
+    let inner = match ipip::inner(&outer) {
+        Ok(i) => i,
+        Err(crate::wire::Error::Truncated) => return Err(DropReason::Truncated),
+        Err(_) => return Err(DropReason::IpipMalformed),
+    };
+    let (inner_hlen, inner_len) = (inner.header_len(), usize::from(inner.total_len()));
+    if inner.protocol() != ipv4::protocol::TCP || inner.is_fragment() || inner_len != len - hlen {
+        return Err(DropReason::TooBig);
+    }
+    let routed_here = snap
+        .fib
+        .lookup(inner.dst_addr())
+        .is_some_and(|r| r.next_hop == NextHop::Local { port });
+    if !routed_here {
+        return Err(DropReason::TooBig);
+    }
+    let tcp = inner.payload();
+    let Some(&off_byte) = tcp.get(12) else {
+        return Err(DropReason::Truncated);
+    };
+    let tcp_hlen = usize::from(off_byte >> 4) * 4;
+    let headers = inner_hlen + tcp_hlen;
+    if tcp_hlen < 20 || headers >= inner_len || headers + 8 >= mtu || hlen < VNET_HDR_LEN {
+        return Err(DropReason::IpipMalformed);
+    }
+    let gso_size = mtu - headers;
+    let vnet = VnetRepr {
+        needs_csum: true,
+        gso: Gso::TcpV4,
+        ecn: false,
+        hdr_len: headers as u16,
+        gso_size: gso_size as u16,
+        csum_start: inner_hlen as u16,
+        csum_offset: 16,
+    };
+    let vstart = start + hlen - VNET_HDR_LEN;
+    vnet.emit(&mut VnetHeader::new_unchecked(
+        &mut buf[vstart..vstart + VNET_HDR_LEN],
+    ));
+    Ok(Some(IpipSuperFrame {
+        start: vstart,
+        len: VNET_HDR_LEN + inner_len,
+        segments: (inner_len - headers).div_ceil(gso_size),
+        inner_len,
+    }))
+}
+
 /// The facts of an IPv4 header the routing step needs, read once.
 struct Header {
     dst: Ipv4Addr,

@@ -24,6 +24,7 @@
 //! [`forward`]: crate::forward::forward
 
 pub mod clock;
+pub mod ipip;
 pub mod raw;
 mod sys;
 pub mod tun;

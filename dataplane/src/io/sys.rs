@@ -161,6 +161,29 @@ pub(crate) fn setsockopt_int(
     Ok(())
 }
 
+/// `setsockopt(SO_ATTACH_FILTER)`: runs the classic BPF program `prog` on every packet queued to
+/// the socket; a packet for which it returns 0 is not queued.
+pub(crate) fn attach_filter(fd: BorrowedFd<'_>, prog: &[libc::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(prog.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: fprog points at `len` live instructions borrowed for the call and is itself live
+    // for the length passed; the kernel copies the program and keeps no pointer into it.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&fprog as *const libc::sock_fprog).cast::<c_void>(),
+            mem::size_of::<libc::sock_fprog>() as socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
 /// `getsockopt(2)` of an `int` option.
 pub(crate) fn getsockopt_int(fd: BorrowedFd<'_>, level: c_int, name: c_int) -> io::Result<c_int> {
     let mut value: c_int = 0;

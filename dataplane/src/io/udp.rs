@@ -132,6 +132,22 @@ impl RecvBatch {
         self.slots.slot_mut(i)
     }
 
+    /// Receives up to [`RecvBatch::capacity`] waiting datagrams from `fd` in one `recvmmsg(2)`,
+    /// without waiting; how many arrived.
+    pub(crate) fn recv_from(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        self.received = 0;
+        let slot_size = self.slots.slot_size();
+        let n = self.scratch.recvmmsg(
+            fd,
+            self.slots.raw_mut(),
+            slot_size,
+            HEADROOM,
+            &mut self.meta,
+        )?;
+        self.received = n;
+        Ok(n)
+    }
+
     /// The slots, to read back what the core left in them.
     pub fn slots(&self) -> &Slots {
         &self.slots
@@ -157,17 +173,7 @@ impl VxlanSocket {
     /// Receives up to `batch.capacity()` waiting datagrams in one `recvmmsg(2)`, without
     /// waiting. Returns how many arrived (0 when none was waiting); see [`RecvBatch::iter_mut`].
     pub fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
-        batch.received = 0;
-        let slot_size = batch.slots.slot_size();
-        let n = batch.scratch.recvmmsg(
-            self.sock.as_fd(),
-            batch.slots.raw_mut(),
-            slot_size,
-            HEADROOM,
-            &mut batch.meta,
-        )?;
-        batch.received = n;
-        Ok(n)
+        batch.recv_from(self.sock.as_fd())
     }
 
     /// Asks the kernel to merge consecutive datagrams of one flow before handing them over

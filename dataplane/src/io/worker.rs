@@ -32,13 +32,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
+use super::ipip::IpipSocket;
 use super::raw::{RawSender, SendReport};
 use super::tun::TunQueue;
 use super::udp::{Datagram, RecvBatch, VxlanSender, VxlanSocket};
 use super::{clock, sys, Slots};
 use crate::drop::{Counters, DropReason};
 use crate::forward::{
-    forward, Action, Encap, Ingress, Verdict, HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
+    forward, ipip_super_frame, Action, Encap, Ingress, Verdict, HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
 };
 use crate::offload::{
     complete_checksum, Coalescer, Gso, Push, Tcp4Segments, VnetRepr, SUPER_FRAME_BUF, VNET_HDR_LEN,
@@ -175,13 +176,25 @@ impl WorkerShared {
     }
 }
 
+/// Where a worker receives tunnel traffic from the underlay.
+#[derive(Debug)]
+pub enum UnderlayRx {
+    /// A VXLAN socket (all workers' sockets bound to the same address, `SO_REUSEPORT`).
+    Vxlan(VxlanSocket),
+    /// An IP-in-IP raw socket taking this worker's share.
+    Ipip(IpipSocket),
+    /// Nothing: every peer is routed by the kernel (host-gw); the TUN only sees packets to peers
+    /// that could not be routed, which are answered with ICMP.
+    None,
+}
+
 /// One worker's I/O handles.
 #[derive(Debug)]
 pub struct WorkerIo {
     /// Its TUN queue.
     pub tun: TunQueue,
-    /// Its VXLAN socket (all workers' sockets bound to the same address).
-    pub udp: VxlanSocket,
+    /// Its underlay receive socket.
+    pub rx: UnderlayRx,
     /// Its VXLAN sender (a pool of UDP sockets, with GSO trains where the kernel has them).
     pub vxlan_tx: VxlanSender,
     /// Its raw sender, for everything not VXLAN (IP-in-IP, routed packets).
@@ -241,9 +254,27 @@ impl WorkerIo {
         vxlan_addr: SocketAddrV4,
         o: IoOptions,
     ) -> io::Result<WorkerIo> {
+        let udp = VxlanSocket::bind(vxlan_addr, o.rcvbuf, o.sndbuf)?;
+        WorkerIo::open_rx(tun, UnderlayRx::Vxlan(udp), o)
+    }
+
+    /// A worker's handles for IP-in-IP: a protocol-4 raw socket taking the share of worker
+    /// `worker` of `workers` ([`IpipSocket::open`]), and the raw sender.
+    pub fn open_ipip(
+        tun: TunQueue,
+        worker: usize,
+        workers: usize,
+        o: IoOptions,
+    ) -> io::Result<WorkerIo> {
+        let ipip = IpipSocket::open(o.rcvbuf, worker, workers)?;
+        WorkerIo::open_rx(tun, UnderlayRx::Ipip(ipip), o)
+    }
+
+    /// A worker's handles around `tun` and an underlay receive socket already opened.
+    pub fn open_rx(tun: TunQueue, rx: UnderlayRx, o: IoOptions) -> io::Result<WorkerIo> {
         Ok(WorkerIo {
             tun,
-            udp: VxlanSocket::bind(vxlan_addr, o.rcvbuf, o.sndbuf)?,
+            rx,
             vxlan_tx: VxlanSender::new(o.src, o.send_pool, o.sndbuf, o.gso)?,
             raw: RawSender::new(o.sndbuf)?,
         })
@@ -306,7 +337,7 @@ pub fn run_worker(
 ) -> io::Result<()> {
     let WorkerIo {
         tun,
-        udp,
+        rx: underlay,
         vxlan_tx,
         raw,
     } = io;
@@ -318,8 +349,11 @@ pub fn run_worker(
         ));
     }
     let mut tun_slots = Slots::new(cfg.tun_slots, cfg.slot_size);
-    let gro = cfg.gro && udp.enable_gro().is_ok();
-    let rx_slot = if gro {
+    let gro = cfg.gro && matches!(&underlay, UnderlayRx::Vxlan(udp) if udp.enable_gro().is_ok());
+    // IP-in-IP arrives merged when the underlay device does GRO (the kernel's ipip GRO is built
+    // in): a raw socket hands the whole merged datagram over, so its slots hold 64 KiB too.
+    let ipip = matches!(underlay, UnderlayRx::Ipip(_));
+    let rx_slot = if gro || ipip {
         HEADROOM + GRO_SLOT_PAYLOAD
     } else {
         cfg.slot_size
@@ -355,7 +389,13 @@ pub fn run_worker(
             [true, true]
         } else {
             let timeout = if spinning { 0 } else { POLL_TIMEOUT_MS };
-            match sys::poll_in([tun.as_fd(), udp.as_fd()], timeout) {
+            // With no underlay socket the TUN stands in for it; its drain below is skipped.
+            let rx_fd = match &underlay {
+                UnderlayRx::Vxlan(s) => s.as_fd(),
+                UnderlayRx::Ipip(s) => s.as_fd(),
+                UnderlayRx::None => tun.as_fd(),
+            };
+            match sys::poll_in([tun.as_fd(), rx_fd], timeout) {
                 Ok(r) => r,
                 Err(e) => break Err(e),
             }
@@ -384,7 +424,11 @@ pub fn run_worker(
                 }
             }
             if udp_ready {
-                let n = w.drain_udp(&snap, &udp, &mut rx, now);
+                let n = match &underlay {
+                    UnderlayRx::Vxlan(udp) => w.drain_udp(&snap, udp, &mut rx, now),
+                    UnderlayRx::Ipip(ipip) => w.drain_ipip(&snap, ipip, &mut rx, now),
+                    UnderlayRx::None => 0,
+                };
                 busy |= n == cfg.batch;
                 moved |= n > 0;
             }
@@ -641,6 +685,73 @@ impl Worker<'_> {
         self.flush(rx.slots());
         self.flush_coalesced();
         n
+    }
+
+    /// Receives one batch of IP-in-IP datagrams (outer IPv4 header included) and forwards it.
+    /// Returns how many arrived; a receive error is retried at the next wakeup.
+    fn drain_ipip(
+        &mut self,
+        snap: &Snapshot,
+        ipip: &IpipSocket,
+        rx: &mut RecvBatch,
+        now: Instant,
+    ) -> usize {
+        let n = match ipip.recv_batch(rx) {
+            Ok(n) => n,
+            Err(_) => return 0,
+        };
+        let tun_mtu = snap
+            .port(self.tun_port)
+            .map_or(usize::MAX - 20, |p| usize::from(p.mtu));
+        for i in 0..n {
+            let Some(meta) = rx.meta(i) else { break };
+            self.counters.rx_underlay.add(meta.len);
+            if meta.truncated {
+                self.counters.drop(DropReason::TooBig);
+                continue;
+            }
+            let Some(slot) = rx.slot_mut(i) else { break };
+            // Above the tunnel MTU plus an outer header: only a merged datagram can be.
+            if meta.len > tun_mtu + 20 {
+                match ipip_super_frame(snap, slot, HEADROOM, meta.len, self.tun_port) {
+                    Ok(Some(f)) => {
+                        self.write_super_frame(slot, f);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(reason) => {
+                        self.counters.drop(reason);
+                        continue;
+                    }
+                }
+            }
+            let verdict = forward(snap, Ingress::Underlay, slot, HEADROOM, meta.len, now);
+            self.carry_out(verdict, i, slot);
+        }
+        self.flush(rx.slots());
+        self.flush_coalesced();
+        n
+    }
+
+    /// Writes a merged IP-in-IP datagram's inner super-packet to the TUN behind its virtio-net
+    /// header, after whatever the coalescer holds (order). Without offloads on the queue the TUN
+    /// cannot take it: dropped as too big.
+    fn write_super_frame(&mut self, slot: &[u8], f: crate::forward::IpipSuperFrame) {
+        if !self.tun.vnet_hdr() {
+            self.counters.drop(DropReason::TooBig);
+            return;
+        }
+        self.flush_coalesced();
+        match slot
+            .get(f.start..f.start + f.len)
+            .map(|b| self.tun.write_raw(b))
+        {
+            Some(Ok(_)) => {
+                self.counters.tx_local.packets += f.segments as u64;
+                self.counters.tx_local.bytes += f.inner_len as u64;
+            }
+            _ => self.counters.drops[DropReason::IoError.index()] += f.segments as u64,
+        }
     }
 
     /// Hands an IPv4 packet bound for the TUN to the coalescer, or writes it now. Packets leave

@@ -1,0 +1,200 @@
+//! Receiving IP-in-IP (RFC 2003, IP protocol 4) without the kernel's `ipip` module.
+//!
+//! A raw socket for protocol 4 (`socket(AF_INET, SOCK_RAW, 4)`, `raw(7)`) is handed a copy of
+//! every protocol-4 datagram delivered to this host, from its outer IPv4 header on; since a raw
+//! socket took it, the kernel sends no "protocol unreachable" back even with no tunnel module
+//! loaded. The kernel has already reassembled fragments; the outer header is checked again by the
+//! core ([`Ingress::Underlay`](crate::forward::Ingress::Underlay)).
+//!
+//! Every raw socket of a protocol gets its own copy, so with several workers each socket carries
+//! a classic BPF filter ([`fanout_filter`]) that accepts a packet in exactly one of them: a hash
+//! of the inner source and destination addresses picks the worker, so one flow's packets stay
+//! on one worker and in order. Sending needs nothing special: the core writes the outer header
+//! and the raw sender ([`RawSender`](super::raw::RawSender)) sends it with `IP_HDRINCL`.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use super::sys;
+use super::udp::{set_buffer, Buffer, RecvBatch};
+
+/// IP protocol number of IP-in-IP.
+pub const IPPROTO_IPIP: i32 = 4;
+
+/// A raw socket receiving IP-in-IP datagrams for one worker.
+#[derive(Debug)]
+pub struct IpipSocket {
+    fd: OwnedFd,
+}
+
+impl IpipSocket {
+    /// A nonblocking protocol-4 raw socket (needs `CAP_NET_RAW`) with a receive buffer of
+    /// `rcvbuf` bytes (0: kernel default), taking the share of worker `worker` of `workers`.
+    pub fn open(rcvbuf: usize, worker: usize, workers: usize) -> io::Result<IpipSocket> {
+        if worker >= workers {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("worker {worker} of {workers}"),
+            ));
+        }
+        let fd = sys::socket(libc::AF_INET, libc::SOCK_RAW, IPPROTO_IPIP)?;
+        set_buffer(fd.as_fd(), Buffer::Receive, rcvbuf)?;
+        if workers > 1 {
+            sys::attach_filter(fd.as_fd(), &fanout_filter(worker, workers))?;
+        }
+        Ok(IpipSocket { fd })
+    }
+
+    /// Receives up to `batch.capacity()` waiting datagrams (each from its outer IPv4 header on)
+    /// in one `recvmmsg(2)`, without waiting; how many arrived.
+    pub fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        batch.recv_from(self.fd.as_fd())
+    }
+}
+
+impl AsFd for IpipSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+// Classic BPF opcodes (linux/filter.h, linux/bpf_common.h).
+const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+const LD_W_LEN: u16 = 0x80; // BPF_LD | BPF_W | BPF_LEN
+const TAX: u16 = 0x07; // BPF_MISC | BPF_TAX
+const ADD_X: u16 = 0x0c; // BPF_ALU | BPF_ADD | BPF_X
+const MUL_K: u16 = 0x24; // BPF_ALU | BPF_MUL | BPF_K
+const RSH_K: u16 = 0x74; // BPF_ALU | BPF_RSH | BPF_K
+const MOD_K: u16 = 0x94; // BPF_ALU | BPF_MOD | BPF_K
+const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+/// "Keep this many bytes": more than any datagram, so the whole packet.
+const ACCEPT: u32 = 0x0010_0000;
+/// Outer (20, no options: what tunnel peers send) plus inner IPv4 header.
+const MIN_HASHED: u32 = 40;
+
+fn insn(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// Fibonacci hashing's multiplier (2^32 / golden ratio): the product's high bits mix every input
+/// bit.
+const GOLDEN: u32 = 0x9e37_79b1;
+
+/// The filter for worker `worker` of `workers`: accepts a datagram when
+/// `((inner src + inner dst) * GOLDEN >> 16) % workers == worker`; datagrams too short to hold both headers all go to worker 0, which drops and counts
+/// them. Each datagram is thus accepted by exactly one worker's socket.
+pub fn fanout_filter(worker: usize, workers: usize) -> Vec<libc::sock_filter> {
+    let n = workers.max(1) as u32;
+    let short = if worker == 0 { ACCEPT } else { 0 };
+    vec![
+        insn(LD_W_LEN, 0, 0, 0),          // 0: A = len
+        insn(JGE_K, 0, 10, MIN_HASHED),   // 1: short -> 12
+        insn(LD_W_ABS, 0, 0, 20 + 12),    // 2: A = inner src
+        insn(TAX, 0, 0, 0),               // 3: X = A
+        insn(LD_W_ABS, 0, 0, 20 + 16),    // 4: A = inner dst
+        insn(ADD_X, 0, 0, 0),             // 5: A += X (same for both directions)
+        insn(MUL_K, 0, 0, GOLDEN),        // 6
+        insn(RSH_K, 0, 0, 16),            // 7
+        insn(MOD_K, 0, 0, n),             // 8
+        insn(JEQ_K, 0, 1, worker as u32), // 9
+        insn(RET_K, 0, 0, ACCEPT),        // 10
+        insn(RET_K, 0, 0, 0),             // 11
+        insn(RET_K, 0, 0, short),         // 12
+    ]
+}
+
+/// What [`fanout_filter`] computes, for tests and for choosing which worker sees a flow.
+pub fn fanout_worker(inner_src: [u8; 4], inner_dst: [u8; 4], workers: usize) -> usize {
+    let a = u32::from_be_bytes(inner_src).wrapping_add(u32::from_be_bytes(inner_dst));
+    ((a.wrapping_mul(GOLDEN) >> 16) % workers.max(1) as u32) as usize
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::io::raw::RawSender;
+    use crate::wire::ipv4;
+    use std::net::Ipv4Addr;
+
+    /// An IP-in-IP datagram 127.0.0.1 -> 127.0.0.1 around an inner header src -> dst (ICMP echo
+    /// body), checksums left for the kernel (outer) and unchecked (inner).
+    fn ipip(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+        let mut p = vec![0u8; 48];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&48u16.to_be_bytes());
+        p[8] = 64;
+        p[9] = ipv4::protocol::IPIP;
+        p[12..16].copy_from_slice(&[127, 0, 0, 1]);
+        p[16..20].copy_from_slice(&[127, 0, 0, 1]);
+        p[20] = 0x45;
+        p[22..24].copy_from_slice(&28u16.to_be_bytes());
+        p[28] = 64;
+        p[29] = 1;
+        p[32..36].copy_from_slice(&src);
+        p[36..40].copy_from_slice(&dst);
+        p
+    }
+
+    fn drain(s: &IpipSocket, batch: &mut RecvBatch) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        for _ in 0..50 {
+            let n = s.recv_batch(batch).unwrap();
+            for i in 0..n {
+                let (meta, slot) = batch.get(i).unwrap();
+                got.push(slot[crate::forward::HEADROOM..][..meta.len].to_vec());
+            }
+            if n == 0 && !got.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        got
+    }
+
+    #[test]
+    fn each_datagram_reaches_exactly_the_worker_its_inner_addresses_pick() {
+        let socks: Vec<IpipSocket> = (0..2).map(|w| IpipSocket::open(0, w, 2).unwrap()).collect();
+        let tx = RawSender::new(0).unwrap();
+        let flows: Vec<([u8; 4], [u8; 4])> = (1..=16u8)
+            .map(|i| ([10, 244, 1, i], [10, 244, 2, 3 * i]))
+            .collect();
+        let pkts: Vec<Vec<u8>> = flows.iter().map(|(s, d)| ipip(*s, *d)).collect();
+        // A datagram too short to hash goes to worker 0.
+        let mut short = ipip([10, 244, 1, 1], [10, 244, 2, 2]);
+        short.truncate(30);
+        short[2..4].copy_from_slice(&30u16.to_be_bytes());
+        let mut all: Vec<(Ipv4Addr, &[u8])> = pkts
+            .iter()
+            .map(|p| (Ipv4Addr::LOCALHOST, p.as_slice()))
+            .collect();
+        all.push((Ipv4Addr::LOCALHOST, short.as_slice()));
+        let report = tx.send_batch(&all);
+        assert_eq!(report.sent, 17, "{:?}", report.last_error);
+
+        let mut batch = RecvBatch::new(64, 2048);
+        let got: Vec<Vec<Vec<u8>>> = socks.iter().map(|s| drain(s, &mut batch)).collect();
+        assert_eq!(
+            got[0].len() + got[1].len(),
+            17,
+            "every datagram exactly once"
+        );
+        assert!(
+            got[0].iter().any(|p| p.len() == 30),
+            "the short one on worker 0"
+        );
+        for (w, pkts) in got.iter().enumerate() {
+            for p in pkts.iter().filter(|p| p.len() == 48) {
+                let (src, dst) = (
+                    <[u8; 4]>::try_from(&p[32..36]).unwrap(),
+                    <[u8; 4]>::try_from(&p[36..40]).unwrap(),
+                );
+                assert_eq!(fanout_worker(src, dst, 2), w, "{src:?} -> {dst:?}");
+                assert_eq!(fanout_worker(dst, src, 2), w, "both directions alike");
+            }
+        }
+        assert!(!got[1].is_empty(), "16 flows spread over both workers");
+    }
+}
