@@ -641,8 +641,8 @@ fn health_of(
         },
     };
     crate::status::Health {
-        // BackendKind's Debug name, lower case ("vxlan").
-        backend: format!("{:?}", cfg.backend.kind).to_lowercase(),
+        // flannel's name: "vxlan", "ipip", "host-gw".
+        backend: cfg.backend.kind.name().to_string(),
         uptime_secs: started.elapsed().as_secs(),
         datastore: crate::status::DatastoreView {
             kind: d.kind.name().to_string(),
