@@ -252,9 +252,6 @@ impl Agent {
                     source,
                 }
             })?;
-        if offload.tso4 && !tun.offload().tso4 {
-            tracing::warn!(tun = %facts.tun_name, "TUN offloads refused by the kernel; plain packets");
-        }
         let tun_offload = tun.offload().tso4;
         let nl = Netlink::new()?;
         let mut plan = NodePlan::new(
@@ -306,6 +303,7 @@ impl Agent {
                 source,
             })?);
         }
+        report_offloads(&cfg, &metrics, tun_offload, &io);
         let wcfg = WorkerConfig {
             gro: cfg.dataplane.gro,
             spin: dataplane::time::Duration::from_micros(u64::from(cfg.dataplane.busy_poll_us)),
@@ -683,4 +681,47 @@ fn show_reply(cfg: &Config, facts: &NodeFacts, shared: &WorkerShared) -> ShowRep
         fdb,
         counters: CountersView::from(&counters),
     }
+}
+
+/// What became of one offload at start-up.
+fn offload_state(wanted: bool, got: bool, used: bool) -> &'static str {
+    match (used, wanted, got) {
+        (false, _, _) => "unused by the backend",
+        (true, false, _) => "off (config)",
+        (true, true, false) => "off (refused by the kernel)",
+        (true, true, true) => "on",
+    }
+}
+
+/// Probes the offloads the workers will use (TUN super-frames were asked for when the TUN was
+/// created, UDP GSO when the senders were opened; UDP GRO is asked for here), says once in the log
+/// what each one is, warns for one the kernel refused, and sets `weft_offload_enabled`.
+fn report_offloads(cfg: &Config, metrics: &Metrics, tun_tso4: bool, io: &[WorkerIo]) {
+    let udp = cfg.backend.kind == BackendKind::Vxlan;
+    let gso = udp && !io.is_empty() && io.iter().all(|w| w.vxlan_tx.gso());
+    // Every worker's socket is asked, so each one has it on before its first receive.
+    let gro = udp && cfg.dataplane.gro && !io.is_empty() && io.iter().all(WorkerIo::enable_gro);
+    let states = [
+        (
+            "tun_tso4",
+            offload_state(cfg.dataplane.offload, tun_tso4, true),
+        ),
+        ("udp_gso", offload_state(cfg.dataplane.gso, gso, udp)),
+        ("udp_gro", offload_state(cfg.dataplane.gro, gro, udp)),
+    ];
+    for (name, state) in states {
+        metrics.set_offload(name, state == "on");
+        if state == "off (refused by the kernel)" {
+            tracing::warn!(
+                offload = name,
+                "offload refused by the kernel; working without it"
+            );
+        }
+    }
+    tracing::info!(
+        tun_tso4 = states[0].1,
+        udp_gso = states[1].1,
+        udp_gro = states[2].1,
+        "offloads"
+    );
 }

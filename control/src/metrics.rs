@@ -19,6 +19,7 @@
 //! | `weft_peers_refused_total{reason}` | counter | peers not programmed: `not_adjacent` (host-gw, `Never` or `CrossSubnet` direct routing to a public IP off our underlay subnet), counted when first refused |
 //! | `weft_direct_routes` | gauge | kernel routes `<subnet> via <public IP>` installed for directly routed peers |
 //! | `weft_gso_fallbacks_total` | counter | times a worker's UDP GSO was refused by the kernel and turned off |
+//! | `weft_offload_enabled{offload}` | gauge | offloads in use since start-up, 1 or 0: `tun_tso4` (TUN super-frames), `udp_gso` (UDP_SEGMENT trains), `udp_gro` (merged VXLAN receives); 0 when turned off in the config, refused by the kernel, or not used by the backend |
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -50,6 +51,7 @@ pub struct Metrics {
     ready: Gauge,
     refused: Family<Vec<(String, String)>, Counter>,
     direct_routes: Gauge,
+    offloads: Family<Vec<(String, String)>, Gauge>,
     /// Readiness parts.
     pub lease_held: AtomicBool,
     /// The tables hold what the datastore said (first list applied).
@@ -90,6 +92,7 @@ impl Metrics {
                 f
             },
             direct_routes: Gauge::default(),
+            offloads: Family::default(),
             lease_held: AtomicBool::new(false),
             tables_programmed: AtomicBool::new(false),
             subnet_env_written: AtomicBool::new(false),
@@ -129,6 +132,13 @@ impl Metrics {
     /// Records how many kernel routes for directly routed peers are installed.
     pub fn set_direct_routes(&self, n: usize) {
         self.direct_routes.set(n as i64);
+    }
+
+    /// Records whether offload `name` (`tun_tso4`, `udp_gso`, `udp_gro`) is in use.
+    pub fn set_offload(&self, name: &str, on: bool) {
+        self.offloads
+            .get_or_create(&vec![("offload".to_string(), name.to_string())])
+            .set(i64::from(on));
     }
 
     /// Remote nodes in the published tables.
@@ -240,6 +250,11 @@ impl Metrics {
             "Kernel routes installed for directly routed peers (host-gw, CrossSubnet)",
             self.direct_routes.clone(),
         );
+        reg.register(
+            "offload_enabled",
+            "Offloads in use since start-up (tun_tso4, udp_gso, udp_gro): 0 when off in the config, refused by the kernel or not used by the backend",
+            self.offloads.clone(),
+        );
         if let Some(w) = self.workers.get() {
             reg.register_collector(Box::new(WorkerCollector(w.clone())));
         }
@@ -324,9 +339,13 @@ mod tests {
         let m = Arc::new(Metrics::new());
         m.reconnected();
         m.observe_watch_lag(Duration::from_millis(3));
+        m.set_offload("udp_gso", true);
+        m.set_offload("udp_gro", false);
         let text = m.render();
         for needle in [
             "weft_peers 0",
+            "weft_offload_enabled{offload=\"udp_gso\"} 1",
+            "weft_offload_enabled{offload=\"udp_gro\"} 0",
             "weft_datastore_reconnects_total 1",
             "weft_watch_lag_seconds_count 1",
             "weft_ready 0",

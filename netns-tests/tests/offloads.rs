@@ -106,8 +106,22 @@ fn transfer(lab: &Lab, src: Ipv4Addr, dst: Ipv4Addr, port: u16) {
 }
 
 /// Weft ↔ Weft and Weft ↔ kernel, both directions, then no malformed-offload drops anywhere.
-fn all_directions(extra: &str) {
+/// First each Weft agent's `/metrics` must report the offloads as `[tun_tso4, udp_gso, udp_gro]`
+/// says (the kernel here has all three, so only the config turns one off).
+fn all_directions(extra: &str, offloads: [u8; 3]) {
     let lab = lab(extra);
+    for (idx, node) in lab.nodes.iter().enumerate().take(2) {
+        let (code, body) = lab.http_get(idx, "/metrics").expect("GET /metrics");
+        assert_eq!(code, 200, "{}: /metrics", node.name);
+        for (name, want) in ["tun_tso4", "udp_gso", "udp_gro"].into_iter().zip(offloads) {
+            let sample = format!("weft_offload_enabled{{offload=\"{name}\"}} {want}");
+            assert!(
+                body.lines().any(|l| l == sample),
+                "{}: {sample} missing in /metrics:\n{body}",
+                node.name
+            );
+        }
+    }
     let p = pods(&lab);
     let pairs = [(p[0], p[1]), (p[1], p[0]), (p[0], p[2]), (p[2], p[0])];
     for (port, (a, b)) in (7000..).zip(pairs) {
@@ -124,20 +138,20 @@ fn all_directions(extra: &str) {
 
 #[test]
 fn hundred_megabytes_each_way_with_every_offload_on() {
-    all_directions("");
+    all_directions("", [1, 1, 1]);
 }
 
 #[test]
 fn hundred_megabytes_each_way_without_udp_gso() {
-    all_directions("gso = false\n");
+    all_directions("gso = false\n", [1, 0, 1]);
 }
 
 #[test]
 fn hundred_megabytes_each_way_without_udp_gro() {
-    all_directions("gro = false\n");
+    all_directions("gro = false\n", [1, 1, 0]);
 }
 
 #[test]
 fn hundred_megabytes_each_way_without_tun_offloads() {
-    all_directions("offload = false\n");
+    all_directions("offload = false\n", [0, 1, 1]);
 }

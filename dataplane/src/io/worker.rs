@@ -270,6 +270,12 @@ impl WorkerIo {
         WorkerIo::open_rx(tun, UnderlayRx::Ipip(ipip), o)
     }
 
+    /// Turns `UDP_GRO` on for the VXLAN receive socket and says whether the kernel took it (false
+    /// for other underlays). [`run_worker`] asks again when it starts, which changes nothing.
+    pub fn enable_gro(&self) -> bool {
+        matches!(&self.rx, UnderlayRx::Vxlan(udp) if udp.enable_gro().is_ok())
+    }
+
     /// A worker's handles around `tun` and an underlay receive socket already opened.
     pub fn open_rx(tun: TunQueue, rx: UnderlayRx, o: IoOptions) -> io::Result<WorkerIo> {
         Ok(WorkerIo {
