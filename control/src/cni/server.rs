@@ -560,7 +560,16 @@ mod tests {
         assert_eq!(code_of(call(&socket, "DEL")), 0, "DEL of nothing succeeds");
         drop(server);
         assert!(!socket.exists(), "the socket goes with the server");
-        let ipam = Ipam::open(&dir.join("data")).expect("reopen");
+        // A connection thread that answered the last DEL may still be dropping its handle on
+        // the IPAM (and so its lock) just after the server is gone: allow it a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let ipam = loop {
+            match Ipam::open(&dir.join("data")) {
+                Ok(ipam) => break ipam,
+                Err(e) if std::time::Instant::now() >= deadline => panic!("reopen: {e:?}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
         assert!(ipam.allocations().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
