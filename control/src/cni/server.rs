@@ -169,11 +169,15 @@ impl Drop for CniServer {
     }
 }
 
+/// Accepts until stopped, one thread per request; on stop it waits for the requests in flight,
+/// so a dropped server holds nothing (the IPAM and its lock go with the last request).
 fn accept_loop(listener: UnixListener, stop: Arc<AtomicBool>, handler: Arc<Handler>) {
+    let mut inflight: Vec<JoinHandle<()>> = Vec::new();
     for conn in listener.incoming() {
         if stop.load(Ordering::Acquire) {
-            return;
+            break;
         }
+        inflight.retain(|t| !t.is_finished());
         match conn {
             Ok(mut stream) => {
                 // Acknowledge here, not on the request thread: the plugin's "is weftd there?"
@@ -187,8 +191,9 @@ fn accept_loop(listener: UnixListener, stop: Arc<AtomicBool>, handler: Arc<Handl
                 let spawned = std::thread::Builder::new()
                     .name("weft-cni-req".into())
                     .spawn(move || serve(stream, &h));
-                if let Err(e) = spawned {
-                    tracing::warn!("CNI server: cannot spawn a request thread: {e}");
+                match spawned {
+                    Ok(t) => inflight.push(t),
+                    Err(e) => tracing::warn!("CNI server: cannot spawn a request thread: {e}"),
                 }
             }
             Err(e) => {
@@ -196,6 +201,9 @@ fn accept_loop(listener: UnixListener, stop: Arc<AtomicBool>, handler: Arc<Handl
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+    for t in inflight {
+        let _ = t.join();
     }
 }
 
@@ -560,16 +568,7 @@ mod tests {
         assert_eq!(code_of(call(&socket, "DEL")), 0, "DEL of nothing succeeds");
         drop(server);
         assert!(!socket.exists(), "the socket goes with the server");
-        // A connection thread that answered the last DEL may still be dropping its handle on
-        // the IPAM (and so its lock) just after the server is gone: allow it a moment.
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        let ipam = loop {
-            match Ipam::open(&dir.join("data")) {
-                Ok(ipam) => break ipam,
-                Err(e) if std::time::Instant::now() >= deadline => panic!("reopen: {e:?}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        };
+        let ipam = Ipam::open(&dir.join("data")).expect("reopen");
         assert!(ipam.allocations().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
