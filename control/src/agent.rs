@@ -303,9 +303,9 @@ impl Agent {
                 source,
             })?);
         }
-        report_offloads(&cfg, &metrics, tun_offload, &io);
+        let gro = report_offloads(&cfg, &metrics, tun_offload, &io);
         let wcfg = WorkerConfig {
-            gro: cfg.dataplane.gro,
+            gro,
             spin: dataplane::time::Duration::from_micros(u64::from(cfg.dataplane.busy_poll_us)),
             ..WorkerConfig::default()
         };
@@ -684,34 +684,54 @@ fn show_reply(cfg: &Config, facts: &NodeFacts, shared: &WorkerShared) -> ShowRep
 }
 
 /// What became of one offload at start-up.
-fn offload_state(wanted: bool, got: bool, used: bool) -> &'static str {
-    match (used, wanted, got) {
-        (false, _, _) => "unused by the backend",
-        (true, false, _) => "off (config)",
-        (true, true, false) => "off (refused by the kernel)",
-        (true, true, true) => "on",
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OffloadState {
+    On,
+    OffByConfig,
+    Refused,
+    Unused,
+}
+
+impl OffloadState {
+    /// From whether the backend uses it, the config asks for it and the kernel took it.
+    fn of(used: bool, wanted: bool, got: bool) -> Self {
+        match (used, wanted, got) {
+            (false, _, _) => OffloadState::Unused,
+            (true, false, _) => OffloadState::OffByConfig,
+            (true, true, false) => OffloadState::Refused,
+            (true, true, true) => OffloadState::On,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            OffloadState::On => "on",
+            OffloadState::OffByConfig => "off (config)",
+            OffloadState::Refused => "off (refused by the kernel)",
+            OffloadState::Unused => "unused by the backend",
+        }
     }
 }
 
 /// Probes the offloads the workers will use (TUN super-frames were asked for when the TUN was
-/// created, UDP GSO when the senders were opened; UDP GRO is asked for here), says once in the log
-/// what each one is, warns for one the kernel refused, and sets `weft_offload_enabled`.
-fn report_offloads(cfg: &Config, metrics: &Metrics, tun_tso4: bool, io: &[WorkerIo]) {
-    let udp = cfg.backend.kind == BackendKind::Vxlan;
-    let gso = udp && !io.is_empty() && io.iter().all(|w| w.vxlan_tx.gso());
-    // Every worker's socket is asked, so each one has it on before its first receive.
-    let gro = udp && cfg.dataplane.gro && !io.is_empty() && io.iter().all(WorkerIo::enable_gro);
+/// created, UDP GSO when the senders were opened; UDP GRO is asked for here, on every worker's
+/// socket), says once in the log what each one is, warns for one the kernel refused, and sets
+/// `weft_offload_enabled`. Returns whether UDP GRO is on, which the workers' config then takes.
+fn report_offloads(cfg: &Config, metrics: &Metrics, tun_tso4: bool, io: &[WorkerIo]) -> bool {
+    let udp = cfg.backend.kind == BackendKind::Vxlan && !io.is_empty();
+    let gso = udp && io.iter().all(|w| w.vxlan_tx.gso());
+    let gro = udp && cfg.dataplane.gro && io.iter().all(WorkerIo::enable_gro);
     let states = [
         (
             "tun_tso4",
-            offload_state(cfg.dataplane.offload, tun_tso4, true),
+            OffloadState::of(true, cfg.dataplane.offload, tun_tso4),
         ),
-        ("udp_gso", offload_state(cfg.dataplane.gso, gso, udp)),
-        ("udp_gro", offload_state(cfg.dataplane.gro, gro, udp)),
+        ("udp_gso", OffloadState::of(udp, cfg.dataplane.gso, gso)),
+        ("udp_gro", OffloadState::of(udp, cfg.dataplane.gro, gro)),
     ];
     for (name, state) in states {
-        metrics.set_offload(name, state == "on");
-        if state == "off (refused by the kernel)" {
+        metrics.set_offload(name, state == OffloadState::On);
+        if state == OffloadState::Refused {
             tracing::warn!(
                 offload = name,
                 "offload refused by the kernel; working without it"
@@ -719,9 +739,34 @@ fn report_offloads(cfg: &Config, metrics: &Metrics, tun_tso4: bool, io: &[Worker
         }
     }
     tracing::info!(
-        tun_tso4 = states[0].1,
-        udp_gso = states[1].1,
-        udp_gro = states[2].1,
+        tun_tso4 = states[0].1.as_str(),
+        udp_gso = states[1].1.as_str(),
+        udp_gro = states[2].1.as_str(),
         "offloads"
     );
+    gro
+}
+
+#[cfg(test)]
+mod offload_tests {
+    use super::OffloadState;
+
+    #[test]
+    fn offload_state_names_why_an_offload_is_off() {
+        assert_eq!(OffloadState::of(true, true, true), OffloadState::On);
+        assert_eq!(
+            OffloadState::of(true, false, true),
+            OffloadState::OffByConfig
+        );
+        assert_eq!(
+            OffloadState::of(true, false, false),
+            OffloadState::OffByConfig
+        );
+        assert_eq!(OffloadState::of(true, true, false), OffloadState::Refused);
+        assert_eq!(OffloadState::of(false, true, true), OffloadState::Unused);
+        assert_eq!(
+            OffloadState::Refused.as_str(),
+            "off (refused by the kernel)"
+        );
+    }
 }

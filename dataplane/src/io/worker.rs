@@ -271,7 +271,8 @@ impl WorkerIo {
     }
 
     /// Turns `UDP_GRO` on for the VXLAN receive socket and says whether the kernel took it (false
-    /// for other underlays). [`run_worker`] asks again when it starts, which changes nothing.
+    /// for other underlays). [`run_worker`] with [`WorkerConfig::gro`] asks again when it starts,
+    /// which changes nothing once it is on; a caller that probed first passes the result there.
     pub fn enable_gro(&self) -> bool {
         matches!(&self.rx, UnderlayRx::Vxlan(udp) if udp.enable_gro().is_ok())
     }
