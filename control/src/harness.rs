@@ -29,15 +29,64 @@ struct Variant {
     cpu_s_per_gb: Vec<f64>,
 }
 
-/// The variants, in the order every round measures them: name, node kind, the Weft agents'
-/// `[backend]` body. The first is the reference of every ratio.
-const VARIANTS: [(&str, NodeKind, &str); 5] = [
-    ("kernel VXLAN (flannel.1)", NodeKind::KernelVxlan, ""),
-    ("kernel routing (host-gw)", NodeKind::KernelHostGw, ""),
-    ("Weft VXLAN", NodeKind::Weft, "type = \"vxlan\"\n"),
-    ("Weft IP-in-IP", NodeKind::Weft, "type = \"ipip\"\n"),
-    ("Weft host-gw", NodeKind::Weft, "type = \"host-gw\"\n"),
+/// The variants, in the order every round measures them: key (for `--variants`), name, node
+/// kind, the Weft agents' `[backend]` body. The first is the reference of every ratio and is
+/// always measured.
+pub const VARIANTS: [(&str, &str, NodeKind, &str); 5] = [
+    (
+        "kernel-vxlan",
+        "kernel VXLAN (flannel.1)",
+        NodeKind::KernelVxlan,
+        "",
+    ),
+    (
+        "kernel-host-gw",
+        "kernel routing (host-gw)",
+        NodeKind::KernelHostGw,
+        "",
+    ),
+    (
+        "weft-vxlan",
+        "Weft VXLAN",
+        NodeKind::Weft,
+        "type = \"vxlan\"\n",
+    ),
+    (
+        "weft-ipip",
+        "Weft IP-in-IP",
+        NodeKind::Weft,
+        "type = \"ipip\"\n",
+    ),
+    (
+        "weft-host-gw",
+        "Weft host-gw",
+        NodeKind::Weft,
+        "type = \"host-gw\"\n",
+    ),
 ];
+
+/// The variants a run measures: the reference and those `only` names (all when it is empty).
+/// An unknown key is an error that lists the known ones.
+pub fn select_variants(
+    only: &[String],
+) -> anyhow::Result<Vec<(&'static str, NodeKind, &'static str)>> {
+    if let Some(bad) = only
+        .iter()
+        .find(|k| !VARIANTS.iter().any(|v| v.0 == k.as_str()))
+    {
+        let known: Vec<&str> = VARIANTS.iter().map(|v| v.0).collect();
+        bail!(
+            "--variants: unknown variant {bad:?}; known: {}",
+            known.join(", ")
+        );
+    }
+    Ok(VARIANTS
+        .iter()
+        .enumerate()
+        .filter(|(i, v)| *i == 0 || only.is_empty() || only.iter().any(|k| k == v.0))
+        .map(|(_, v)| (v.1, v.2, v.3))
+        .collect())
+}
 
 /// Streams of the multi-stream TCP run.
 const STREAMS: usize = 4;
@@ -85,7 +134,9 @@ pub fn run(
     pings: usize,
     builtin: bool,
     knobs: &WeftKnobs,
+    only: &[String],
 ) -> anyhow::Result<()> {
+    let selected = select_variants(only)?;
     if !control::sys::is_root() {
         bail!("weftd bench needs root (network namespaces, veths, TUN); run it with sudo");
     }
@@ -99,14 +150,14 @@ pub fn run(
     let started = Instant::now();
     eprintln!(
         "weftd bench: {rounds} rounds x {} variants, {seconds} s single-stream TCP ({}) and {pings} pings each",
-        VARIANTS.len(),
+        selected.len(),
         match generator {
             Generator::Iperf3 => "iperf3",
             Generator::Builtin => "built-in generator; install iperf3 to use it",
         }
     );
     let mut variants = Vec::new();
-    for (name, kind, backend) in VARIANTS {
+    for (name, kind, backend) in selected {
         eprintln!("[setup] {name} ...");
         let mut lab = Lab::new(&weftd)?;
         lab.workers = knobs.workers;
@@ -331,4 +382,24 @@ fn percentile(xs: &[f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let idx = ((v.len() - 1) as f64 * q).round() as usize;
     v[idx.min(v.len() - 1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_keep_the_reference_and_refuse_unknown_keys() {
+        let all = select_variants(&[]).expect("all");
+        assert_eq!(all.len(), VARIANTS.len());
+        let two = select_variants(&["weft-ipip".to_string()]).expect("one key");
+        let names: Vec<&str> = two.iter().map(|v| v.0).collect();
+        assert_eq!(names, ["kernel VXLAN (flannel.1)", "Weft IP-in-IP"]);
+        let err = select_variants(&["weft-vxlna".to_string()]).expect_err("misspelt");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"weft-vxlna\"") && msg.contains("weft-vxlan"),
+            "{msg}"
+        );
+    }
 }

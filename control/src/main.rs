@@ -136,6 +136,10 @@ enum Command {
         /// false`).
         #[arg(long)]
         no_tun_offload: bool,
+        /// Measure only these variants beside the kernel VXLAN reference (comma-separated:
+        /// kernel-host-gw, weft-vxlan, weft-ipip, weft-host-gw); all when not given.
+        #[arg(long, value_name = "LIST", value_delimiter = ',')]
+        variants: Vec<String>,
     },
     /// Control-plane benchmarks: a real etcd holding `--leases` flannel leases and a `weftd run`
     /// agent on it in a lab namespace (start to ready, resident memory), then `--changes` lease
@@ -235,6 +239,7 @@ fn main() -> ExitCode {
             no_gso,
             no_gro,
             no_tun_offload,
+            variants,
         } => report(harness::run(
             rounds,
             seconds,
@@ -247,6 +252,7 @@ fn main() -> ExitCode {
                 gro: !no_gro,
                 tun_offload: !no_tun_offload,
             },
+            &variants,
         )),
         Command::BenchControl { leases, changes } => report(bench_control::run(leases, changes)),
         Command::Show { socket, output } => match control::ctl::request_show(&socket) {

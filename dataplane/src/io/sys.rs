@@ -642,9 +642,10 @@ impl<'a> TrainBatch<'a> {
         self.open = false;
     }
 
-    /// Opens a message to `dst`. False (nothing opened) when no message or piece would fit.
-    pub(crate) fn begin(&mut self, dst: SocketAddrV4) -> bool {
-        if self.open || self.msgs == TRAIN_MSGS || self.used_iovs == TRAIN_IOVS {
+    /// Opens a message to `dst` with room for `pieces` pieces. False (nothing opened) when no
+    /// message or not that many pieces would fit.
+    pub(crate) fn begin(&mut self, dst: SocketAddrV4, pieces: usize) -> bool {
+        if self.open || self.msgs == TRAIN_MSGS || self.used_iovs + pieces > TRAIN_IOVS {
             return false;
         }
         self.addrs[self.msgs] = sockaddr_in(dst);
@@ -656,14 +657,14 @@ impl<'a> TrainBatch<'a> {
         true
     }
 
-    /// Whether another piece fits in the open message.
-    pub(crate) fn has_room(&self) -> bool {
-        self.open && self.used_iovs < TRAIN_IOVS
+    /// Whether `pieces` more pieces fit in the open message.
+    pub(crate) fn has_room(&self, pieces: usize) -> bool {
+        self.open && self.used_iovs + pieces <= TRAIN_IOVS
     }
 
     /// Appends `piece` to the open message. False (nothing added) when there is no room.
     pub(crate) fn add(&mut self, piece: &'a [u8]) -> bool {
-        if !self.has_room() {
+        if !self.has_room(1) {
             return false;
         }
         self.iovs[self.used_iovs] = libc::iovec {

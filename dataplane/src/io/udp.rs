@@ -231,8 +231,28 @@ pub struct Datagram<'a> {
     /// The inner flow's hash (the core's outer source port); the same flow always leaves through
     /// the same socket, so from the same source port, in order.
     pub flow: u16,
-    /// VXLAN header and inner frame.
+    /// VXLAN header and inner frame, or its first part.
     pub payload: &'a [u8],
+    /// The rest of the datagram, sent right after `payload` from where it lies (a second iovec);
+    /// empty for none. A segment of a super-frame is its headers in `payload` and its data here.
+    pub tail: &'a [u8],
+}
+
+impl Datagram<'_> {
+    /// The datagram's length: `payload` and `tail`.
+    pub fn len(&self) -> usize {
+        self.payload.len() + self.tail.len()
+    }
+
+    /// Whether the datagram is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// iovecs it takes.
+    fn pieces(&self) -> usize {
+        1 + usize::from(!self.tail.is_empty())
+    }
 }
 
 /// Sends VXLAN datagrams through a small pool of UDP sockets, gathering consecutive equal-sized
@@ -308,7 +328,8 @@ impl VxlanSender {
         let n = self.socks.len().max(1);
         for d in items {
             let sock = usize::from(d.flow) % n;
-            let len = d.payload.len();
+            let len = d.len();
+            let pieces = d.pieces();
             if let Some((dst, s, seg, count, bytes)) = open.as_mut() {
                 let joins = self.gso
                     && *dst == d.dst
@@ -316,9 +337,9 @@ impl VxlanSender {
                     && len <= *seg
                     && *count < MAX_TRAIN_SEGMENTS
                     && *bytes + len <= MAX_TRAIN_BYTES
-                    && batch.has_room();
+                    && batch.has_room(pieces);
                 if joins {
-                    batch.add(d.payload);
+                    add(&mut batch, &d);
                     *count += 1;
                     *bytes += len;
                     if len < *seg {
@@ -332,16 +353,16 @@ impl VxlanSender {
             if let Some((_, _, seg, count, _)) = open.take() {
                 batch.end(train_segment(seg, count));
             }
-            if batch.len() > 0 && (batch_sock != sock || !batch.begin(d.dst)) {
+            if batch.len() > 0 && (batch_sock != sock || !batch.begin(d.dst, pieces)) {
                 self.flush(&mut batch, batch_sock, &mut report);
                 batch.clear();
             }
-            if batch.len() == 0 && !batch.begin(d.dst) {
+            if batch.len() == 0 && !batch.begin(d.dst, pieces) {
                 report.dropped += 1;
                 continue;
             }
             batch_sock = sock;
-            batch.add(d.payload);
+            add(&mut batch, &d);
             open = Some((d.dst, sock, len, 1, len));
         }
         if let Some((_, _, seg, count, _)) = open.take() {
@@ -375,6 +396,14 @@ impl VxlanSender {
         if disabled.is_some() {
             report.gso_disabled = disabled;
         }
+    }
+}
+
+/// Appends the pieces of `d` to the open message of `batch`, which has room for them.
+fn add<'a>(batch: &mut TrainBatch<'a>, d: &Datagram<'a>) {
+    batch.add(d.payload);
+    if !d.tail.is_empty() {
+        batch.add(d.tail);
     }
 }
 
@@ -498,7 +527,7 @@ mod tests {
         got
     }
 
-    /// Five full datagrams and a short one of one flow: one train. Received without GRO they
+    /// Five full datagrams and a short one of one flow, some gathered from two pieces: one train. Received without GRO they
     /// are six datagrams, byte-exact and in order; with GRO one merged datagram says so.
     #[test]
     fn trains_arrive_as_the_datagrams_they_were_cut_from() {
@@ -515,10 +544,15 @@ mod tests {
             let dst = rx.local_addr().expect("addr");
             let mut tx = VxlanSender::new(Ipv4Addr::LOCALHOST, 2, 1 << 20, true).expect("sender");
             assert!(tx.gso(), "UDP_SEGMENT (Linux 4.18) refused");
-            let report = tx.send_iter(payloads.iter().map(|p| Datagram {
-                dst,
-                flow: 7,
-                payload: p,
+            // Every other datagram in two pieces, as a gathered segment goes: headers, data.
+            let report = tx.send_iter(payloads.iter().enumerate().map(|(i, p)| {
+                let (payload, tail) = p.split_at(if i % 2 == 1 { 50 } else { p.len() });
+                Datagram {
+                    dst,
+                    flow: 7,
+                    payload,
+                    tail,
+                }
             }));
             assert_eq!((report.sent, report.dropped), (6, 0), "{report:?}");
             assert_eq!(report.sent_bytes, total + 6 * 28);
@@ -565,6 +599,7 @@ mod tests {
                 dst,
                 flow: *flow,
                 payload: p,
+                tail: &[],
             }));
             assert_eq!((report.sent, report.dropped), (5, 0), "{report:?}");
             let mut batch = RecvBatch::new(8, HEADROOM + 65_536);
@@ -589,6 +624,7 @@ mod tests {
             dst,
             flow,
             payload: p,
+            tail: &[],
         }));
         assert_eq!((report.sent, report.dropped), (5, 0), "{report:?}");
         let mut batch = RecvBatch::new(8, HEADROOM + 65_536);

@@ -380,6 +380,11 @@ pub fn run_worker(
         counters: Counters::default(),
         pending: Vec::with_capacity(cfg.tun_slots.max(cfg.batch)),
         coalescer: (offload && cfg.coalesce).then(|| Coalescer::new(vec![0u8; SUPER_FRAME_BUF])),
+        heads: if offload {
+            vec![0u8; GATHER_SEGS * HEAD_STRIDE]
+        } else {
+            Vec::new()
+        },
     };
     let mut last_publish = clock::now();
     let mut dirty = false;
@@ -463,6 +468,13 @@ fn publish(shared: &WorkerShared, id: usize, counters: &Counters) {
     }
 }
 
+/// Segments of a super-frame whose headers are written per gathered send.
+const GATHER_SEGS: usize = 64;
+/// Longest VXLAN-and-inner-Ethernet prefix a gathered segment carries before its IPv4 header.
+const HEAD_PREFIX_MAX: usize = 8 + 14;
+/// Bytes per gathered segment's headers: the prefix, then IPv4 and TCP headers with options.
+const HEAD_STRIDE: usize = HEAD_PREFIX_MAX + 60 + 60;
+
 /// An underlay transmit waiting for the end of its batch: which slot, which bytes, to where.
 #[derive(Debug, Clone, Copy)]
 struct Pending {
@@ -484,6 +496,9 @@ struct Worker<'a> {
     pending: Vec<Pending>,
     /// Merges TCP segments bound for the TUN, on a queue with offloads and `coalesce` on.
     coalescer: Option<Coalescer<Vec<u8>>>,
+    /// Headers of the segments of one gathered send, [`HEAD_STRIDE`] bytes each; allocated once,
+    /// on a queue with offloads.
+    heads: Vec<u8>,
 }
 
 impl Worker<'_> {
@@ -608,6 +623,8 @@ impl Worker<'_> {
                         self.counters.drop(DropReason::OffloadMalformed);
                         continue;
                     };
+                    self.forward_super_frame(snap, slots, &mut next, &mut segs, now);
+                    // What a gathered send did not take: each segment through the core.
                     while !segs.is_done() {
                         if next == slots.len() {
                             self.flush(slots);
@@ -640,6 +657,120 @@ impl Worker<'_> {
         match fatal {
             Some(e) => Err(e),
             None => Ok(n),
+        }
+    }
+
+    /// Forwards the first segment of `segs` (into slot `*next`), and if it leaves as VXLAN the
+    /// rest with it, gathered: the core's decision for the first holds for every segment of the
+    /// super-frame (one flow, one destination, none longer than the first), so the others get
+    /// no lookup of their own. Each segment's VXLAN, Ethernet, IPv4 and TCP headers are written
+    /// into [`Worker::heads`] and its payload sent from the TUN read buffer where it lies, one
+    /// UDP GSO train for the lot; only the checksum reads the payload. Anything else the first
+    /// segment's verdict says is carried out for it alone, and `segs` holds the rest.
+    fn forward_super_frame(
+        &mut self,
+        snap: &Snapshot,
+        slots: &mut Slots,
+        next: &mut usize,
+        segs: &mut Tcp4Segments<'_>,
+        now: Instant,
+    ) {
+        if *next == slots.len() {
+            self.flush(slots);
+            *next = 0;
+        }
+        let i = *next;
+        let Some(slot) = slots.slot_mut(i) else {
+            return;
+        };
+        let Some(room) = slot.get_mut(HEADROOM..) else {
+            return;
+        };
+        let seg_len = match segs.emit_next(room) {
+            Some(Ok(len)) => len,
+            Some(Err(_)) => {
+                self.counters.drop(DropReason::TooBig);
+                return;
+            }
+            None => return,
+        };
+        self.counters.rx_local.add(seg_len);
+        let ingress = Ingress::Local(self.tun_port);
+        let verdict = forward(snap, ingress, slot, HEADROOM, seg_len, now);
+        let gathered = match verdict {
+            Verdict::Forward(Action::Transmit {
+                next_hop,
+                start,
+                len,
+                encap: Encap::Vxlan { src_port },
+            }) if !segs.is_done()
+                && start + len == HEADROOM + seg_len
+                && HEADROOM
+                    .checked_sub(start + VXLAN_UDP_PAYLOAD_OFFSET)
+                    .is_some_and(|p| p <= HEAD_PREFIX_MAX) =>
+            {
+                Some((next_hop, start, src_port))
+            }
+            _ => None,
+        };
+        let Some((next_hop, start, flow)) = gathered else {
+            self.carry_out(verdict, i, slot);
+            *next += 1;
+            return;
+        };
+        // What is pending may be this flow's too: it leaves first.
+        self.flush(slots);
+        *next = 0;
+        let first = slots.bytes(i, start, HEADROOM + seg_len - start);
+        // The core wrote the outer UDP header; its destination port is the peer's.
+        let dport = first
+            .get(22..24)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+        let dst = SocketAddrV4::new(next_hop, dport);
+        let Some(first) = first.get(VXLAN_UDP_PAYLOAD_OFFSET..) else {
+            return;
+        };
+        // The VXLAN and inner Ethernet headers, the same on every segment.
+        let prefix = &first[..HEADROOM - start - VXLAN_UDP_PAYLOAD_OFFSET];
+        let frame = segs.frame();
+        let mut lead = Some(first);
+        while lead.is_some() || !segs.is_done() {
+            let mut cut = [(0usize, 0usize, 0usize); GATHER_SEGS];
+            let mut k = 0;
+            while k < GATHER_SEGS {
+                let head = &mut self.heads[k * HEAD_STRIDE..(k + 1) * HEAD_STRIDE];
+                head[..prefix.len()].copy_from_slice(prefix);
+                match segs.emit_next_headers(&mut head[prefix.len()..]) {
+                    Some(Ok((hl, body))) => {
+                        self.counters.rx_local.add(hl + body.len());
+                        cut[k] = (prefix.len() + hl, body.start, body.end);
+                        k += 1;
+                    }
+                    // Headers longer than a stride: not from a valid IPv4/TCP super-frame.
+                    Some(Err(_)) => self.counters.drop(DropReason::TooBig),
+                    None => break,
+                }
+            }
+            let heads = &self.heads;
+            let gathered = cut[..k]
+                .iter()
+                .enumerate()
+                .map(|(j, &(hl, from, to))| Datagram {
+                    dst,
+                    flow,
+                    payload: &heads[j * HEAD_STRIDE..j * HEAD_STRIDE + hl],
+                    tail: &frame[from..to],
+                });
+            let lead_dgram = lead.take().map(|payload| Datagram {
+                dst,
+                flow,
+                payload,
+                tail: &[],
+            });
+            let report = self
+                .vxlan_tx
+                .send_iter(lead_dgram.into_iter().chain(gathered));
+            self.count_sent(&report);
         }
     }
 
@@ -864,6 +995,7 @@ impl Worker<'_> {
                         dst: SocketAddrV4::new(p.next_hop, dport),
                         flow,
                         payload: bytes.get(VXLAN_UDP_PAYLOAD_OFFSET..).unwrap_or(&[]),
+                        tail: &[],
                     }
                 }));
             self.count_sent(&report);

@@ -20,6 +20,7 @@ use super::tcp4::{self, addrs, be16, be32, ip, tcp, Tcp4};
 use super::vnet::{Gso, VnetRepr};
 use super::OffloadError;
 use crate::wire::checksum;
+use core::ops::Range;
 
 /// The segments of one IPv4/TCP super-frame, emitted one at a time into caller buffers.
 #[derive(Debug, Clone)]
@@ -76,54 +77,102 @@ impl<'a> Tcp4Segments<'a> {
         Some(self.t.hdr_len() + self.mss.min(self.t.payload_len() - self.offset))
     }
 
+    /// The super-frame the segments are cut from.
+    pub fn frame(&self) -> &'a [u8] {
+        self.frame
+    }
+
     /// Writes the next segment at the start of `out` and returns its length; `None` once all are
     /// emitted. If `out` is too small nothing is written, the segment is skipped and
     /// [`OffloadError::BufferTooSmall`] returned.
     pub fn emit_next(&mut self, out: &mut [u8]) -> Option<Result<usize, OffloadError>> {
         let seg_len = self.next_len()?;
+        let hl = self.t.hdr_len();
+        let (index, offset) = self.advance(seg_len - hl);
+        let Some(out) = out.get_mut(..seg_len) else {
+            return Some(Err(OffloadError::BufferTooSmall));
+        };
+        let (head, body) = out.split_at_mut(hl);
+        // The payload is summed as it is copied; the headers are added once they are final.
+        let payload_sum = checksum::copy_and_accumulate(0, self.payload(offset, body.len()), body);
+        self.write_headers(head, index, offset, body.len(), payload_sum);
+        Some(Ok(seg_len))
+    }
+
+    /// Like [`Tcp4Segments::emit_next`], but writes only the next segment's IPv4 and TCP headers
+    /// at the start of `out`, and returns their length and where in [`Tcp4Segments::frame`] the
+    /// segment's payload lies: a gathered send takes it from there. The TCP checksum covers that
+    /// payload, summed where it lies, without a copy.
+    pub fn emit_next_headers(
+        &mut self,
+        out: &mut [u8],
+    ) -> Option<Result<(usize, Range<usize>), OffloadError>> {
+        let seg_len = self.next_len()?;
+        let hl = self.t.hdr_len();
+        let n = seg_len - hl;
+        let (index, offset) = self.advance(n);
+        let Some(head) = out.get_mut(..hl) else {
+            return Some(Err(OffloadError::BufferTooSmall));
+        };
+        let payload_sum = checksum::accumulate(0, self.payload(offset, n));
+        self.write_headers(head, index, offset, n, payload_sum);
+        Some(Ok((hl, hl + offset..hl + offset + n)))
+    }
+
+    /// Moves past a segment of `n` payload bytes; returns the segment's index and payload offset.
+    fn advance(&mut self, n: usize) -> (usize, usize) {
+        let at = (self.index, self.offset);
+        self.offset += n;
+        self.index += 1;
+        at
+    }
+
+    /// The `n` payload bytes at `offset` (after the headers) of the super-frame.
+    fn payload(&self, offset: usize, n: usize) -> &'a [u8] {
+        let hl = self.t.hdr_len();
+        &self.frame[hl + offset..hl + offset + n]
+    }
+
+    /// Writes the headers (`hdr_len` bytes) of segment `index`, whose `n` payload bytes start at
+    /// payload offset `offset` and sum to `payload_sum`, into `head`.
+    fn write_headers(
+        &self,
+        head: &mut [u8],
+        index: usize,
+        offset: usize,
+        n: usize,
+        payload_sum: u32,
+    ) {
         let Tcp4 {
             ip_len, tcp_len, ..
         } = self.t;
         let hl = self.t.hdr_len();
-        let n = seg_len - hl;
-        let (first, last) = (self.index == 0, self.index + 1 == self.count);
-        let (offset, index) = (self.offset, self.index);
-        self.offset += n;
-        self.index += 1;
-        let Some(out) = out.get_mut(..seg_len) else {
-            return Some(Err(OffloadError::BufferTooSmall));
-        };
-        out[..hl].copy_from_slice(&self.frame[..hl]);
-        // The payload is summed as it is copied; the headers are added once they are final.
-        let payload_sum = checksum::copy_and_accumulate(
-            0,
-            &self.frame[hl + offset..hl + offset + n],
-            &mut out[hl..],
-        );
+        let (first, last) = (index == 0, index + 1 == self.count);
+        head.copy_from_slice(&self.frame[..hl]);
 
-        // seg_len <= the super-frame's total length, a u16.
-        out[ip::TOTAL_LEN..ip::TOTAL_LEN + 2].copy_from_slice(&(seg_len as u16).to_be_bytes());
+        // hl + n <= the super-frame's total length, a u16.
+        let seg_len = (hl + n) as u16;
+        head[ip::TOTAL_LEN..ip::TOTAL_LEN + 2].copy_from_slice(&seg_len.to_be_bytes());
         let id = be16(self.frame, ip::IDENT).wrapping_add(index as u16);
-        out[ip::IDENT..ip::IDENT + 2].copy_from_slice(&id.to_be_bytes());
-        tcp4::fill_ip_checksum(&mut out[..ip_len]);
+        head[ip::IDENT..ip::IDENT + 2].copy_from_slice(&id.to_be_bytes());
+        tcp4::fill_ip_checksum(&mut head[..ip_len]);
 
         let th = ip_len;
         let seq = be32(self.frame, th + tcp::SEQ).wrapping_add(offset as u32);
-        out[th + tcp::SEQ..th + tcp::SEQ + 4].copy_from_slice(&seq.to_be_bytes());
-        let mut flags = out[th + tcp::FLAGS];
+        head[th + tcp::SEQ..th + tcp::SEQ + 4].copy_from_slice(&seq.to_be_bytes());
+        let mut flags = head[th + tcp::FLAGS];
         if !last {
             flags &= !(tcp::FIN | tcp::PSH);
         }
         if !first {
             flags &= !tcp::CWR;
         }
-        out[th + tcp::FLAGS] = flags;
-        out[th + tcp::CHECKSUM..th + tcp::CHECKSUM + 2].fill(0);
-        let (src, dst) = addrs(out);
-        let acc = checksum::accumulate(tcp4::pseudo(src, dst, tcp_len + n), &out[th..hl]);
+        head[th + tcp::FLAGS] = flags;
+        head[th + tcp::CHECKSUM..th + tcp::CHECKSUM + 2].fill(0);
+        let (src, dst) = addrs(head);
+        let acc = checksum::accumulate(tcp4::pseudo(src, dst, tcp_len + n), &head[th..hl]);
         let c = !checksum::fold(checksum::combine(acc, payload_sum));
-        out[th + tcp::CHECKSUM..th + tcp::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
-        Some(Ok(seg_len))
+        head[th + tcp::CHECKSUM..th + tcp::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
     }
 }
 
