@@ -4,8 +4,8 @@
 //! input, however garbled, makes either side panic.
 
 use dataplane::offload::{
-    coalesce_tcp4, complete_checksum, segment_tcp4, Coalescer, Gso, Push, Tcp4Segments, VnetRepr,
-    SUPER_FRAME_BUF, VNET_HDR_LEN,
+    coalesce_tcp4, complete_checksum, segment_tcp4, Coalescer, GatherCoalescer, Gso, Push,
+    Tcp4Segments, VnetRepr, SUPER_FRAME_BUF, VNET_HDR_LEN,
 };
 use dataplane::wire::checksum;
 use proptest::prelude::*;
@@ -160,6 +160,31 @@ proptest! {
             }
             Err(_) => prop_assert!(!mergeable || n == 1 && payload_len == 0),
         }
+
+        // The gathered form merges the same segments, laid back to back in one buffer as UDP
+        // GRO leaves them, into the same bytes: its headers, then the pieces where they lie.
+        let mut laid = Vec::new();
+        let mut g = GatherCoalescer::default();
+        let mut all_taken = true;
+        for s in &segs {
+            laid.extend_from_slice(s);
+        }
+        let mut at = 0;
+        for s in &segs {
+            all_taken &= g.push(&laid[at..at + s.len()], at) != Push::Rejected;
+            at += s.len();
+        }
+        if let (true, Ok(len)) = (all_taken, coalesce_tcp4(&refs, &mut out)) {
+            let m = g.finish().expect("a merge");
+            let mut joined = m.head.to_vec();
+            for &(at, len) in m.parts {
+                joined.extend_from_slice(&laid[at..at + len]);
+            }
+            prop_assert_eq!(&joined[..], &out[..len]);
+            prop_assert_eq!(m.packets, n);
+        } else {
+            prop_assert!(!mergeable || n == 1 && payload_len == 0 || !all_taken && n > 64);
+        }
     }
 
     #[test]
@@ -183,6 +208,10 @@ proptest! {
         let _ = c.push(&bytes);
         let _ = c.push(&bytes[..cut.min(bytes.len())]);
         let _ = c.finish();
+        let mut g = GatherCoalescer::default();
+        let _ = g.push(&bytes, 0);
+        let _ = g.push(&bytes[..cut.min(bytes.len())], 0);
+        let _ = g.finish();
     }
 
     #[test]
@@ -209,5 +238,10 @@ proptest! {
             if c.push(s) == Push::Rejected { rejected = true; break; }
         }
         prop_assert!(rejected, "a corrupt segment was merged");
+        let mut g = GatherCoalescer::default();
+        prop_assert!(
+            segs.iter().any(|s| g.push(s, 0) == Push::Rejected),
+            "a corrupt segment was gathered"
+        );
     }
 }

@@ -23,7 +23,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::sys;
-use crate::offload::VNET_HDR_LEN;
+use crate::offload::{GATHER_PARTS, VNET_HDR_LEN};
 
 /// The clone device every TUN queue is opened from.
 const CLONE_DEVICE: &str = "/dev/net/tun";
@@ -183,6 +183,30 @@ impl TunQueue {
     /// on a queue with offloads, a plain packet otherwise.
     pub fn write_raw(&self, bytes: &[u8]) -> io::Result<usize> {
         (&self.file).write(bytes)
+    }
+
+    /// Writes `head` (a virtio-net header and the packet's first bytes) followed by `parts` as
+    /// one packet with one `writev(2)`: a super-frame whose payload lies elsewhere. At most
+    /// [`GATHER_PARTS`] parts; more is `InvalidInput` and nothing is written.
+    pub fn write_gathered<'a>(
+        &self,
+        head: &'a [u8],
+        parts: impl IntoIterator<Item = &'a [u8]>,
+    ) -> io::Result<usize> {
+        let mut iov = [IoSlice::new(&[]); 1 + GATHER_PARTS];
+        iov[0] = IoSlice::new(head);
+        let mut n = 1;
+        for p in parts {
+            let Some(slot) = iov.get_mut(n) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "more pieces than a gathered TUN write takes",
+                ));
+            };
+            *slot = IoSlice::new(p);
+            n += 1;
+        }
+        (&self.file).write_vectored(&iov[..n])
     }
 }
 

@@ -42,7 +42,8 @@ use crate::forward::{
     forward, ipip_super_frame, Action, Encap, Ingress, Verdict, HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
 };
 use crate::offload::{
-    complete_checksum, Coalescer, Gso, Push, Tcp4Segments, VnetRepr, SUPER_FRAME_BUF, VNET_HDR_LEN,
+    complete_checksum, Coalescer, GatherCoalescer, Gso, Push, Tcp4Segments, VnetRepr,
+    SUPER_FRAME_BUF, VNET_HDR_LEN,
 };
 use crate::snapshot::{Snapshot, SnapshotCell};
 use crate::time::{Duration, Instant};
@@ -380,6 +381,7 @@ pub fn run_worker(
         counters: Counters::default(),
         pending: Vec::with_capacity(cfg.tun_slots.max(cfg.batch)),
         coalescer: (offload && cfg.coalesce).then(|| Coalescer::new(vec![0u8; SUPER_FRAME_BUF])),
+        gather: (offload && cfg.coalesce).then(Box::default),
         heads: if offload {
             vec![0u8; GATHER_SEGS * HEAD_STRIDE]
         } else {
@@ -496,6 +498,9 @@ struct Worker<'a> {
     pending: Vec<Pending>,
     /// Merges TCP segments bound for the TUN, on a queue with offloads and `coalesce` on.
     coalescer: Option<Coalescer<Vec<u8>>>,
+    /// Merges the segments of one UDP GRO datagram bound for the TUN without copying their
+    /// payload; present with `coalescer`.
+    gather: Option<Box<GatherCoalescer>>,
     /// Headers of the segments of one gathered send, [`HEAD_STRIDE`] bytes each; allocated once,
     /// on a queue with offloads.
     heads: Vec<u8>,
@@ -807,7 +812,11 @@ impl Worker<'_> {
             } else {
                 meta.len
             };
-            let mut off = 0;
+            let mut off = if meta.len > seg {
+                self.deliver_merged(snap, ingress, rx, i, seg, meta.len, now)
+            } else {
+                0
+            };
             while off < meta.len {
                 let len = seg.min(meta.len - off);
                 if off > 0 && !self.pending.is_empty() {
@@ -823,6 +832,100 @@ impl Worker<'_> {
         self.flush(rx.slots());
         self.flush_coalesced();
         n
+    }
+
+    /// Takes one forwarding decision for a merged datagram (UDP GRO: `total` bytes of
+    /// `seg`-byte VXLAN datagrams back to back in slot `i`) and, when its first segment is
+    /// delivered to the TUN, merges it and the segments after it into one super-frame whose
+    /// payload is written from where it lies (`writev(2)`), with no copy in userspace. A later
+    /// segment joins when its VXLAN and inner Ethernet headers equal the first's and the
+    /// coalescer takes it (same addresses, TTL and TOS, valid checksums, in sequence, no longer
+    /// than the first): the core would decide the same for it, so it gets no decision of its
+    /// own, and no decision writes into a piece before the write. Returns how many bytes of
+    /// the datagram were dealt with; the caller forwards the rest segment by segment.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_merged(
+        &mut self,
+        snap: &Snapshot,
+        ingress: Ingress,
+        rx: &mut RecvBatch,
+        i: usize,
+        seg: usize,
+        total: usize,
+        now: Instant,
+    ) -> usize {
+        let Some(mut gather) = self.gather.take() else {
+            return 0;
+        };
+        let done = self.gather_merged(&mut gather, snap, ingress, rx, i, seg, total, now);
+        self.gather = Some(gather);
+        done
+    }
+
+    /// [`Worker::deliver_merged`] with the gathering coalescer in hand.
+    #[allow(clippy::too_many_arguments)]
+    fn gather_merged(
+        &mut self,
+        gather: &mut GatherCoalescer,
+        snap: &Snapshot,
+        ingress: Ingress,
+        rx: &mut RecvBatch,
+        i: usize,
+        seg: usize,
+        total: usize,
+        now: Instant,
+    ) -> usize {
+        let Some(slot) = rx.slot_mut(i) else {
+            return total;
+        };
+        let first = seg.min(total);
+        self.counters.rx_underlay.add(first + OUTER_IPV4_UDP_LEN);
+        let verdict = forward(snap, ingress, slot, HEADROOM, first, now);
+        let (start, len) = match verdict {
+            Verdict::Forward(Action::Deliver { port, start, len })
+                if port == self.tun_port && start >= HEADROOM && start + len <= slot.len() =>
+            {
+                (start, len)
+            }
+            _ => {
+                self.carry_out(verdict, i, slot);
+                return first;
+            }
+        };
+        let slot: &[u8] = slot;
+        // What the copying coalescer holds arrived earlier: it is written first.
+        self.flush_coalesced();
+        if gather.push(&slot[start..start + len], start) == Push::Rejected {
+            self.deliver_tun(&slot[start..start + len]);
+            return first;
+        }
+        let prefix = &slot[HEADROOM..start];
+        let mut off = first;
+        while off < total {
+            let l = seg.min(total - off);
+            let at = HEADROOM + off;
+            let inner = at + prefix.len();
+            let same_prefix = slot.get(at..inner) == Some(prefix);
+            if !same_prefix
+                || l <= prefix.len()
+                || gather.push(&slot[inner..at + l], inner) == Push::Rejected
+            {
+                break;
+            }
+            self.counters.rx_underlay.add(l + OUTER_IPV4_UDP_LEN);
+            off += l;
+        }
+        if let Some(m) = gather.finish() {
+            let parts = m.parts.iter().map(|&(at, len)| &slot[at..at + len]);
+            match self.tun.write_gathered(m.head, parts) {
+                Ok(_) => {
+                    self.counters.tx_local.packets += m.packets as u64;
+                    self.counters.tx_local.bytes += m.packet_bytes as u64;
+                }
+                Err(_) => self.counters.drops[DropReason::IoError.index()] += m.packets as u64,
+            }
+        }
+        off
     }
 
     /// Receives one batch of IP-in-IP datagrams (outer IPv4 header included) and forwards it.

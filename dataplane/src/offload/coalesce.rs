@@ -102,6 +102,94 @@ fn copy_checked(pkt: &[u8], t: &Tcp4, from: usize, out: &mut [u8]) -> bool {
     checksum::fold(checksum::copy_and_accumulate(acc, &pkt[from..t.total], out)) == 0xffff
 }
 
+impl Head {
+    /// The head of a merge that `pkt` (laid out as `t`) starts.
+    fn start(pkt: &[u8], t: &Tcp4) -> Head {
+        let payload = t.payload_len();
+        Head {
+            ip_len: t.ip_len,
+            hdr_len: t.hdr_len(),
+            gso_size: payload,
+            next_seq: be32(pkt, t.ip_len + tcp::SEQ).wrapping_add(payload as u32),
+            packets: 1,
+            packet_bytes: t.total,
+            closed: pkt[t.ip_len + tcp::FLAGS] & tcp::PSH != 0,
+        }
+    }
+
+    /// The head once `pkt` (laid out as `t`) is appended.
+    fn appended(self, pkt: &[u8], t: &Tcp4) -> Head {
+        let payload = t.payload_len();
+        let flags = pkt[t.ip_len + tcp::FLAGS];
+        Head {
+            next_seq: be32(pkt, t.ip_len + tcp::SEQ).wrapping_add(payload as u32),
+            packets: self.packets + 1,
+            packet_bytes: self.packet_bytes + t.total,
+            closed: flags & tcp::PSH != 0 || payload < self.gso_size,
+            ..self
+        }
+    }
+}
+
+/// Whether `pkt` (laid out as `t`) continues the merge of `len` bytes whose head is `head` and
+/// whose headers are `held`: the rules of the module doc, but the checksum's.
+fn continues(held: &[u8], head: &Head, len: usize, pkt: &[u8], t: &Tcp4) -> bool {
+    let th = head.ip_len;
+    head.hdr_len == t.hdr_len()
+        && !head.closed
+        && be32(pkt, t.ip_len + tcp::SEQ) == head.next_seq
+        && t.payload_len() <= head.gso_size
+        && len + t.payload_len() <= 65_535
+        && held[ip::TOS] == pkt[ip::TOS]
+        && held[ip::TTL] == pkt[ip::TTL]
+        && held[ip::SRC..ip::DST + 4] == pkt[ip::SRC..ip::DST + 4]
+        // Ports, then the ACK number.
+        && held[th..th + 4] == pkt[th..th + 4]
+        && held[th + tcp::ACK..th + tcp::ACK + 4] == pkt[th + tcp::ACK..th + tcp::ACK + 4]
+        && (held[th + tcp::FLAGS] ^ pkt[th + tcp::FLAGS]) & !tcp::PSH == 0
+        // Options.
+        && held[th + tcp::MIN_LEN..head.hdr_len] == pkt[th + tcp::MIN_LEN..head.hdr_len]
+}
+
+/// Carries the latest window into the held headers, and PSH if `pkt` pushes.
+fn update_held(held: &mut [u8], th: usize, pkt: &[u8]) {
+    held[th + 14..th + 16].copy_from_slice(&pkt[th + 14..th + 16]);
+    held[th + tcp::FLAGS] |= pkt[th + tcp::FLAGS] & tcp::PSH;
+}
+
+/// Makes the held headers those of the `len`-byte super-frame `head` describes (total length,
+/// IP checksum, partial TCP checksum) and returns its virtio-net header; a merge of one packet
+/// is left as it came, behind an all-zero header.
+fn finish_headers(held: &mut [u8], head: &Head, len: usize) -> VnetRepr {
+    if head.packets == 1 {
+        return VnetRepr::NONE;
+    }
+    // len <= 65535, checked on every append.
+    held[ip::TOTAL_LEN..ip::TOTAL_LEN + 2].copy_from_slice(&(len as u16).to_be_bytes());
+    tcp4::fill_ip_checksum(&mut held[..head.ip_len]);
+    let (src, dst) = addrs(held);
+    let partial = checksum::fold(tcp4::pseudo(src, dst, len - head.ip_len));
+    let c = head.ip_len + tcp::CHECKSUM;
+    held[c..c + 2].copy_from_slice(&partial.to_be_bytes());
+    // Header lengths and gso_size are bounded by the 65535-byte packet.
+    VnetRepr {
+        needs_csum: true,
+        gso: Gso::TcpV4,
+        ecn: false,
+        hdr_len: head.hdr_len as u16,
+        gso_size: head.gso_size as u16,
+        csum_start: head.ip_len as u16,
+        csum_offset: tcp::CHECKSUM as u16,
+    }
+}
+
+/// Whether the TCP checksum of `pkt` (laid out as `t`) is valid, summed where it lies.
+fn checksum_valid(pkt: &[u8], t: &Tcp4) -> bool {
+    let (src, dst) = addrs(pkt);
+    let acc = tcp4::pseudo(src, dst, t.total - t.ip_len);
+    checksum::fold(checksum::accumulate(acc, &pkt[t.ip_len..t.total])) == 0xffff
+}
+
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
     /// An empty coalescer over `buf`.
     ///
@@ -131,7 +219,6 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
             return Push::Rejected;
         };
         let payload = t.payload_len();
-        let seq = be32(pkt, t.ip_len + tcp::SEQ);
         let Some(head) = self.head else {
             let buf = self.buf.as_mut();
             let at = VNET_HDR_LEN + t.ip_len;
@@ -140,56 +227,23 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
             }
             buf[VNET_HDR_LEN..at].copy_from_slice(&pkt[..t.ip_len]);
             self.len = t.total;
-            let closed = pkt[t.ip_len + tcp::FLAGS] & tcp::PSH != 0;
-            self.head = Some(Head {
-                ip_len: t.ip_len,
-                hdr_len: t.hdr_len(),
-                gso_size: payload,
-                next_seq: seq.wrapping_add(payload as u32),
-                packets: 1,
-                packet_bytes: t.total,
-                closed,
-            });
+            self.head = Some(Head::start(pkt, &t));
             return Push::Started;
         };
-        let held = &self.buf.as_ref()[VNET_HDR_LEN..VNET_HDR_LEN + self.len];
-        let th = head.ip_len;
-        let same = head.hdr_len == t.hdr_len()
-            && !head.closed
-            && seq == head.next_seq
-            && payload <= head.gso_size
-            && self.len + payload <= 65_535
-            && held[ip::TOS] == pkt[ip::TOS]
-            && held[ip::TTL] == pkt[ip::TTL]
-            && held[ip::SRC..ip::DST + 4] == pkt[ip::SRC..ip::DST + 4]
-            // Ports, then the ACK number.
-            && held[th..th + 4] == pkt[th..th + 4]
-            && held[th + tcp::ACK..th + tcp::ACK + 4] == pkt[th + tcp::ACK..th + tcp::ACK + 4]
-            && (held[th + tcp::FLAGS] ^ pkt[th + tcp::FLAGS]) & !tcp::PSH == 0
-            // Options.
-            && held[th + tcp::MIN_LEN..head.hdr_len] == pkt[th + tcp::MIN_LEN..head.hdr_len];
-        if !same {
+        let held = &self.buf.as_ref()[VNET_HDR_LEN..VNET_HDR_LEN + head.hdr_len];
+        if !continues(held, &head, self.len, pkt, &t) {
             return Push::Rejected;
         }
-        let flags = pkt[th + tcp::FLAGS];
+        let th = head.ip_len;
         let buf = self.buf.as_mut();
         let at = VNET_HDR_LEN + self.len;
         // Past the held bytes: a segment whose checksum fails leaves nothing behind.
         if !copy_checked(pkt, &t, t.hdr_len(), &mut buf[at..at + payload]) {
             return Push::Rejected;
         }
-        // The latest window, and PSH if this segment pushes.
-        let h = VNET_HDR_LEN + th;
-        buf[h + 14..h + 16].copy_from_slice(&pkt[th + 14..th + 16]);
-        buf[h + tcp::FLAGS] |= flags & tcp::PSH;
+        update_held(&mut buf[VNET_HDR_LEN..VNET_HDR_LEN + head.hdr_len], th, pkt);
         self.len += payload;
-        self.head = Some(Head {
-            next_seq: seq.wrapping_add(payload as u32),
-            packets: head.packets + 1,
-            packet_bytes: head.packet_bytes + t.total,
-            closed: flags & tcp::PSH != 0 || payload < head.gso_size,
-            ..head
-        });
+        self.head = Some(head.appended(pkt, &t));
         Push::Appended
     }
 
@@ -200,31 +254,129 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
         let len = self.len;
         self.len = 0;
         let buf = self.buf.as_mut();
-        let vnet = if head.packets == 1 {
-            VnetRepr::NONE
-        } else {
-            let pkt = &mut buf[VNET_HDR_LEN..VNET_HDR_LEN + len];
-            // len <= 65535, checked on every append.
-            pkt[ip::TOTAL_LEN..ip::TOTAL_LEN + 2].copy_from_slice(&(len as u16).to_be_bytes());
-            tcp4::fill_ip_checksum(&mut pkt[..head.ip_len]);
-            let (src, dst) = addrs(pkt);
-            let partial = checksum::fold(tcp4::pseudo(src, dst, len - head.ip_len));
-            let c = head.ip_len + tcp::CHECKSUM;
-            pkt[c..c + 2].copy_from_slice(&partial.to_be_bytes());
-            // Header lengths and gso_size are bounded by the 65535-byte packet.
-            VnetRepr {
-                needs_csum: true,
-                gso: Gso::TcpV4,
-                ecn: false,
-                hdr_len: head.hdr_len as u16,
-                gso_size: head.gso_size as u16,
-                csum_start: head.ip_len as u16,
-                csum_offset: tcp::CHECKSUM as u16,
-            }
-        };
+        let vnet = finish_headers(
+            &mut buf[VNET_HDR_LEN..VNET_HDR_LEN + head.hdr_len],
+            &head,
+            len,
+        );
         vnet.emit(&mut VnetHeader::new_unchecked(&mut buf[..VNET_HDR_LEN]));
         Some(Coalesced {
             bytes: &self.buf.as_ref()[..VNET_HDR_LEN + len],
+            packets: head.packets,
+            packet_bytes: head.packet_bytes,
+        })
+    }
+}
+
+/// Payload pieces a [`GatherCoalescer`] merge holds at most: a 64 KiB super-frame of segments
+/// of at least about 1 KiB, as UDP GRO delivers them (`UDP_GRO_CNT_MAX` is 64).
+pub const GATHER_PARTS: usize = 64;
+
+/// Longest IPv4 and TCP headers, options included.
+const MAX_HDR_LEN: usize = 60 + 60;
+
+/// A finished gathered merge: its headers here, its payload where the caller's packets lie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gathered<'a> {
+    /// The virtio-net header followed by the super-frame's IPv4 and TCP headers.
+    pub head: &'a [u8],
+    /// The payload pieces, in order, as `(at, len)` in the caller's coordinates (see
+    /// [`GatherCoalescer::push`]); the super-frame is `head` followed by them.
+    pub parts: &'a [(usize, usize)],
+    /// How many packets were merged.
+    pub packets: usize,
+    /// Their lengths summed (the IPv4 total lengths as received).
+    pub packet_bytes: usize,
+}
+
+/// Like [`Coalescer`], with the same rules, but copies only headers: each merged segment's
+/// payload stays where the caller received it and is recorded as a piece, so the super-frame
+/// leaves with one gathered write (`writev(2)`) and the payload is read once, for its checksum,
+/// instead of copied and read. The caller keeps the packets' bytes unchanged until
+/// [`GatherCoalescer::finish`].
+#[derive(Debug)]
+pub struct GatherCoalescer {
+    hdr: [u8; VNET_HDR_LEN + MAX_HDR_LEN],
+    parts: [(usize, usize); GATHER_PARTS],
+    nparts: usize,
+    /// Bytes of the super-frame held: headers and payload pieces.
+    len: usize,
+    head: Option<Head>,
+}
+
+impl Default for GatherCoalescer {
+    fn default() -> Self {
+        GatherCoalescer {
+            hdr: [0; VNET_HDR_LEN + MAX_HDR_LEN],
+            parts: [(0, 0); GATHER_PARTS],
+            nparts: 0,
+            len: 0,
+            head: None,
+        }
+    }
+}
+
+impl GatherCoalescer {
+    /// Whether a merge is held.
+    pub fn is_empty(&self) -> bool {
+        self.head.is_none()
+    }
+
+    /// Offers the IPv4 packet `pkt`, whose first byte is at position `at` of the caller's
+    /// buffers; if taken, its payload is recorded as a piece at `at` plus its header length.
+    pub fn push(&mut self, pkt: &[u8], at: usize) -> Push {
+        let Some(t) = eligible(pkt) else {
+            return Push::Rejected;
+        };
+        let hl = t.hdr_len();
+        let piece = (at + hl, t.payload_len());
+        let Some(head) = self.head else {
+            if hl > MAX_HDR_LEN || !checksum_valid(pkt, &t) {
+                return Push::Rejected;
+            }
+            self.hdr[VNET_HDR_LEN..VNET_HDR_LEN + hl].copy_from_slice(&pkt[..hl]);
+            self.parts[0] = piece;
+            self.nparts = 1;
+            self.len = t.total;
+            self.head = Some(Head::start(pkt, &t));
+            return Push::Started;
+        };
+        let held = &self.hdr[VNET_HDR_LEN..VNET_HDR_LEN + head.hdr_len];
+        if self.nparts == GATHER_PARTS
+            || !continues(held, &head, self.len, pkt, &t)
+            || !checksum_valid(pkt, &t)
+        {
+            return Push::Rejected;
+        }
+        update_held(
+            &mut self.hdr[VNET_HDR_LEN..VNET_HDR_LEN + head.hdr_len],
+            head.ip_len,
+            pkt,
+        );
+        self.parts[self.nparts] = piece;
+        self.nparts += 1;
+        self.len += t.payload_len();
+        self.head = Some(head.appended(pkt, &t));
+        Push::Appended
+    }
+
+    /// Ends the merge held, if any, and returns it; the coalescer is empty afterwards.
+    pub fn finish(&mut self) -> Option<Gathered<'_>> {
+        let head = self.head.take()?;
+        let hl = head.hdr_len;
+        let vnet = finish_headers(
+            &mut self.hdr[VNET_HDR_LEN..VNET_HDR_LEN + hl],
+            &head,
+            self.len,
+        );
+        vnet.emit(&mut VnetHeader::new_unchecked(
+            &mut self.hdr[..VNET_HDR_LEN],
+        ));
+        let nparts = core::mem::take(&mut self.nparts);
+        self.len = 0;
+        Some(Gathered {
+            head: &self.hdr[..VNET_HDR_LEN + hl],
+            parts: &self.parts[..nparts],
             packets: head.packets,
             packet_bytes: head.packet_bytes,
         })

@@ -26,7 +26,10 @@ pub mod segment;
 mod tcp4;
 pub mod vnet;
 
-pub use coalesce::{coalesce_tcp4, Coalesced, Coalescer, Push, SUPER_FRAME_BUF};
+pub use coalesce::{
+    coalesce_tcp4, Coalesced, Coalescer, GatherCoalescer, Gathered, Push, GATHER_PARTS,
+    SUPER_FRAME_BUF,
+};
 pub use segment::{complete_checksum, segment_tcp4, Tcp4Segments};
 pub use vnet::{Gso, VnetHeader, VnetRepr, VNET_HDR_LEN};
 
