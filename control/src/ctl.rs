@@ -160,6 +160,12 @@ pub struct CountersView {
     pub tx_underlay: TrafficView,
     /// ICMP errors and ARP replies generated.
     pub replies: u64,
+    /// TSO super-frames from the TUN sent gathered (no userspace copy of their payload).
+    #[serde(default)]
+    pub gathered_sends: u64,
+    /// Merged UDP GRO datagrams written to the TUN gathered (no userspace copy).
+    #[serde(default)]
+    pub gathered_writes: u64,
     /// Drops by reason (every reason listed, zeros included, so scripts can rely on the keys).
     pub drops: BTreeMap<String, u64>,
 }
@@ -176,6 +182,8 @@ impl From<&Counters> for CountersView {
             tx_local: t(c.tx_local),
             tx_underlay: t(c.tx_underlay),
             replies: c.replies,
+            gathered_sends: c.gathered_sends,
+            gathered_writes: c.gathered_writes,
             drops: dataplane::drop::DropReason::ALL
                 .iter()
                 .map(|r| (r.label().to_string(), c.drops(*r)))
@@ -301,9 +309,10 @@ impl ShowReply {
         let _ = writeln!(s, "# counters");
         let _ = writeln!(
             s,
-            "rx local {} pkts {} bytes | rx underlay {} pkts {} bytes | tx local {} pkts {} bytes | tx underlay {} pkts {} bytes | replies {}",
+            "rx local {} pkts {} bytes | rx underlay {} pkts {} bytes | tx local {} pkts {} bytes | tx underlay {} pkts {} bytes | replies {} | gathered sends {} writes {}",
             c.rx_local.packets, c.rx_local.bytes, c.rx_underlay.packets, c.rx_underlay.bytes,
-            c.tx_local.packets, c.tx_local.bytes, c.tx_underlay.packets, c.tx_underlay.bytes, c.replies
+            c.tx_local.packets, c.tx_local.bytes, c.tx_underlay.packets, c.tx_underlay.bytes, c.replies,
+            c.gathered_sends, c.gathered_writes
         );
         let drops: Vec<String> = c
             .drops

@@ -19,6 +19,7 @@
 //! | `weft_peers_refused_total{reason}` | counter | peers not programmed: `not_adjacent` (host-gw, `Never` or `CrossSubnet` direct routing to a public IP off our underlay subnet), counted when first refused |
 //! | `weft_direct_routes` | gauge | kernel routes `<subnet> via <public IP>` installed for directly routed peers |
 //! | `weft_gso_fallbacks_total` | counter | times a worker's UDP GSO was refused by the kernel and turned off |
+//! | `weft_gathered_total{path}` | counter | super-frames moved with no userspace copy of their payload: `send` (a TSO super-frame from the TUN sent as gathered UDP segments), `tun_write` (a merged UDP GRO datagram written to the TUN as one gathered super-frame) |
 //! | `weft_offload_enabled{offload}` | gauge | offloads in use since start-up, 1 or 0: `tun_tso4` (TUN super-frames), `udp_gso` (UDP_SEGMENT trains), `udp_gro` (merged VXLAN receives); 0 when turned off in the config, refused by the kernel, or not used by the backend |
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -325,6 +326,18 @@ impl Collector for WorkerCollector {
                 counter.metric_type(),
             )?;
             counter.encode(m)?;
+        }
+        {
+            let probe = ConstCounter::new(0u64);
+            let mut m = encoder.encode_descriptor(
+                "gathered",
+                "Super-frames moved with no userspace copy of their payload, by path",
+                None,
+                probe.metric_type(),
+            )?;
+            for (path, n) in [("send", c.gathered_sends), ("tun_write", c.gathered_writes)] {
+                ConstCounter::new(n).encode(m.encode_family(&[("path", path)])?)?;
+            }
         }
         Ok(())
     }

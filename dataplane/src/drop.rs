@@ -122,6 +122,12 @@ pub struct Counters {
     pub replies: u64,
     /// Times the kernel refused a UDP GSO train and the sender went on without GSO.
     pub gso_fallbacks: u64,
+    /// TSO super-frames read from the TUN whose segments left gathered: headers written apart,
+    /// payload sent from the read buffer (no userspace copy).
+    pub gathered_sends: u64,
+    /// Merged UDP GRO datagrams written to the TUN as one gathered super-frame (no userspace
+    /// copy).
+    pub gathered_writes: u64,
 }
 
 /// A packet and byte count.
@@ -157,6 +163,8 @@ impl Default for Counters {
             tx_underlay: Traffic::default(),
             replies: 0,
             gso_fallbacks: 0,
+            gathered_sends: 0,
+            gathered_writes: 0,
         }
     }
 }
@@ -189,6 +197,8 @@ impl Counters {
         self.tx_underlay.merge(&other.tx_underlay);
         self.replies += other.replies;
         self.gso_fallbacks += other.gso_fallbacks;
+        self.gathered_sends += other.gathered_sends;
+        self.gathered_writes += other.gathered_writes;
     }
 
     /// The non-zero drop counters, for display.

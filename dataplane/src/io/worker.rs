@@ -738,6 +738,7 @@ impl Worker<'_> {
         // The VXLAN and inner Ethernet headers, the same on every segment.
         let prefix = &first[..HEADROOM - start - VXLAN_UDP_PAYLOAD_OFFSET];
         let frame = segs.frame();
+        self.counters.gathered_sends += 1;
         let mut lead = Some(first);
         while lead.is_some() || !segs.is_done() {
             let mut cut = [(0usize, 0usize, 0usize); GATHER_SEGS];
@@ -921,6 +922,7 @@ impl Worker<'_> {
                 Ok(_) => {
                     self.counters.tx_local.packets += m.packets as u64;
                     self.counters.tx_local.bytes += m.packet_bytes as u64;
+                    self.counters.gathered_writes += 1;
                 }
                 Err(_) => self.counters.drops[DropReason::IoError.index()] += m.packets as u64,
             }
