@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use dataplane::offload::{Coalescer, Gso, Push, Tcp4Segments, VnetRepr, SUPER_FRAME_BUF};
+use dataplane::offload::{Coalescer, Gso, Ipv4Segments, Push, VnetRepr, SUPER_FRAME_BUF};
 use dataplane::wire::checksum;
 
 /// The MSS of a 1450-byte tunnel MTU with TCP timestamps: 1450 - 20 - 32.
@@ -51,7 +51,7 @@ fn super_frame() -> (Vec<u8>, VnetRepr) {
 }
 
 fn segments(frame: &[u8], vnet: &VnetRepr) -> Vec<Vec<u8>> {
-    let mut segs = Tcp4Segments::new(frame, vnet).expect("valid super-frame");
+    let mut segs = Ipv4Segments::new(frame, vnet).expect("valid super-frame");
     let mut out = Vec::new();
     let mut buf = vec![0u8; 2048];
     while let Some(r) = segs.emit_next(&mut buf) {
@@ -70,7 +70,7 @@ fn bench_offload(c: &mut Criterion) {
     g.bench_function("segment_64k_super_frame", |b| {
         let mut slots = vec![0u8; 64 * 2048];
         b.iter(|| {
-            let mut s = Tcp4Segments::new(black_box(&frame), &vnet).expect("valid");
+            let mut s = Ipv4Segments::new(black_box(&frame), &vnet).expect("valid");
             let mut i = 0;
             while let Some(r) = s.emit_next(&mut slots[i * 2048..(i + 1) * 2048]) {
                 black_box(r.expect("fits"));

@@ -240,10 +240,10 @@ impl Agent {
             metrics.tables_programmed.store(true, Ordering::Relaxed);
         }
 
-        let offload = if cfg.dataplane.offload {
-            TunOffload::TSO4
-        } else {
-            TunOffload::NONE
+        let offload = match (cfg.dataplane.offload, cfg.dataplane.uso) {
+            (true, true) => TunOffload::TSO4_USO4,
+            (true, false) => TunOffload::TSO4,
+            (false, _) => TunOffload::NONE,
         };
         let tun =
             TunDevice::create_with(&facts.tun_name, facts.workers, offload).map_err(|source| {
@@ -252,7 +252,7 @@ impl Agent {
                     source,
                 }
             })?;
-        let tun_offload = tun.offload().tso4;
+        let tun_offload = tun.offload();
         let nl = Netlink::new()?;
         let mut plan = NodePlan::new(
             cfg.backend.vni,
@@ -360,7 +360,7 @@ impl Agent {
             encapsulation = cfg.backend.encapsulation.name(),
             underlay = %facts.underlay,
             workers = facts.workers,
-            tun_offload,
+            tun_offload = tun_offload.tso4,
             peers,
             health = ?health.as_ref().map(HealthServer::addr),
             "weftd is up"
@@ -717,14 +717,18 @@ impl OffloadState {
 /// created, UDP GSO when the senders were opened; UDP GRO is asked for here, on every worker's
 /// socket), says once in the log what each one is, warns for one the kernel refused, and sets
 /// `weft_offload_enabled`. Returns whether UDP GRO is on, which the workers' config then takes.
-fn report_offloads(cfg: &Config, metrics: &Metrics, tun_tso4: bool, io: &[WorkerIo]) -> bool {
+fn report_offloads(cfg: &Config, metrics: &Metrics, tun: TunOffload, io: &[WorkerIo]) -> bool {
     let udp = cfg.backend.kind == BackendKind::Vxlan && !io.is_empty();
     let gso = udp && io.iter().all(|w| w.vxlan_tx.gso());
     let gro = udp && cfg.dataplane.gro && io.iter().all(WorkerIo::enable_gro);
     let states = [
         (
             "tun_tso4",
-            OffloadState::of(true, cfg.dataplane.offload, tun_tso4),
+            OffloadState::of(true, cfg.dataplane.offload, tun.tso4),
+        ),
+        (
+            "tun_uso4",
+            OffloadState::of(true, cfg.dataplane.offload && cfg.dataplane.uso, tun.uso4),
         ),
         ("udp_gso", OffloadState::of(udp, cfg.dataplane.gso, gso)),
         ("udp_gro", OffloadState::of(udp, cfg.dataplane.gro, gro)),
@@ -740,8 +744,9 @@ fn report_offloads(cfg: &Config, metrics: &Metrics, tun_tso4: bool, io: &[Worker
     }
     tracing::info!(
         tun_tso4 = states[0].1.as_str(),
-        udp_gso = states[1].1.as_str(),
-        udp_gro = states[2].1.as_str(),
+        tun_uso4 = states[1].1.as_str(),
+        udp_gso = states[2].1.as_str(),
+        udp_gro = states[3].1.as_str(),
         "offloads"
     );
     gro

@@ -30,6 +30,7 @@
 //! offload = true               # default: TUN offloads (virtio-net headers, TSO, coalescing)
 //! gso = true                   # default: send a flow's segments as UDP GSO trains
 //! gro = true                   # default: let the kernel merge received VXLAN datagrams (UDP GRO)
+//! uso = true                   # default: take pods' UDP GSO sends as one TUN read (USO, Linux 6.2)
 //! busy_poll_us = 200           # default 200: keep polling this long after traffic; 0 = always sleep
 //!
 //! [datastore]
@@ -322,6 +323,8 @@ struct RawDataplane {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     gro: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    uso: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     busy_poll_us: Option<i64>,
 }
 
@@ -506,6 +509,10 @@ pub struct DataplaneSection {
     /// Ask the kernel to merge received VXLAN datagrams of one flow (`UDP_GRO`). On by default;
     /// ignored on kernels without it.
     pub gro: bool,
+    /// With `offload`, also offer the TUN UDP segmentation (`TUN_F_USO4`, Linux 6.2), so a pod's
+    /// UDP GSO send is one TUN read that Weft cuts into datagrams. On by default; a kernel that
+    /// refuses it leaves TSO in place.
+    pub uso: bool,
     /// Microseconds a worker keeps polling after moving packets before it sleeps: replies that
     /// come back within it skip the scheduler's wakeup latency, at the cost of that much CPU per
     /// burst. Default 200; 0 always sleeps.
@@ -1101,6 +1108,7 @@ impl Config {
             offload: raw.dataplane.offload.unwrap_or(true),
             gso: raw.dataplane.gso.unwrap_or(true),
             gro: raw.dataplane.gro.unwrap_or(true),
+            uso: raw.dataplane.uso.unwrap_or(true),
             busy_poll_us,
         };
 
@@ -1274,6 +1282,7 @@ impl Config {
                 offload: Some(self.dataplane.offload),
                 gso: Some(self.dataplane.gso),
                 gro: Some(self.dataplane.gro),
+                uso: Some(self.dataplane.uso),
                 busy_poll_us: Some(i64::from(self.dataplane.busy_poll_us)),
             },
             datastore: RawDatastore {

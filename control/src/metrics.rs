@@ -20,7 +20,7 @@
 //! | `weft_direct_routes` | gauge | kernel routes `<subnet> via <public IP>` installed for directly routed peers |
 //! | `weft_gso_fallbacks_total` | counter | times a worker's UDP GSO was refused by the kernel and turned off |
 //! | `weft_gathered_total{path}` | counter | super-frames moved with no userspace copy of their payload: `send` (a TSO super-frame from the TUN sent as gathered UDP segments), `tun_write` (a merged UDP GRO datagram written to the TUN as one gathered super-frame) |
-//! | `weft_offload_enabled{offload}` | gauge | offloads in use since start-up, 1 or 0: `tun_tso4` (TUN super-frames), `udp_gso` (UDP_SEGMENT trains), `udp_gro` (merged VXLAN receives); 0 when turned off in the config, refused by the kernel, or not used by the backend |
+//! | `weft_offload_enabled{offload}` | gauge | offloads in use since start-up, 1 or 0: `tun_tso4` (TUN super-frames), `tun_uso4` (TUN UDP super-frames), `udp_gso` (UDP_SEGMENT trains), `udp_gro` (merged VXLAN receives); 0 when turned off in the config, refused by the kernel, or not used by the backend |
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -135,7 +135,7 @@ impl Metrics {
         self.direct_routes.set(n as i64);
     }
 
-    /// Records whether offload `name` (`tun_tso4`, `udp_gso`, `udp_gro`) is in use.
+    /// Records whether offload `name` (`tun_tso4`, `tun_uso4`, `udp_gso`, `udp_gro`) is in use.
     pub fn set_offload(&self, name: &str, on: bool) {
         self.offloads
             .get_or_create(&vec![("offload".to_string(), name.to_string())])
@@ -253,7 +253,7 @@ impl Metrics {
         );
         reg.register(
             "offload_enabled",
-            "Offloads in use since start-up (tun_tso4, udp_gso, udp_gro): 0 when off in the config, refused by the kernel or not used by the backend",
+            "Offloads in use since start-up (tun_tso4, tun_uso4, udp_gso, udp_gro): 0 when off in the config, refused by the kernel or not used by the backend",
             self.offloads.clone(),
         );
         if let Some(w) = self.workers.get() {

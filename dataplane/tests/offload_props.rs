@@ -1,11 +1,12 @@
 //! Property tests of the TUN offloads against an independent parser (etherparse): every segment
 //! of a super-frame re-parses with valid IPv4 and TCP checksums and the right sequence numbers,
-//! flags and IP IDs; coalescing the segments gives the super-frame back byte for byte; and no
+//! flags and IP IDs; every datagram of a UDP super-frame with its own length and a valid UDP
+//! checksum; coalescing the segments gives the super-frame back byte for byte; and no
 //! input, however garbled, makes either side panic.
 
 use dataplane::offload::{
-    coalesce_tcp4, complete_checksum, segment_tcp4, Coalescer, GatherCoalescer, Gso, Push,
-    Tcp4Segments, VnetRepr, SUPER_FRAME_BUF, VNET_HDR_LEN,
+    coalesce_tcp4, complete_checksum, segment_tcp4, Coalescer, GatherCoalescer, Gso, Ipv4Segments,
+    Push, VnetRepr, SUPER_FRAME_BUF, VNET_HDR_LEN,
 };
 use dataplane::wire::checksum;
 use proptest::prelude::*;
@@ -63,6 +64,29 @@ fn tso(mss: u16, hdr_len: usize) -> VnetRepr {
     }
 }
 
+/// A UDP super-frame as a TUN with USO hands it out: IPv4 + UDP with the super-frame's length
+/// and the folded pseudo-header sum in the checksum field.
+fn udp_super_frame(payload: &[u8], id: u16) -> Vec<u8> {
+    let udp_len = 8 + payload.len();
+    let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+    p[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    p[4..6].copy_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&[10, 244, 1, 5, 10, 244, 2, 5]);
+    let c = checksum::checksum(&p);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(&[0x30, 0x39, 0x01, 0xbb]);
+    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    let pseudo = checksum::pseudo_header_v4(
+        Ipv4Addr::new(10, 244, 1, 5),
+        Ipv4Addr::new(10, 244, 2, 5),
+        17,
+        udp_len as u16,
+    );
+    p.extend_from_slice(&checksum::fold(pseudo).to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
 fn flag_sets() -> impl Strategy<Value = u8> {
     // ACK always; any mix of PSH, FIN, CWR, ECE, URG.
     (0u8..32).prop_map(|bits| {
@@ -98,13 +122,13 @@ proptest! {
         let want = payload_len.div_ceil(usize::from(mss)).max(1);
         prop_assert_eq!(n, want);
         prop_assert_eq!(
-            Tcp4Segments::new(&frame, &tso(mss, hdr_len)).expect("valid").remaining(),
+            Ipv4Segments::new(&frame, &tso(mss, hdr_len)).expect("valid").remaining(),
             want
         );
 
         // The gathered form (headers written, payload left in the super-frame) is the same
         // bytes, segment for segment.
-        let mut gathered = Tcp4Segments::new(&frame, &tso(mss, hdr_len)).expect("valid");
+        let mut gathered = Ipv4Segments::new(&frame, &tso(mss, hdr_len)).expect("valid");
         let mut head = [0u8; 120];
         for s in &segs {
             let (hl, body) = gathered
@@ -188,6 +212,59 @@ proptest! {
     }
 
     #[test]
+    fn udp_super_frames_become_their_datagrams(
+        payload_len in 0usize..20_000,
+        gso_size in 1u16..=1472,
+        id in any::<u16>(),
+        seed in any::<u8>(),
+    ) {
+        let payload: Vec<u8> = (0..payload_len).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect();
+        let frame = udp_super_frame(&payload, id);
+        let vnet = VnetRepr {
+            needs_csum: true,
+            gso: Gso::UdpL4,
+            ecn: false,
+            hdr_len: 28,
+            gso_size,
+            csum_start: 20,
+            csum_offset: 6,
+        };
+        let mut segs = Ipv4Segments::new(&frame, &vnet).expect("valid");
+        let mut gathered = Ipv4Segments::new(&frame, &vnet).expect("valid");
+        let mut out = vec![0u8; 2000];
+        let mut head = [0u8; 120];
+        let (mut at, mut i) = (0usize, 0u16);
+        while let Some(r) = segs.emit_next(&mut out) {
+            let len = r.expect("fits");
+            let d = &out[..len];
+            let (ip4, rest) = etherparse::Ipv4Header::from_slice(d).expect("IPv4 re-parses");
+            prop_assert_eq!(ip4.identification, id.wrapping_add(i));
+            prop_assert_eq!(ip4.header_checksum, ip4.calc_header_checksum());
+            prop_assert_eq!(usize::from(ip4.total_len), len);
+            let (udp, data) = etherparse::UdpHeader::from_slice(rest).expect("UDP re-parses");
+            prop_assert_eq!(usize::from(udp.length), 8 + data.len());
+            let want = udp.calc_checksum_ipv4(&ip4, data).expect("checksum");
+            prop_assert_eq!(udp.checksum, want);
+            prop_assert!(data.len() <= usize::from(gso_size));
+            prop_assert_eq!(data, &payload[at..at + data.len()]);
+            // The gathered form: the same headers, the payload where it lies in the frame.
+            let (hl, body) = gathered
+                .emit_next_headers(&mut head)
+                .expect("a segment per copied one")
+                .expect("headers fit");
+            prop_assert_eq!(&head[..hl], &d[..28]);
+            prop_assert_eq!(&frame[body], data);
+            at += data.len();
+            i += 1;
+        }
+        prop_assert_eq!(at, payload_len);
+        prop_assert_eq!(usize::from(i), payload_len.div_ceil(usize::from(gso_size)).max(1));
+        // A TCP packet under a USO header is refused, not cut.
+        let tcp = super_frame(&payload[..payload_len.min(100)], ACK, 1, 1, false);
+        prop_assert!(Ipv4Segments::new(&tcp, &vnet).is_err());
+    }
+
+    #[test]
     fn garbage_never_panics(
         bytes in proptest::collection::vec(any::<u8>(), 0..200),
         vnet in proptest::collection::vec(any::<u8>(), 10),
@@ -195,7 +272,7 @@ proptest! {
     ) {
         let mut scratch = [0u8; 256];
         if let Ok(repr) = VnetRepr::parse_bytes(&vnet) {
-            if let Ok(mut s) = Tcp4Segments::new(&bytes, &repr) {
+            if let Ok(mut s) = Ipv4Segments::new(&bytes, &repr) {
                 // Bounded: each call emits or skips one segment.
                 for _ in 0..300 {
                     if s.emit_next(&mut scratch).is_none() { break; }

@@ -36,13 +36,27 @@ pub const MAX_QUEUES: usize = 256;
 pub struct TunOffload {
     /// `IFF_VNET_HDR` with checksum offload and IPv4 TSO (`TUN_F_CSUM | TUN_F_TSO4`).
     pub tso4: bool,
+    /// With `tso4`, UDP segmentation too (`TUN_F_USO4 | TUN_F_USO6`, Linux 6.2): pods' UDP GSO
+    /// sends reach Weft as one super-frame. A kernel that refuses it leaves TSO in place.
+    pub uso4: bool,
 }
 
 impl TunOffload {
     /// Plain packets, no virtio-net header.
-    pub const NONE: TunOffload = TunOffload { tso4: false };
+    pub const NONE: TunOffload = TunOffload {
+        tso4: false,
+        uso4: false,
+    };
     /// Virtio-net headers, checksum offload and IPv4 TSO.
-    pub const TSO4: TunOffload = TunOffload { tso4: true };
+    pub const TSO4: TunOffload = TunOffload {
+        tso4: true,
+        uso4: false,
+    };
+    /// Virtio-net headers, checksum offload, IPv4 TSO and UDP segmentation.
+    pub const TSO4_USO4: TunOffload = TunOffload {
+        tso4: true,
+        uso4: true,
+    };
 }
 
 /// A TUN device and its queues.
@@ -79,20 +93,22 @@ impl TunDevice {
     /// [`TunDevice::offload`] tells which happened.
     pub fn create_with(name: &str, queues: usize, offload: TunOffload) -> io::Result<TunDevice> {
         if !offload.tso4 {
-            return Self::open(name, queues, false);
+            return Self::open(name, queues, TunOffload::NONE);
         }
-        match Self::open(name, queues, true) {
+        match Self::open(name, queues, offload) {
             Ok(dev) => Ok(dev),
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => Err(e),
             Err(e) => {
                 // Off the hot path, once per device: the agent has no logger in this crate.
                 eprintln!("weft: TUN offloads unavailable on {name} ({e}); using plain packets");
-                Self::open(name, queues, false)
+                Self::open(name, queues, TunOffload::NONE)
             }
         }
     }
 
-    fn open(name: &str, queues: usize, vnet_hdr: bool) -> io::Result<TunDevice> {
+    fn open(name: &str, queues: usize, offload: TunOffload) -> io::Result<TunDevice> {
+        let vnet_hdr = offload.tso4;
+        let mut uso4 = false;
         if queues == 0 || queues > MAX_QUEUES {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -117,14 +133,28 @@ impl TunDevice {
                 // Device-wide settings, made once; later queues share them.
                 sys::tun_set_int(file.as_fd(), libc::TUNSETVNETHDRSZ, VNET_HDR_LEN as i32)?;
                 sys::tun_set_int(file.as_fd(), libc::TUNSETVNETLE, 1)?;
-                sys::tun_set_offload(file.as_fd(), libc::TUN_F_CSUM | libc::TUN_F_TSO4)?;
+                let tso = libc::TUN_F_CSUM | libc::TUN_F_TSO4;
+                // The kernel takes USO4 only with USO6 and refuses unknown flags with EINVAL
+                // (before 6.2): then TSO alone.
+                uso4 = offload.uso4
+                    && sys::tun_set_offload(
+                        file.as_fd(),
+                        tso | libc::TUN_F_USO4 | libc::TUN_F_USO6,
+                    )
+                    .is_ok();
+                if !uso4 {
+                    sys::tun_set_offload(file.as_fd(), tso)?;
+                }
             }
             opened.push(TunQueue { file, vnet_hdr });
         }
         Ok(TunDevice {
             name,
             queues: opened,
-            offload: TunOffload { tso4: vnet_hdr },
+            offload: TunOffload {
+                tso4: vnet_hdr,
+                uso4,
+            },
         })
     }
 

@@ -17,7 +17,7 @@
 //!
 //! **Offloads.** On a TUN queue with virtio-net headers ([`TunQueue::vnet_hdr`]) a read brings a
 //! TCP super-frame of up to 64 KiB into a buffer of [`WorkerConfig::tun_read_size`]; it is cut
-//! into MSS-sized segments ([`Tcp4Segments`]) straight into the per-packet slots at [`HEADROOM`],
+//! into MSS-sized segments ([`Ipv4Segments`]) straight into the per-packet slots at [`HEADROOM`],
 //! and each segment goes through [`forward`] and the batch's `sendmmsg(2)` like any packet (when
 //! the slots run out mid-frame the batch is sent and the slots reused). A plain packet whose
 //! checksum the kernel left partial is completed first. On the way in, the inner TCP segments of
@@ -42,7 +42,7 @@ use crate::forward::{
     forward, ipip_super_frame, Action, Encap, Ingress, Verdict, HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
 };
 use crate::offload::{
-    complete_checksum, Coalescer, GatherCoalescer, Gso, Push, Tcp4Segments, VnetRepr,
+    complete_checksum, Coalescer, GatherCoalescer, Gso, Ipv4Segments, Push, VnetRepr,
     SUPER_FRAME_BUF, VNET_HDR_LEN,
 };
 use crate::snapshot::{Snapshot, SnapshotCell};
@@ -623,8 +623,8 @@ impl Worker<'_> {
                     self.forward_local(snap, slot, next, frame.len(), now);
                     next += 1;
                 }
-                Gso::TcpV4 => {
-                    let Ok(mut segs) = Tcp4Segments::new(frame, &vnet) else {
+                Gso::TcpV4 | Gso::UdpL4 => {
+                    let Ok(mut segs) = Ipv4Segments::new(frame, &vnet) else {
                         self.counters.drop(DropReason::OffloadMalformed);
                         continue;
                     };
@@ -652,7 +652,7 @@ impl Worker<'_> {
                         }
                     }
                 }
-                Gso::Udp | Gso::TcpV6 | Gso::UdpL4 => {
+                Gso::Udp | Gso::TcpV6 => {
                     self.counters.drop(DropReason::OffloadMalformed);
                 }
             }
@@ -677,7 +677,7 @@ impl Worker<'_> {
         snap: &Snapshot,
         slots: &mut Slots,
         next: &mut usize,
-        segs: &mut Tcp4Segments<'_>,
+        segs: &mut Ipv4Segments<'_>,
         now: Instant,
     ) {
         if *next == slots.len() {

@@ -18,7 +18,14 @@
 //!   batch, become one super-frame written to the TUN with a `GSO_TCPV4` header and a partial
 //!   checksum (`CHECKSUM_PARTIAL`), as the kernel's own GRO (`tcp_gro_receive`) would merge them.
 //!
-//! Only IPv4 is handled: Weft's pod network is IPv4, and the TUN is not offered `TUN_F_TSO6`.
+//! - UDP segmentation (USO, `TUN_F_USO4`, Linux 6.2): a UDP super-frame (a pod's `UDP_SEGMENT`
+//!   send) becomes its datagrams, as the kernel's `__udp_gso_segment` makes them: each with the
+//!   IPv4 header (total length, IP ID + index, checksum), its own UDP length and a complete UDP
+//!   checksum (0 sent as `0xffff`, RFC 768).
+//!
+//! Only IPv4 is handled: Weft's pod network is IPv4, and the TUN is not offered `TUN_F_TSO6`
+//! (the kernel takes `TUN_F_USO4` only together with `TUN_F_USO6`; an IPv6 super-frame is
+//! dropped as not IPv4).
 //! Malformed input is an [`OffloadError`], never a panic; the caller drops and counts it.
 
 pub mod coalesce;
@@ -30,7 +37,7 @@ pub use coalesce::{
     coalesce_tcp4, Coalesced, Coalescer, GatherCoalescer, Gathered, Push, GATHER_PARTS,
     SUPER_FRAME_BUF,
 };
-pub use segment::{complete_checksum, segment_tcp4, Tcp4Segments};
+pub use segment::{complete_checksum, segment_tcp4, Ipv4Segments};
 pub use vnet::{Gso, VnetHeader, VnetRepr, VNET_HDR_LEN};
 
 /// Why a packet could not be segmented, checksummed or coalesced.
@@ -45,6 +52,9 @@ pub enum OffloadError {
     /// An IPv4 packet that is not TCP, or a TCP header with a data offset below 5 words.
     #[error("not a well-formed TCP segment")]
     NotTcp,
+    /// An IPv4 packet that is not UDP where a UDP segmentation offload said it would be.
+    #[error("not a UDP datagram")]
+    NotUdp,
     /// A fragment: TCP segmentation needs the whole transport header in every piece.
     #[error("an IPv4 fragment cannot be segmented or coalesced")]
     Fragment,

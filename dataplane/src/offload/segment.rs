@@ -1,5 +1,5 @@
-//! TCP segmentation of a super-frame read from a TUN with `TUN_F_TSO4`, and completion of a
-//! partial checksum (`VIRTIO_NET_HDR_F_NEEDS_CSUM`) on a plain packet.
+//! TCP (and UDP) segmentation of a super-frame read from a TUN with `TUN_F_TSO4` (`TUN_F_USO4`),
+//! and completion of a partial checksum (`VIRTIO_NET_HDR_F_NEEDS_CSUM`) on a plain packet.
 //!
 //! The segments are what the kernel's `tcp_gso_segment`/`inet_gso_segment` would have sent
 //! (Linux `net/ipv4/tcp_offload.c`, `af_inet.c`):
@@ -13,20 +13,27 @@
 //! - the TCP checksum is complete (pseudo-header, header and payload; RFC 793 §3.1), whatever the
 //!   super-frame's checksum field held (the kernel leaves the pseudo-header sum there).
 //!
+//! A UDP super-frame (`GSO_UDP_L4`) is cut the same way into datagrams of `gso_size` payload
+//! bytes (`__udp_gso_segment`, `net/ipv4/udp_offload.c`): IPv4 header as above, the UDP length
+//! the datagram's, a complete UDP checksum (a result of 0 sent as `0xffff`, RFC 768).
+//!
 //! `hdr_len` from the kernel is only a hint (`skb_headlen`, not always the header length), so it
 //! is recomputed from the IPv4 IHL and TCP data offset, as wireguard-go does.
 
-use super::tcp4::{self, addrs, be16, be32, ip, tcp, Tcp4};
+use super::tcp4::{self, addrs, be16, be32, ip, tcp, udp, Tcp4, PROTO_UDP};
 use super::vnet::{Gso, VnetRepr};
 use super::OffloadError;
 use crate::wire::checksum;
 use core::ops::Range;
 
-/// The segments of one IPv4/TCP super-frame, emitted one at a time into caller buffers.
+/// The segments of one IPv4/TCP or IPv4/UDP super-frame, emitted one at a time into caller
+/// buffers.
 #[derive(Debug, Clone)]
-pub struct Tcp4Segments<'a> {
+pub struct Ipv4Segments<'a> {
     frame: &'a [u8],
     t: Tcp4,
+    /// A UDP super-frame (`GSO_UDP_L4`): `t.tcp_len` is the UDP header.
+    udp: bool,
     mss: usize,
     /// Payload bytes already emitted.
     offset: usize,
@@ -36,22 +43,30 @@ pub struct Tcp4Segments<'a> {
     count: usize,
 }
 
-impl<'a> Tcp4Segments<'a> {
+impl<'a> Ipv4Segments<'a> {
     /// Checks the super-frame `frame` (an IPv4 packet, the virtio-net header already removed)
-    /// against its header `vnet`, which must say [`Gso::TcpV4`] with a non-zero `gso_size`.
+    /// against its header `vnet`, which must say [`Gso::TcpV4`] or [`Gso::UdpL4`] with a
+    /// non-zero `gso_size`.
     pub fn new(frame: &'a [u8], vnet: &VnetRepr) -> Result<Self, OffloadError> {
-        if vnet.gso != Gso::TcpV4 {
-            return Err(OffloadError::UnsupportedGso(vnet.to_bytes()[1]));
-        }
+        let udp = match vnet.gso {
+            Gso::TcpV4 => false,
+            Gso::UdpL4 => true,
+            _ => return Err(OffloadError::UnsupportedGso(vnet.to_bytes()[1])),
+        };
         if vnet.gso_size == 0 {
             return Err(OffloadError::ZeroGsoSize);
         }
-        let t = Tcp4::parse(frame)?;
+        let t = if udp {
+            Tcp4::parse_udp(frame)?
+        } else {
+            Tcp4::parse(frame)?
+        };
         let mss = usize::from(vnet.gso_size);
         let count = t.payload_len().div_ceil(mss).max(1);
-        Ok(Tcp4Segments {
+        Ok(Ipv4Segments {
             frame,
             t,
+            udp,
             mss,
             offset: 0,
             index: 0,
@@ -99,8 +114,8 @@ impl<'a> Tcp4Segments<'a> {
         Some(Ok(seg_len))
     }
 
-    /// Like [`Tcp4Segments::emit_next`], but writes only the next segment's IPv4 and TCP headers
-    /// at the start of `out`, and returns their length and where in [`Tcp4Segments::frame`] the
+    /// Like [`Ipv4Segments::emit_next`], but writes only the next segment's IPv4 and TCP headers
+    /// at the start of `out`, and returns their length and where in [`Ipv4Segments::frame`] the
     /// segment's payload lies: a gathered send takes it from there. The TCP checksum covers that
     /// payload, summed where it lies, without a copy.
     pub fn emit_next_headers(
@@ -158,6 +173,20 @@ impl<'a> Tcp4Segments<'a> {
         tcp4::fill_ip_checksum(&mut head[..ip_len]);
 
         let th = ip_len;
+        if self.udp {
+            let (len, c) = (th + udp::LEN, th + udp::CHECKSUM);
+            // tcp_len + n <= the super-frame's total length, a u16.
+            let udp_len = (tcp_len + n) as u16;
+            head[len..len + 2].copy_from_slice(&udp_len.to_be_bytes());
+            head[c..c + 2].fill(0);
+            let (src, dst) = addrs(head);
+            let pseudo = checksum::pseudo_header_v4(src, dst, PROTO_UDP, udp_len);
+            let acc = checksum::accumulate(pseudo, &head[th..hl]);
+            let sum = !checksum::fold(checksum::combine(acc, payload_sum));
+            let sum = if sum == 0 { 0xffff } else { sum };
+            head[c..c + 2].copy_from_slice(&sum.to_be_bytes());
+            return;
+        }
         let seq = be32(self.frame, th + tcp::SEQ).wrapping_add(offset as u32);
         head[th + tcp::SEQ..th + tcp::SEQ + 4].copy_from_slice(&seq.to_be_bytes());
         let mut flags = head[th + tcp::FLAGS];
@@ -184,7 +213,7 @@ pub fn segment_tcp4(
     scratch: &mut [u8],
     mut each: impl FnMut(&[u8]),
 ) -> Result<usize, OffloadError> {
-    let mut segs = Tcp4Segments::new(frame, vnet)?;
+    let mut segs = Ipv4Segments::new(frame, vnet)?;
     let mut n = 0;
     while let Some(r) = segs.emit_next(scratch) {
         let len = r?;

@@ -45,12 +45,22 @@ pub(crate) mod tcp {
 /// IPv4 protocol number of TCP.
 pub(crate) const PROTO_TCP: u8 = 6;
 
+/// The IPv4 protocol number of UDP.
+pub(crate) const PROTO_UDP: u8 = 17;
+
+/// UDP header field offsets (RFC 768).
+pub(crate) mod udp {
+    pub const LEN: usize = 4;
+    pub const CHECKSUM: usize = 6;
+    pub const HDR_LEN: usize = 8;
+}
+
 /// Where the headers and payload of an IPv4/TCP packet are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Tcp4 {
     /// IPv4 header bytes (IHL × 4).
     pub ip_len: usize,
-    /// TCP header bytes (data offset × 4).
+    /// TCP header bytes (data offset × 4); 8 for a UDP layout ([`Tcp4::parse_udp`]).
     pub tcp_len: usize,
     /// The IPv4 total length: the packet ends here (trailing bytes are ignored, as `ip_rcv` trims).
     pub total: usize,
@@ -93,6 +103,39 @@ impl Tcp4 {
         Ok(Tcp4 {
             ip_len,
             tcp_len,
+            total,
+        })
+    }
+
+    /// Checks `pkt` is an unfragmented IPv4/UDP datagram whose headers fit its total length,
+    /// which fits `pkt`; the layout's `tcp_len` is then the 8-byte UDP header.
+    pub(crate) fn parse_udp(pkt: &[u8]) -> Result<Tcp4, OffloadError> {
+        if pkt.len() < 20 {
+            return Err(OffloadError::Truncated);
+        }
+        if pkt[0] >> 4 != 4 {
+            return Err(OffloadError::NotIpv4);
+        }
+        let ip_len = usize::from(pkt[0] & 0x0f) * 4;
+        let total = usize::from(be16(pkt, ip::TOTAL_LEN));
+        if ip_len < 20 || total < ip_len {
+            return Err(OffloadError::NotIpv4);
+        }
+        if total > pkt.len() {
+            return Err(OffloadError::Truncated);
+        }
+        if pkt[ip::PROTOCOL] != PROTO_UDP {
+            return Err(OffloadError::NotUdp);
+        }
+        if be16(pkt, ip::FLAGS_FRAG) & ip::FRAG_MASK != 0 {
+            return Err(OffloadError::Fragment);
+        }
+        if total < ip_len + udp::HDR_LEN {
+            return Err(OffloadError::Truncated);
+        }
+        Ok(Tcp4 {
+            ip_len,
+            tcp_len: udp::HDR_LEN,
             total,
         })
     }
