@@ -90,6 +90,8 @@ pub struct Link {
     pub index: u32,
     /// MTU in bytes.
     pub mtu: u32,
+    /// Transmit queue length in packets (`qlen` in `ip link`).
+    pub txqlen: u32,
     /// The `kind` of a virtual link (`bridge`, `veth`, `vxlan`, `tun`, ...); `None` for a
     /// physical device or loopback.
     pub kind: Option<String>,
@@ -156,6 +158,7 @@ fn link_from_message(msg: &LinkMessage) -> Link {
         name: String::new(),
         index: msg.header.index,
         mtu: 0,
+        txqlen: 0,
         kind: None,
         up: msg.header.flags.contains(LinkFlags::Up),
         mac: None,
@@ -167,6 +170,7 @@ fn link_from_message(msg: &LinkMessage) -> Link {
         match attr {
             LinkAttribute::IfName(name) => link.name = name.clone(),
             LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+            LinkAttribute::TxQueueLen(len) => link.txqlen = *len,
             LinkAttribute::Address(bytes) if bytes.len() == 6 => {
                 link.mac = Some(EthernetAddress::from_bytes(bytes))
             }
@@ -418,6 +422,18 @@ impl Netlink {
         }
         let msg = LinkUnspec::new_with_index(link.index).mtu(mtu).build();
         self.set_link(msg, format!("set mtu {mtu} on {name}"))
+    }
+
+    /// Sets the transmit queue length of link `name` (`ip link set NAME txqueuelen LEN`).
+    pub fn set_txqueuelen(&self, name: &str, len: u32) -> Result<(), NetlinkError> {
+        let link = self.require(name)?;
+        if link.txqlen == len {
+            return Ok(());
+        }
+        let msg = LinkUnspec::new_with_index(link.index)
+            .txqueuelen(len)
+            .build();
+        self.set_link(msg, format!("set txqueuelen {len} on {name}"))
     }
 
     /// Sets the hardware address of link `name`.
@@ -720,7 +736,7 @@ pub fn tun_name(vni: u32) -> String {
     format!("weft.{vni}")
 }
 
-/// Plumbs the node: configures the TUN (address, MTU, up), routes the cluster network into it
+/// Plumbs the node: configures the TUN (address, MTU, transmit queue, up), routes the cluster network into it
 /// (so every packet to a remote pod reaches Weft; the local subnet stays on the bridge through its
 /// more specific connected route), and creates the bridge with its address and MTU, up.
 /// Idempotent: running it on a plumbed node changes nothing.
@@ -729,6 +745,7 @@ pub fn plumb_node(nl: &Netlink, plan: &NodePlan) -> Result<(), NetlinkError> {
         return Err(NetlinkError::TunMissing(plan.tun_name.clone()));
     }
     nl.set_mtu(&plan.tun_name, plan.tun_mtu)?;
+    nl.set_txqueuelen(&plan.tun_name, TUN_TXQUEUELEN)?;
     nl.add_address(&plan.tun_name, plan.tun_addr)?;
     nl.set_up(&plan.tun_name)?;
     nl.replace_route(plan.cluster_network, &plan.tun_name, None, false)?;
@@ -740,6 +757,11 @@ pub fn plumb_node(nl: &Netlink, plan: &NodePlan) -> Result<(), NetlinkError> {
     nl.set_up(&plan.bridge)?;
     Ok(())
 }
+
+/// The TUN's transmit queue (packets the kernel holds for Weft to read): twice the TUN default
+/// of 500, as an Ethernet NIC's, so a burst that arrives while a worker is busy waits instead of
+/// being dropped. With TSO an entry is a whole super-frame.
+pub const TUN_TXQUEUELEN: u32 = 1000;
 
 /// Sets link `name`'s MAC to the one it has. A bridge whose address was never set explicitly takes
 /// the smallest MAC of its ports, so each pod veth joining or leaving could change the pods'

@@ -65,6 +65,9 @@ fn plumb_node_configures_tun_route_and_bridge_idempotently() {
 
     let tun = links.iter().find(|l| l.name == "weft.1").unwrap();
     assert_eq!(tun.mtu, 1450);
+    assert_eq!(tun.txqlen, control::netlink::TUN_TXQUEUELEN);
+    let shown = ip(ns.name(), &["link", "show", "weft.1"]);
+    assert!(shown.contains("qlen 1000"), "{shown}");
     assert!(tun.up);
     assert_eq!(tun.kind.as_deref(), Some("tun"));
     let bridge = links.iter().find(|l| l.name == "weft0").unwrap();
