@@ -167,7 +167,7 @@ pub enum Gso {
     Udp,
     /// An IPv6/TCP super-frame (not enabled by Weft).
     TcpV6,
-    /// UDP segmentation offload (not enabled by Weft).
+    /// UDP segmentation offload (USO): a pod's UDP GSO send, with `TUN_F_USO4`.
     UdpL4,
 }
 
