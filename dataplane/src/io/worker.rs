@@ -477,6 +477,15 @@ const HEAD_PREFIX_MAX: usize = 8 + 14;
 /// Bytes per gathered segment's headers: the prefix, then IPv4 and TCP headers with options.
 const HEAD_STRIDE: usize = HEAD_PREFIX_MAX + 60 + 60;
 
+/// A merged (UDP GRO) datagram: where it came from, its slot, its segment size and length.
+#[derive(Debug, Clone, Copy)]
+struct Merged {
+    ingress: Ingress,
+    slot: usize,
+    seg: usize,
+    total: usize,
+}
+
 /// An underlay transmit waiting for the end of its batch: which slot, which bytes, to where.
 #[derive(Debug, Clone, Copy)]
 struct Pending {
@@ -814,7 +823,13 @@ impl Worker<'_> {
                 meta.len
             };
             let mut off = if meta.len > seg {
-                self.deliver_merged(snap, ingress, rx, i, seg, meta.len, now)
+                let merged = Merged {
+                    ingress,
+                    slot: i,
+                    seg,
+                    total: meta.len,
+                };
+                self.deliver_merged(snap, &merged, rx, now)
             } else {
                 0
             };
@@ -836,7 +851,7 @@ impl Worker<'_> {
     }
 
     /// Takes one forwarding decision for a merged datagram (UDP GRO: `total` bytes of
-    /// `seg`-byte VXLAN datagrams back to back in slot `i`) and, when its first segment is
+    /// `seg`-byte VXLAN datagrams back to back in its slot) and, when its first segment is
     /// delivered to the TUN, merges it and the segments after it into one super-frame whose
     /// payload is written from where it lies (`writev(2)`), with no copy in userspace. A later
     /// segment joins when its VXLAN and inner Ethernet headers equal the first's and the
@@ -844,38 +859,36 @@ impl Worker<'_> {
     /// than the first): the core would decide the same for it, so it gets no decision of its
     /// own, and no decision writes into a piece before the write. Returns how many bytes of
     /// the datagram were dealt with; the caller forwards the rest segment by segment.
-    #[allow(clippy::too_many_arguments)]
     fn deliver_merged(
         &mut self,
         snap: &Snapshot,
-        ingress: Ingress,
+        merged: &Merged,
         rx: &mut RecvBatch,
-        i: usize,
-        seg: usize,
-        total: usize,
         now: Instant,
     ) -> usize {
         let Some(mut gather) = self.gather.take() else {
             return 0;
         };
-        let done = self.gather_merged(&mut gather, snap, ingress, rx, i, seg, total, now);
+        let done = self.gather_merged(&mut gather, snap, merged, rx, now);
         self.gather = Some(gather);
         done
     }
 
     /// [`Worker::deliver_merged`] with the gathering coalescer in hand.
-    #[allow(clippy::too_many_arguments)]
     fn gather_merged(
         &mut self,
         gather: &mut GatherCoalescer,
         snap: &Snapshot,
-        ingress: Ingress,
+        merged: &Merged,
         rx: &mut RecvBatch,
-        i: usize,
-        seg: usize,
-        total: usize,
         now: Instant,
     ) -> usize {
+        let &Merged {
+            ingress,
+            slot: i,
+            seg,
+            total,
+        } = merged;
         let Some(slot) = rx.slot_mut(i) else {
             return total;
         };

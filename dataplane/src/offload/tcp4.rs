@@ -70,26 +70,7 @@ impl Tcp4 {
     /// Checks `pkt` is an unfragmented IPv4/TCP packet whose headers fit its total length, which
     /// fits `pkt`.
     pub(crate) fn parse(pkt: &[u8]) -> Result<Tcp4, OffloadError> {
-        if pkt.len() < 20 {
-            return Err(OffloadError::Truncated);
-        }
-        if pkt[0] >> 4 != 4 {
-            return Err(OffloadError::NotIpv4);
-        }
-        let ip_len = usize::from(pkt[0] & 0x0f) * 4;
-        let total = usize::from(be16(pkt, ip::TOTAL_LEN));
-        if ip_len < 20 || total < ip_len {
-            return Err(OffloadError::NotIpv4);
-        }
-        if total > pkt.len() {
-            return Err(OffloadError::Truncated);
-        }
-        if pkt[ip::PROTOCOL] != PROTO_TCP {
-            return Err(OffloadError::NotTcp);
-        }
-        if be16(pkt, ip::FLAGS_FRAG) & ip::FRAG_MASK != 0 {
-            return Err(OffloadError::Fragment);
-        }
+        let (ip_len, total) = ipv4_unfragmented(pkt, PROTO_TCP, OffloadError::NotTcp)?;
         if total < ip_len + tcp::MIN_LEN {
             return Err(OffloadError::Truncated);
         }
@@ -110,26 +91,7 @@ impl Tcp4 {
     /// Checks `pkt` is an unfragmented IPv4/UDP datagram whose headers fit its total length,
     /// which fits `pkt`; the layout's `tcp_len` is then the 8-byte UDP header.
     pub(crate) fn parse_udp(pkt: &[u8]) -> Result<Tcp4, OffloadError> {
-        if pkt.len() < 20 {
-            return Err(OffloadError::Truncated);
-        }
-        if pkt[0] >> 4 != 4 {
-            return Err(OffloadError::NotIpv4);
-        }
-        let ip_len = usize::from(pkt[0] & 0x0f) * 4;
-        let total = usize::from(be16(pkt, ip::TOTAL_LEN));
-        if ip_len < 20 || total < ip_len {
-            return Err(OffloadError::NotIpv4);
-        }
-        if total > pkt.len() {
-            return Err(OffloadError::Truncated);
-        }
-        if pkt[ip::PROTOCOL] != PROTO_UDP {
-            return Err(OffloadError::NotUdp);
-        }
-        if be16(pkt, ip::FLAGS_FRAG) & ip::FRAG_MASK != 0 {
-            return Err(OffloadError::Fragment);
-        }
+        let (ip_len, total) = ipv4_unfragmented(pkt, PROTO_UDP, OffloadError::NotUdp)?;
         if total < ip_len + udp::HDR_LEN {
             return Err(OffloadError::Truncated);
         }
@@ -152,6 +114,36 @@ impl Tcp4 {
 }
 
 /// The big-endian `u16` at `at`. Callers index only inside a checked header.
+/// Checks `pkt` is an unfragmented IPv4 packet of protocol `proto` (else `wrong`) whose total
+/// length fits `pkt`; returns its header length and total length.
+fn ipv4_unfragmented(
+    pkt: &[u8],
+    proto: u8,
+    wrong: OffloadError,
+) -> Result<(usize, usize), OffloadError> {
+    if pkt.len() < 20 {
+        return Err(OffloadError::Truncated);
+    }
+    if pkt[0] >> 4 != 4 {
+        return Err(OffloadError::NotIpv4);
+    }
+    let ip_len = usize::from(pkt[0] & 0x0f) * 4;
+    let total = usize::from(be16(pkt, ip::TOTAL_LEN));
+    if ip_len < 20 || total < ip_len {
+        return Err(OffloadError::NotIpv4);
+    }
+    if total > pkt.len() {
+        return Err(OffloadError::Truncated);
+    }
+    if pkt[ip::PROTOCOL] != proto {
+        return Err(wrong);
+    }
+    if be16(pkt, ip::FLAGS_FRAG) & ip::FRAG_MASK != 0 {
+        return Err(OffloadError::Fragment);
+    }
+    Ok((ip_len, total))
+}
+
 pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
