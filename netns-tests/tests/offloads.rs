@@ -157,14 +157,24 @@ fn check_offloads(lab: &Lab, want: &[(&str, u8)]) {
 const UDP_TRAIN: usize = 40;
 const UDP_DGRAM: usize = 1200;
 
-/// A pod's UDP GSO sends (`UDP_SEGMENT`, 40 datagrams per send), 50 sends to a Weft node's pod
-/// and 50 to the kernel node's: with USO on the TUN each send reaches Weft as one UDP
-/// super-frame, which it cuts into datagrams and sends gathered; every datagram must arrive
-/// once, in order and byte for byte, with nothing counted malformed.
 #[test]
 fn a_pods_udp_gso_sends_arrive_datagram_by_datagram() {
-    let lab = lab("");
-    check_offloads(&lab, &[("tun_tso4", 1), ("tun_uso4", 1)]);
+    udp_gso_sends("", true);
+}
+
+#[test]
+fn a_pods_udp_gso_sends_arrive_without_uso_too() {
+    udp_gso_sends("uso = false\n", false);
+}
+
+/// A pod's UDP GSO sends (`UDP_SEGMENT`, 40 datagrams per send), 50 sends to a Weft node's pod
+/// and 50 to the kernel node's: with USO on the TUN each send reaches Weft as one UDP
+/// super-frame, which it cuts into datagrams and sends gathered; without it the kernel cuts it
+/// before the TUN. Either way every datagram must arrive once, in order and byte for byte, with
+/// nothing counted malformed.
+fn udp_gso_sends(extra: &str, uso: bool) {
+    let lab = lab(extra);
+    check_offloads(&lab, &[("tun_tso4", 1), ("tun_uso4", u8::from(uso))]);
     let p = pods(&lab);
     let src = lab.pod(p[0]).expect("pod");
     let mut tx = src
@@ -210,9 +220,10 @@ fn a_pods_udp_gso_sends_arrive_datagram_by_datagram() {
     let c = &show.counters;
     assert_eq!(c.drops.get("offload_malformed").copied(), Some(0), "{c:?}");
     // No TCP crossed this lab: only UDP super-frames can have been sent gathered.
-    assert!(
+    assert_eq!(
         c.gathered_sends > 0,
-        "no UDP super-frame reached Weft: {c:?}"
+        uso,
+        "UDP super-frames reached Weft exactly when USO is on: {c:?}"
     );
 }
 
