@@ -41,6 +41,39 @@ pub struct Ipv4Segments<'a> {
     index: usize,
     /// Segments in all.
     count: usize,
+    /// The ones'-complement sum of the IPv4 header without its total length, ID and checksum:
+    /// the part every segment shares ([`header_sums`]).
+    ip_base: u32,
+    /// The same for the transport: pseudo-header without its length, TCP header without
+    /// sequence number, offset/flags word and checksum (UDP: without length and checksum).
+    l4_base: u32,
+}
+
+/// The per-super-frame parts of the segments' checksums, summed once: see
+/// [`Ipv4Segments::ip_base`] and [`Ipv4Segments::l4_base`]. Each segment then adds only the
+/// fields it changes (RFC 1624: a ones'-complement sum can be taken in any order and grouping).
+fn header_sums(frame: &[u8], t: &Tcp4, udp: bool) -> (u32, u32) {
+    let word = |at: usize| u32::from(be16(frame, at));
+    let ip_hdr = checksum::accumulate(0, &frame[..t.ip_len]);
+    // Ones' complement: subtracting a word is adding its complement.
+    let minus = |acc: u32, w: u32| checksum::combine(acc, u32::from(!(w as u16)));
+    let ip_base = [ip::TOTAL_LEN, ip::IDENT, ip::CHECKSUM]
+        .into_iter()
+        .fold(ip_hdr, |acc, at| minus(acc, word(at)));
+    let (src, dst) = addrs(frame);
+    let th = t.ip_len;
+    let l4 = &frame[th..t.hdr_len()];
+    let (proto, skip): (u8, &[usize]) = if udp {
+        (PROTO_UDP, &[udp::LEN, udp::CHECKSUM])
+    } else {
+        (
+            tcp4::PROTO_TCP,
+            &[tcp::SEQ, tcp::SEQ + 2, tcp::DATA_OFF, tcp::CHECKSUM],
+        )
+    };
+    let acc = checksum::accumulate(checksum::pseudo_header_v4(src, dst, proto, 0), l4);
+    let l4_base = skip.iter().fold(acc, |acc, &at| minus(acc, word(th + at)));
+    (ip_base, l4_base)
 }
 
 impl<'a> Ipv4Segments<'a> {
@@ -63,6 +96,7 @@ impl<'a> Ipv4Segments<'a> {
         };
         let mss = usize::from(vnet.gso_size);
         let count = t.payload_len().div_ceil(mss).max(1);
+        let (ip_base, l4_base) = header_sums(frame, &t, udp);
         Ok(Ipv4Segments {
             frame,
             t,
@@ -71,6 +105,8 @@ impl<'a> Ipv4Segments<'a> {
             offset: 0,
             index: 0,
             count,
+            ip_base,
+            l4_base,
         })
     }
 
@@ -164,44 +200,60 @@ impl<'a> Ipv4Segments<'a> {
         let hl = self.t.hdr_len();
         let (first, last) = (index == 0, index + 1 == self.count);
         head.copy_from_slice(&self.frame[..hl]);
+        let put = |head: &mut [u8], at: usize, v: u16| {
+            head[at..at + 2].copy_from_slice(&v.to_be_bytes());
+        };
 
         // hl + n <= the super-frame's total length, a u16.
         let seg_len = (hl + n) as u16;
-        head[ip::TOTAL_LEN..ip::TOTAL_LEN + 2].copy_from_slice(&seg_len.to_be_bytes());
+        put(head, ip::TOTAL_LEN, seg_len);
         let id = be16(self.frame, ip::IDENT).wrapping_add(index as u16);
-        head[ip::IDENT..ip::IDENT + 2].copy_from_slice(&id.to_be_bytes());
-        tcp4::fill_ip_checksum(&mut head[..ip_len]);
+        put(head, ip::IDENT, id);
+        let ip_sum = [seg_len, id]
+            .into_iter()
+            .fold(self.ip_base, |acc, w| checksum::combine(acc, u32::from(w)));
+        put(head, ip::CHECKSUM, !checksum::fold(ip_sum));
 
         let th = ip_len;
-        if self.udp {
-            let (len, c) = (th + udp::LEN, th + udp::CHECKSUM);
-            // tcp_len + n <= the super-frame's total length, a u16.
-            let udp_len = (tcp_len + n) as u16;
-            head[len..len + 2].copy_from_slice(&udp_len.to_be_bytes());
-            head[c..c + 2].fill(0);
-            let (src, dst) = addrs(head);
-            let pseudo = checksum::pseudo_header_v4(src, dst, PROTO_UDP, udp_len);
-            let acc = checksum::accumulate(pseudo, &head[th..hl]);
-            let sum = !checksum::fold(checksum::combine(acc, payload_sum));
-            let sum = if sum == 0 { 0xffff } else { sum };
-            head[c..c + 2].copy_from_slice(&sum.to_be_bytes());
-            return;
+        // tcp_len + n <= the super-frame's total length, a u16.
+        let l4_len = (tcp_len + n) as u16;
+        // The pseudo-header's length, then the fields this segment changes.
+        let mut words = [l4_len, 0, 0, 0];
+        let changed = if self.udp {
+            put(head, th + udp::LEN, l4_len);
+            words[1] = l4_len;
+            &words[..2]
+        } else {
+            let seq = be32(self.frame, th + tcp::SEQ).wrapping_add(offset as u32);
+            head[th + tcp::SEQ..th + tcp::SEQ + 4].copy_from_slice(&seq.to_be_bytes());
+            let mut flags = head[th + tcp::FLAGS];
+            if !last {
+                flags &= !(tcp::FIN | tcp::PSH);
+            }
+            if !first {
+                flags &= !tcp::CWR;
+            }
+            head[th + tcp::FLAGS] = flags;
+            words[1] = (seq >> 16) as u16;
+            words[2] = seq as u16;
+            words[3] = be16(head, th + tcp::DATA_OFF);
+            &words[..]
+        };
+        let sum = changed
+            .iter()
+            .fold(self.l4_base, |acc, &w| checksum::combine(acc, u32::from(w)));
+        let mut c = !checksum::fold(checksum::combine(sum, payload_sum));
+        if self.udp && c == 0 {
+            // RFC 768: zero means "no checksum".
+            c = 0xffff;
         }
-        let seq = be32(self.frame, th + tcp::SEQ).wrapping_add(offset as u32);
-        head[th + tcp::SEQ..th + tcp::SEQ + 4].copy_from_slice(&seq.to_be_bytes());
-        let mut flags = head[th + tcp::FLAGS];
-        if !last {
-            flags &= !(tcp::FIN | tcp::PSH);
-        }
-        if !first {
-            flags &= !tcp::CWR;
-        }
-        head[th + tcp::FLAGS] = flags;
-        head[th + tcp::CHECKSUM..th + tcp::CHECKSUM + 2].fill(0);
-        let (src, dst) = addrs(head);
-        let acc = checksum::accumulate(tcp4::pseudo(src, dst, tcp_len + n), &head[th..hl]);
-        let c = !checksum::fold(checksum::combine(acc, payload_sum));
-        head[th + tcp::CHECKSUM..th + tcp::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
+        let field = th
+            + if self.udp {
+                udp::CHECKSUM
+            } else {
+                tcp::CHECKSUM
+            };
+        put(head, field, c);
     }
 }
 
