@@ -527,8 +527,9 @@ mod tests {
         got
     }
 
-    /// Five full datagrams and a short one of one flow, some gathered from two pieces: one train. Received without GRO they
-    /// are six datagrams, byte-exact and in order; with GRO one merged datagram says so.
+    /// Five full datagrams and a short one of one flow, some gathered from two pieces: one
+    /// train. Received without GRO they are six datagrams, byte-exact and in order; with GRO one
+    /// merged datagram says so.
     #[test]
     fn trains_arrive_as_the_datagrams_they_were_cut_from() {
         let payloads: Vec<Vec<u8>> = (0u8..6)

@@ -42,7 +42,7 @@ use crate::forward::{
     forward, ipip_super_frame, Action, Encap, Ingress, Verdict, HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
 };
 use crate::offload::{
-    complete_checksum, Coalescer, GatherCoalescer, Gso, Ipv4Segments, Push, VnetRepr,
+    complete_checksum, Coalescer, GatherCoalescer, Gso, Ipv4Segments, Push, VnetRepr, MAX_HDR_LEN,
     SUPER_FRAME_BUF, VNET_HDR_LEN,
 };
 use crate::snapshot::{Snapshot, SnapshotCell};
@@ -475,7 +475,16 @@ const GATHER_SEGS: usize = 64;
 /// Longest VXLAN-and-inner-Ethernet prefix a gathered segment carries before its IPv4 header.
 const HEAD_PREFIX_MAX: usize = 8 + 14;
 /// Bytes per gathered segment's headers: the prefix, then IPv4 and TCP headers with options.
-const HEAD_STRIDE: usize = HEAD_PREFIX_MAX + 60 + 60;
+const HEAD_STRIDE: usize = HEAD_PREFIX_MAX + MAX_HDR_LEN;
+
+/// Where a VXLAN packet the core encapsulated goes: `next_hop`, at the destination port of the
+/// outer UDP header the core wrote (`outer` starts at the outer IPv4 header).
+fn vxlan_dst(next_hop: Ipv4Addr, outer: &[u8]) -> SocketAddrV4 {
+    let dport = outer
+        .get(22..24)
+        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    SocketAddrV4::new(next_hop, dport)
+}
 
 /// A merged (UDP GRO) datagram: where it came from, its slot, its segment size and length.
 #[derive(Debug, Clone, Copy)]
@@ -736,11 +745,7 @@ impl Worker<'_> {
         self.flush(slots);
         *next = 0;
         let first = slots.bytes(i, start, HEADROOM + seg_len - start);
-        // The core wrote the outer UDP header; its destination port is the peer's.
-        let dport = first
-            .get(22..24)
-            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-        let dst = SocketAddrV4::new(next_hop, dport);
+        let dst = vxlan_dst(next_hop, first);
         let Some(first) = first.get(VXLAN_UDP_PAYLOAD_OFFSET..) else {
             return;
         };
@@ -931,13 +936,9 @@ impl Worker<'_> {
         }
         if let Some(m) = gather.finish() {
             let parts = m.parts.iter().map(|&(at, len)| &slot[at..at + len]);
-            match self.tun.write_gathered(m.head, parts) {
-                Ok(_) => {
-                    self.counters.tx_local.packets += m.packets as u64;
-                    self.counters.tx_local.bytes += m.packet_bytes as u64;
-                    self.counters.gathered_writes += 1;
-                }
-                Err(_) => self.counters.drops[DropReason::IoError.index()] += m.packets as u64,
+            let written = self.tun.write_gathered(m.head, parts).is_ok();
+            if self.count_tun_write(written, m.packets, m.packet_bytes) {
+                self.counters.gathered_writes += 1;
             }
         }
         off
@@ -998,16 +999,22 @@ impl Worker<'_> {
             return;
         }
         self.flush_coalesced();
-        match slot
+        let written = slot
             .get(f.start..f.start + f.len)
-            .map(|b| self.tun.write_raw(b))
-        {
-            Some(Ok(_)) => {
-                self.counters.tx_local.packets += f.segments as u64;
-                self.counters.tx_local.bytes += f.inner_len as u64;
-            }
-            _ => self.counters.drops[DropReason::IoError.index()] += f.segments as u64,
+            .is_some_and(|b| self.tun.write_raw(b).is_ok());
+        self.count_tun_write(written, f.segments, f.inner_len);
+    }
+
+    /// Counts one TUN write of `packets` merged packets, `bytes` in all: sent, or dropped as an
+    /// I/O error. Returns `written`.
+    fn count_tun_write(&mut self, written: bool, packets: usize, bytes: usize) -> bool {
+        if written {
+            self.counters.tx_local.packets += packets as u64;
+            self.counters.tx_local.bytes += bytes as u64;
+        } else {
+            self.counters.drops[DropReason::IoError.index()] += packets as u64;
         }
+        written
     }
 
     /// Hands an IPv4 packet bound for the TUN to the coalescer, or writes it now. Packets leave
@@ -1039,13 +1046,9 @@ impl Worker<'_> {
         let Some(m) = self.coalescer.as_mut().and_then(Coalescer::finish) else {
             return;
         };
-        match self.tun.write_raw(m.bytes) {
-            Ok(_) => {
-                self.counters.tx_local.packets += m.packets as u64;
-                self.counters.tx_local.bytes += m.packet_bytes as u64;
-            }
-            Err(_) => self.counters.drops[DropReason::IoError.index()] += m.packets as u64,
-        }
+        let written = self.tun.write_raw(m.bytes).is_ok();
+        let (packets, bytes) = (m.packets, m.packet_bytes);
+        self.count_tun_write(written, packets, bytes);
     }
 
     /// Counts a verdict and carries out its action: a TUN write now, an underlay transmit at the
@@ -1101,16 +1104,12 @@ impl Worker<'_> {
                 .vxlan_tx
                 .send_iter(self.pending.iter().filter(vxlan).map(|p| {
                     let bytes = slots.bytes(p.slot, p.start, p.len);
-                    // The core wrote the outer UDP header; its destination port is the peer's.
-                    let dport = bytes
-                        .get(22..24)
-                        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
                     let flow = match p.encap {
                         Encap::Vxlan { src_port } => src_port,
                         _ => 0,
                     };
                     Datagram {
-                        dst: SocketAddrV4::new(p.next_hop, dport),
+                        dst: vxlan_dst(p.next_hop, bytes),
                         flow,
                         payload: bytes.get(VXLAN_UDP_PAYLOAD_OFFSET..).unwrap_or(&[]),
                         tail: &[],

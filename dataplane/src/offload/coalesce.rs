@@ -273,7 +273,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
 pub const GATHER_PARTS: usize = 64;
 
 /// Longest IPv4 and TCP headers, options included.
-const MAX_HDR_LEN: usize = 60 + 60;
+pub const MAX_HDR_LEN: usize = 60 + 60;
 
 /// A finished gathered merge: its headers here, its payload where the caller's packets lie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,11 +317,6 @@ impl Default for GatherCoalescer {
 }
 
 impl GatherCoalescer {
-    /// Whether a merge is held.
-    pub fn is_empty(&self) -> bool {
-        self.head.is_none()
-    }
-
     /// Offers the IPv4 packet `pkt`, whose first byte is at position `at` of the caller's
     /// buffers; if taken, its payload is recorded as a piece at `at` plus its header length.
     pub fn push(&mut self, pkt: &[u8], at: usize) -> Push {

@@ -35,7 +35,7 @@ pub mod vnet;
 
 pub use coalesce::{
     coalesce_tcp4, Coalesced, Coalescer, GatherCoalescer, Gathered, Push, GATHER_PARTS,
-    SUPER_FRAME_BUF,
+    MAX_HDR_LEN, SUPER_FRAME_BUF,
 };
 pub use segment::{complete_checksum, segment_tcp4, Ipv4Segments};
 pub use vnet::{Gso, VnetHeader, VnetRepr, VNET_HDR_LEN};

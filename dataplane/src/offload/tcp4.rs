@@ -113,7 +113,6 @@ impl Tcp4 {
     }
 }
 
-/// The big-endian `u16` at `at`. Callers index only inside a checked header.
 /// Checks `pkt` is an unfragmented IPv4 packet of protocol `proto` (else `wrong`) whose total
 /// length fits `pkt`; returns its header length and total length.
 fn ipv4_unfragmented(
@@ -144,6 +143,7 @@ fn ipv4_unfragmented(
     Ok((ip_len, total))
 }
 
+/// The big-endian `u16` at `at`. Callers index only inside a checked header.
 pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
