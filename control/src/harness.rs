@@ -29,52 +29,58 @@ struct Variant {
     cpu_s_per_gb: Vec<f64>,
 }
 
-/// The variants, in the order every round measures them: key (for `--variants`), name, node
-/// kind, the Weft agents' `[backend]` body. The first is the reference of every ratio and is
-/// always measured.
-pub const VARIANTS: [(&str, &str, NodeKind, &str); 5] = [
-    (
-        "kernel-vxlan",
-        "kernel VXLAN (flannel.1)",
-        NodeKind::KernelVxlan,
-        "",
-    ),
-    (
-        "kernel-host-gw",
-        "kernel routing (host-gw)",
-        NodeKind::KernelHostGw,
-        "",
-    ),
-    (
-        "weft-vxlan",
-        "Weft VXLAN",
-        NodeKind::Weft,
-        "type = \"vxlan\"\n",
-    ),
-    (
-        "weft-ipip",
-        "Weft IP-in-IP",
-        NodeKind::Weft,
-        "type = \"ipip\"\n",
-    ),
-    (
-        "weft-host-gw",
-        "Weft host-gw",
-        NodeKind::Weft,
-        "type = \"host-gw\"\n",
-    ),
+/// One dataplane the harness can measure.
+#[derive(Debug, Clone, Copy)]
+struct VariantSpec {
+    /// Its name for `--variants`.
+    key: &'static str,
+    /// Its name in the table.
+    name: &'static str,
+    kind: NodeKind,
+    /// The Weft agents' `[backend]` body.
+    backend: &'static str,
+}
+
+/// The variants, in the order every round measures them. The first is the reference of every
+/// ratio and is always measured.
+const VARIANTS: [VariantSpec; 5] = [
+    VariantSpec {
+        key: "kernel-vxlan",
+        name: "kernel VXLAN (flannel.1)",
+        kind: NodeKind::KernelVxlan,
+        backend: "",
+    },
+    VariantSpec {
+        key: "kernel-host-gw",
+        name: "kernel routing (host-gw)",
+        kind: NodeKind::KernelHostGw,
+        backend: "",
+    },
+    VariantSpec {
+        key: "weft-vxlan",
+        name: "Weft VXLAN",
+        kind: NodeKind::Weft,
+        backend: "type = \"vxlan\"\n",
+    },
+    VariantSpec {
+        key: "weft-ipip",
+        name: "Weft IP-in-IP",
+        kind: NodeKind::Weft,
+        backend: "type = \"ipip\"\n",
+    },
+    VariantSpec {
+        key: "weft-host-gw",
+        name: "Weft host-gw",
+        kind: NodeKind::Weft,
+        backend: "type = \"host-gw\"\n",
+    },
 ];
 
 /// The variants a run measures: the reference and those `only` names (all when it is empty).
 /// An unknown key is an error that lists the known ones.
-pub fn select_variants(
-    only: &[String],
-) -> anyhow::Result<Vec<(&'static str, NodeKind, &'static str)>> {
-    if let Some(bad) = only
-        .iter()
-        .find(|k| !VARIANTS.iter().any(|v| v.0 == k.as_str()))
-    {
-        let known: Vec<&str> = VARIANTS.iter().map(|v| v.0).collect();
+fn select_variants(only: &[String]) -> anyhow::Result<Vec<VariantSpec>> {
+    if let Some(bad) = only.iter().find(|k| !VARIANTS.iter().any(|v| v.key == *k)) {
+        let known: Vec<&str> = VARIANTS.iter().map(|v| v.key).collect();
         bail!(
             "--variants: unknown variant {bad:?}; known: {}",
             known.join(", ")
@@ -83,8 +89,8 @@ pub fn select_variants(
     Ok(VARIANTS
         .iter()
         .enumerate()
-        .filter(|(i, v)| *i == 0 || only.is_empty() || only.iter().any(|k| k == v.0))
-        .map(|(_, v)| (v.1, v.2, v.3))
+        .filter(|(i, v)| *i == 0 || only.is_empty() || only.iter().any(|k| k == v.key))
+        .map(|(_, v)| *v)
         .collect())
 }
 
@@ -157,7 +163,13 @@ pub fn run(
         }
     );
     let mut variants = Vec::new();
-    for (name, kind, backend) in selected {
+    for VariantSpec {
+        name,
+        kind,
+        backend,
+        ..
+    } in selected
+    {
         eprintln!("[setup] {name} ...");
         let mut lab = Lab::new(&weftd)?;
         lab.workers = knobs.workers;
@@ -393,7 +405,7 @@ mod tests {
         let all = select_variants(&[]).expect("all");
         assert_eq!(all.len(), VARIANTS.len());
         let two = select_variants(&["weft-ipip".to_string()]).expect("one key");
-        let names: Vec<&str> = two.iter().map(|v| v.0).collect();
+        let names: Vec<&str> = two.iter().map(|v| v.name).collect();
         assert_eq!(names, ["kernel VXLAN (flannel.1)", "Weft IP-in-IP"]);
         let err = select_variants(&["weft-vxlna".to_string()]).expect_err("misspelt");
         let msg = err.to_string();

@@ -267,6 +267,23 @@ impl Metrics {
     }
 }
 
+/// Encodes the counter family `name` with one sample per `(value, count)`, each labelled
+/// `label="value"`.
+fn counter_family<'a>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let probe = ConstCounter::new(0u64);
+    let mut m = encoder.encode_descriptor(name, help, None, probe.metric_type())?;
+    for (value, n) in samples {
+        ConstCounter::new(n).encode(m.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
+}
+
 /// Reads the workers' merged counters at scrape time.
 #[derive(Debug)]
 struct WorkerCollector(Arc<WorkerShared>);
@@ -280,43 +297,27 @@ impl Collector for WorkerCollector {
             ("tx_local", c.tx_local),
             ("tx_underlay", c.tx_underlay),
         ];
-        {
-            let probe = ConstCounter::new(0u64);
-            let mut m = encoder.encode_descriptor(
-                "packets",
-                "Packets by direction",
-                None,
-                probe.metric_type(),
-            )?;
-            for (dir, t) in dirs {
-                ConstCounter::new(t.packets).encode(m.encode_family(&[("direction", dir)])?)?;
-            }
-        }
-        {
-            let probe = ConstCounter::new(0u64);
-            let mut m = encoder.encode_descriptor(
-                "bytes",
-                "Bytes by direction",
-                None,
-                probe.metric_type(),
-            )?;
-            for (dir, t) in dirs {
-                ConstCounter::new(t.bytes).encode(m.encode_family(&[("direction", dir)])?)?;
-            }
-        }
-        {
-            let probe = ConstCounter::new(0u64);
-            let mut m = encoder.encode_descriptor(
-                "drops",
-                "Dropped packets by reason",
-                None,
-                probe.metric_type(),
-            )?;
-            for r in DropReason::ALL {
-                ConstCounter::new(c.drops(*r))
-                    .encode(m.encode_family(&[("reason", r.label())])?)?;
-            }
-        }
+        counter_family(
+            &mut encoder,
+            "packets",
+            "Packets by direction",
+            "direction",
+            dirs.map(|(d, t)| (d, t.packets)),
+        )?;
+        counter_family(
+            &mut encoder,
+            "bytes",
+            "Bytes by direction",
+            "direction",
+            dirs.map(|(d, t)| (d, t.bytes)),
+        )?;
+        counter_family(
+            &mut encoder,
+            "drops",
+            "Dropped packets by reason",
+            "reason",
+            DropReason::ALL.iter().map(|r| (r.label(), c.drops(*r))),
+        )?;
         {
             let counter = ConstCounter::new(c.gso_fallbacks);
             let m = encoder.encode_descriptor(
@@ -327,18 +328,13 @@ impl Collector for WorkerCollector {
             )?;
             counter.encode(m)?;
         }
-        {
-            let probe = ConstCounter::new(0u64);
-            let mut m = encoder.encode_descriptor(
-                "gathered",
-                "Super-frames moved with no userspace copy of their payload, by path",
-                None,
-                probe.metric_type(),
-            )?;
-            for (path, n) in [("send", c.gathered_sends), ("tun_write", c.gathered_writes)] {
-                ConstCounter::new(n).encode(m.encode_family(&[("path", path)])?)?;
-            }
-        }
+        counter_family(
+            &mut encoder,
+            "gathered",
+            "Super-frames moved with no userspace copy of their payload, by path",
+            "path",
+            [("send", c.gathered_sends), ("tun_write", c.gathered_writes)],
+        )?;
         Ok(())
     }
 }

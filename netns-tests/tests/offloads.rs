@@ -135,6 +135,22 @@ fn all_directions(extra: &str, offloads: [u8; 3]) {
         let merged = tso == 1 && gso == 1 && gro == 1;
         assert_eq!(c.gathered_writes > 0, merged, "{}: {c:?}", node.name);
     }
+    // The same counts on /metrics.
+    for (idx, node) in lab.nodes.iter().enumerate().take(2) {
+        let (_, body) = lab.http_get(idx, "/metrics").expect("GET /metrics");
+        for (path, used) in [
+            ("send", tso == 1),
+            ("tun_write", tso == 1 && gso == 1 && gro == 1),
+        ] {
+            let prefix = format!("weft_gathered_total{{path=\"{path}\"}} ");
+            let n: u64 = body
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{}: {prefix}missing in /metrics:\n{body}", node.name));
+            assert_eq!(n > 0, used, "{}: {prefix}{n}", node.name);
+        }
+    }
 }
 
 /// Each Weft agent's `/metrics` reports `weft_offload_enabled` for each `(offload, 0 or 1)`.
