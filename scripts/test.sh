@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The test command (README, CI): format check, lints as errors, then every test in the workspace.
+# The test command (README, CI): installs the system packages the tests need (once; a second run
+# installs nothing), then format check, lints as errors, and every test in the workspace.
+# Run it as root: the namespace tests need root and fail (never skip) without it.
 # Fails fast; each step is announced and timed.
 set -euo pipefail
 
@@ -15,6 +17,20 @@ run() {
     "$@"
     echo "== ${name}: ok in $((SECONDS - start))s"
 }
+
+run deps ./scripts/deps.sh
+
+if [[ -e /proc/modules ]]; then
+    # Usually built in or autoloaded; a missing one shows up as a test failure with a clear error.
+    for m in vxlan tun veth bridge; do
+        modprobe "$m" 2>/dev/null || echo "modprobe $m: failed (built in or unavailable)"
+    done
+fi
+[[ -e /dev/net/tun ]] || echo "warning: /dev/net/tun is missing; the TUN tests will fail"
+
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    run rust-components rustup component add rustfmt clippy
+fi
 
 run fmt cargo fmt --all -- --check
 run clippy cargo clippy --workspace --all-targets -- -D warnings
