@@ -13,6 +13,7 @@
 //! second without being recreated.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -37,6 +38,9 @@ use crate::subnet_env::{self, SubnetEnv};
 
 /// The TUN device's port id in the tables.
 pub use crate::datastore::TUN_PORT;
+/// Where the agent's network namespace shows its sysctls.
+const PROC_SYS: &str = "/proc/sys";
+
 /// Socket buffer size for the VXLAN sockets.
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -85,6 +89,9 @@ pub enum AgentError {
     /// The CNI server could not be started.
     #[error("CNI server: {0}")]
     Cni(#[from] crate::cni::CniServerError),
+    /// A kernel setting the pod path needs (`net.ipv4.ip_forward`) could not be set.
+    #[error("forwarding: {0}")]
+    Forwarding(#[from] crate::forwarding::SysctlError),
 }
 
 /// What the agent derived from its configuration and the host.
@@ -263,6 +270,9 @@ impl Agent {
         );
         plan.tun_name = facts.tun_name.clone();
         netlink::plumb_node(&nl, &plan)?;
+        for c in crate::forwarding::enable(Path::new(PROC_SYS))? {
+            tracing::info!(sysctl = %c.key, before = %c.before, after = %c.after, "changed a kernel setting the pod path needs");
+        }
         // The CNI server comes up before the workers but answers STATUS with 50 (and ADD with 11)
         // until the node is ready below.
         let cni = if cfg.cni.enabled {
@@ -654,6 +664,7 @@ fn health_of(
         subnet_file: d.subnet_file.display().to_string(),
         subnet_env_written: metrics.subnet_env_written.load(Ordering::Relaxed),
         peers: metrics.peers(),
+        ip_forward: crate::forwarding::ip_forward_on(Path::new(PROC_SYS)),
     }
 }
 

@@ -507,6 +507,7 @@ mod tests {
             subnet_file: "/run/flannel/subnet.env".into(),
             subnet_env_written: false,
             peers: 0,
+            ip_forward: Some(true),
         }
     }
 

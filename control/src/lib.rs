@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod datastore;
 pub mod direct_routes;
 pub mod etcd_server;
+pub mod forwarding;
 pub mod health;
 pub mod install_cni;
 pub mod lab;

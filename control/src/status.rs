@@ -87,6 +87,9 @@ pub struct StatusReply {
     pub tables: TableSizes,
     /// Traffic and drops by reason.
     pub counters: CountersView,
+    /// `net.ipv4.ip_forward` in the agent's namespace: `true` on, `false` off, `null` unreadable.
+    #[serde(default)]
+    pub ip_forward: Option<bool>,
 }
 
 /// The agent's control-plane state that is not in a [`ShowReply`].
@@ -110,6 +113,8 @@ pub struct Health {
     pub subnet_env_written: bool,
     /// Peers programmed.
     pub peers: usize,
+    /// `net.ipv4.ip_forward` read now; `None` when it cannot be read.
+    pub ip_forward: Option<bool>,
 }
 
 /// Builds the status from the tables view and the control plane's state, deciding health.
@@ -132,6 +137,13 @@ pub fn status_of(show: ShowReply, h: Health) -> StatusReply {
             "datastore {} ({}) not answering; the last tables stay in force, changes are missed",
             h.datastore.kind, h.datastore.endpoint
         ));
+    }
+    match h.ip_forward {
+        Some(true) => {}
+        Some(false) => problems.push(
+            "net.ipv4.ip_forward is 0 (turned off after start-up?): pods cannot reach other nodes; `sysctl -w net.ipv4.ip_forward=1`".to_string(),
+        ),
+        None => problems.push("net.ipv4.ip_forward cannot be read".to_string()),
     }
     let tables = TableSizes {
         routes: show.routes.len(),
@@ -158,6 +170,7 @@ pub fn status_of(show: ShowReply, h: Health) -> StatusReply {
         peers: h.peers,
         tables,
         counters: show.counters,
+        ip_forward: h.ip_forward,
     }
 }
 
@@ -230,6 +243,15 @@ impl StatusReply {
             n.underlay_mtu,
             n.underlay_mtu.saturating_sub(n.tun_mtu)
         );
+        let _ = writeln!(
+            s,
+            "forwarding net.ipv4.ip_forward {}",
+            match self.ip_forward {
+                Some(true) => "1",
+                Some(false) => "0 (NOT FORWARDING)",
+                None => "unreadable",
+            }
+        );
         let t = &self.tables;
         let _ = writeln!(
             s,
@@ -301,6 +323,7 @@ mod tests {
             subnet_file: "/run/flannel/subnet.env".into(),
             subnet_env_written: true,
             peers: 2,
+            ip_forward: Some(true),
         }
     }
 
@@ -325,9 +348,10 @@ mod tests {
         h.lease_held = false;
         h.subnet_env_written = false;
         h.tables_programmed = false;
+        h.ip_forward = Some(false);
         let s = status_of(show(), h);
         assert!(!s.healthy);
-        assert_eq!(s.problems.len(), 4, "{:?}", s.problems);
+        assert_eq!(s.problems.len(), 5, "{:?}", s.problems);
         let text = s.render();
         for needle in [
             "UNHEALTHY",
@@ -335,6 +359,7 @@ mod tests {
             "NOT HELD",
             "NOT PROGRAMMED",
             "NOT WRITTEN",
+            "NOT FORWARDING",
         ] {
             assert!(text.contains(needle), "{needle} in\n{text}");
         }
