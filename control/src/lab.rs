@@ -654,6 +654,8 @@ impl Lab {
             in_ns(&self.nodes[idx].ns, move |nl| {
                 nl.set_mtu(&hv, tun_mtu)?;
                 nl.set_master(&hv, BRIDGE)?;
+                // As the weft CNI plugin does (cni::plumbing::attach).
+                nl.set_hairpin(&hv, true)?;
                 nl.set_up(&hv)
             })?;
         }

@@ -445,6 +445,30 @@ impl Netlink {
         self.set_link(msg, format!("set address {mac} on {name}"))
     }
 
+    /// `ip link set dev NAME type bridge_slave hairpin on|off` for the bridge port with `index`:
+    /// with hairpin on the bridge may send a frame back out of the port it came in on, so a pod
+    /// whose connection to a Service address was DNAT'ed back to itself gets its own packets (the
+    /// bridge CNI plugin's `hairpinMode`, which flannel's conflist turns on).
+    pub fn set_hairpin_index(&self, index: u32, name: &str, on: bool) -> Result<(), NetlinkError> {
+        use netlink_packet_route::link::InfoBridgePort;
+        // RTM_NEWLINK on the existing link (`set_port`): RTM_SETLINK ignores port data.
+        let msg = rtnetlink::LinkBridgePort::new(index)
+            .append_info_data(InfoBridgePort::HairpinMode(on))
+            .build();
+        self.rt
+            .block_on(self.handle.link().set_port(msg).execute())
+            .map_err(request(format!(
+                "set hairpin {} on bridge port {name}",
+                if on { "on" } else { "off" }
+            )))
+    }
+
+    /// [`Netlink::set_hairpin_index`] by name.
+    pub fn set_hairpin(&self, name: &str, on: bool) -> Result<(), NetlinkError> {
+        let index = self.require(name)?.index;
+        self.set_hairpin_index(index, name, on)
+    }
+
     /// Makes link `name` a port of bridge `bridge`.
     pub fn set_master(&self, name: &str, bridge: &str) -> Result<(), NetlinkError> {
         let index = self.require(name)?.index;

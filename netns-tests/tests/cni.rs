@@ -198,6 +198,9 @@ fn conflist_with_portmap_and_bandwidth_across_two_nodes() {
         .expect("host veth")
         .to_string();
     let host_a = host_a.to_string();
+    // Hairpin on the pod's bridge port, so the pod reaches itself through a Service address.
+    let detail = ns_command(&n1.ns, "ip", &["-d", "link", "show", "dev", &host_a]);
+    assert!(detail.contains("hairpin on"), "{host_a}: {detail}");
 
     // The pod side: eth0 with the address, MTU 1450, default route via the gateway.
     let pod_links = links(&ns_a);

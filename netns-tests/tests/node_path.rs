@@ -2,7 +2,8 @@
 //! `net.ipv4.ip_forward` itself (a node namespace starts with it off here), and `weftctl status`
 //! reports it.
 
-use std::net::Ipv4Addr;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use control::lab::{sysctl, Lab, NodeKind, PingResult};
@@ -63,4 +64,125 @@ fn weftd_turns_forwarding_on_and_pods_reach_each_other() {
     let (a, b) = (lab.nodes[0].pods[0].ip, lab.nodes[1].pods[0].ip);
     ping_ok(&lab, a, b);
     ping_ok(&lab, b, a);
+}
+
+/// Runs `program args` inside `ns`; panics with its stderr when it fails.
+fn ns_run(ns: &control::netns::NetNs, program: &str, args: &[&str]) {
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = control::netns::spawn_in_netns(&mut cmd, ns)
+        .and_then(|c| c.wait_with_output())
+        .unwrap_or_else(|e| panic!("{program} (scripts/deps.sh installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Connects from `pod` to `to` and reads back one echoed line; the error when that fails.
+fn echo_through(pod: &control::lab::LabPod, to: SocketAddrV4) -> Result<(), String> {
+    let mut s = pod
+        .connect(to, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"hairpin\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut got = [0u8; 8];
+    s.read_exact(&mut got).map_err(|e| format!("read: {e}"))?;
+    if &got != b"hairpin\n" {
+        return Err(format!("echo mangled: {got:?}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_pod_reaches_itself_through_a_service_address() {
+    require_root();
+    let mut lab = Lab::new(&weftd_path()).expect("lab");
+    lab.workers = 1;
+    lab.add_node(1, NodeKind::Weft).expect("weft node");
+    lab.start().expect("agent starts");
+    let a = lab.add_pod(0, 2).expect("pod a");
+    let b = lab.add_pod(0, 3).expect("pod b");
+    // bridge-nf-call-iptables is on, as kube-proxy requires: the DNAT below happens as the frame
+    // crosses the bridge, and a frame DNAT'ed back to its sender leaves by the port it came in on.
+    sysctl(&lab.nodes[0].ns, "net/bridge/bridge-nf-call-iptables", "1")
+        .expect("net.bridge.bridge-nf-call-iptables (the kernel needs br_netfilter)");
+
+    // The rules kube-proxy writes for a ClusterIP Service with one endpoint: DNAT to the pod, and
+    // masquerade when the endpoint is the client itself (KUBE-MARK-MASQ in its KUBE-SEP chain).
+    let service = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+    let node_ns = &lab.nodes[0].ns;
+    let a_str = a.to_string();
+    let dest = format!("{a}:8080");
+    ns_run(
+        node_ns,
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            "10.96.0.10/32",
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &dest,
+        ],
+    );
+    ns_run(
+        node_ns,
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            &a_str,
+            "-d",
+            &a_str,
+            "-j",
+            "MASQUERADE",
+        ],
+    );
+
+    let listener = lab.pod(a).expect("pod a").listen(8080).expect("listen");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { return };
+            let mut buf = [0u8; 8];
+            if c.read_exact(&mut buf).is_ok() {
+                let _ = c.write_all(&buf);
+            }
+        }
+    });
+
+    let pod_a = lab.pod(a).expect("pod a");
+    let pod_b = lab.pod(b).expect("pod b");
+    echo_through(pod_b, service).unwrap_or_else(|e| panic!("pod b -> service -> pod a: {e}"));
+    echo_through(pod_a, service)
+        .unwrap_or_else(|e| panic!("pod a -> service -> pod a (hairpin): {e}"));
+
+    // The proof that hairpin is what carries it: with hairpin off on a's port, a cannot reach
+    // itself, while b still reaches a.
+    let hv = lab.nodes[0].pods[0].host_veth.clone();
+    node_ns
+        .run(|| control::netlink::Netlink::new().and_then(|nl| nl.set_hairpin(&hv, false)))
+        .expect("enter the node namespace")
+        .expect("hairpin off");
+    assert!(
+        echo_through(pod_a, service).is_err(),
+        "pod a reached itself with hairpin off: the test does not test hairpin"
+    );
+    echo_through(pod_b, service).unwrap_or_else(|e| panic!("pod b -> service -> pod a: {e}"));
 }

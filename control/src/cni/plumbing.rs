@@ -109,9 +109,9 @@ fn default_route() -> Ipv4Net {
     Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0 is valid")
 }
 
-/// Builds the pod's link. `nl` is the node's handle. Six netlink round trips: look up the
+/// Builds the pod's link. `nl` is the node's handle. Eight netlink round trips: look up the
 /// bridge, create the pair (host end configured, peer created in the namespace with its name, MAC
-/// and MTU), then inside the namespace look up the peer's index, add the address, set it up, add
+/// and MTU), look up the host end and turn hairpin on, then inside the namespace look up the peer's index, add the address, set it up, add
 /// the default route. On failure it deletes the pair again, so nothing is left behind.
 pub fn attach(nl: &Netlink, ns: &NetNs, plan: &PodPlan) -> Result<(), PlumbError> {
     let cnl = netlink_in(ns)?;
@@ -138,6 +138,8 @@ pub fn attach(nl: &Netlink, ns: &NetNs, plan: &PodPlan) -> Result<(), PlumbError
         return Err(e.into());
     }
     let configure = || -> Result<(), PlumbError> {
+        // Hairpin, so a pod reaches itself through a Service address (see `set_hairpin_index`).
+        nl.set_hairpin(&plan.host_veth, true)?;
         let index = cnl
             .link_index(&plan.ifname)?
             .ok_or_else(|| NetlinkError::NoSuchLink(plan.ifname.clone()))?;
