@@ -1,7 +1,7 @@
 //! Weft's node agent: turns datastore state (static file, etcd, Kubernetes) into dataplane table
 //! snapshots and plumbs the node (TUN, bridge, routes).
 //!
-//! `unsafe` is denied everywhere but [`sys`], which holds the few syscall wrappers (STYLE.md habit 6).
+//! `unsafe` is denied everywhere but [`sys`], which holds the few syscall wrappers.
 #![deny(unsafe_code)]
 
 pub mod agent;

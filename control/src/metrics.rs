@@ -3,7 +3,7 @@
 //! Control-plane values (peers, table sizes, datastore reconnects, watch lag, lease renewals) are
 //! kept in atomics the control loop updates; dataplane counters (packets, bytes, drops by reason)
 //! are read from the workers' merged counters at scrape time, so the hot path pays nothing for
-//! them (STYLE.md habit 11).
+//! them.
 //!
 //! | metric | type | meaning |
 //! |---|---|---|

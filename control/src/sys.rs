@@ -1,6 +1,6 @@
 //! The agent's only `unsafe` code: thin wrappers over the few syscalls the standard library does not
 //! offer (`setns`, `unshare`, `mount`, `umount2`) and the `pre_exec` hook that enters a network
-//! namespace in a child process (STYLE.md habit 6).
+//! namespace in a child process.
 //!
 //! Every wrapper is safe to call: it takes owned or borrowed Rust values, converts them to C strings
 //! or raw descriptors for the duration of the call, and turns `-1` into [`io::Error`]. Nothing here

@@ -2,7 +2,7 @@
 //!
 //! A [`DropReason`] is `Copy` and converts to a dense index, so the hot path counts a drop with one
 //! array increment and no lock; each worker owns its [`Counters`] and the agent merges them when
-//! they are read (STYLE.md habits 5 and 11).
+//! they are read.
 
 use core::fmt;
 

@@ -15,7 +15,7 @@
 //!
 //! Linux resolves routes with an LC-trie (`net/ipv4/fib_trie.c`) that is updated in place under
 //! RCU. Weft's workers instead read tables that the control side rebuilds and publishes whole
-//! (STYLE.md habit 4), so the lookup structure can be optimised for reading alone. It is DPDK's
+//!, so the lookup structure can be optimised for reading alone. It is DPDK's
 //! `rte_lpm` DIR-24-8 scheme with strides 16-8-8 instead of 24-8: a 64 Ki-entry first level is
 //! 256 KiB rather than 64 MiB, so compiling one for a snapshot costs microseconds, not the time it
 //! takes to write 64 MiB, while a lookup still takes at most three loads.

@@ -3,7 +3,7 @@
 //! The control side owns a mutable [`Tables`] (FIB, neighbours, FDB, ports and the node's tunnel
 //! parameters). Each change is published by compiling a new [`Snapshot`] and swapping it into a
 //! [`SnapshotCell`]; workers load the current snapshot once per batch with one atomic read and never
-//! take a lock (STYLE.md habit 4). A worker that still holds an older snapshot finishes its batch on
+//! take a lock. A worker that still holds an older snapshot finishes its batch on
 //! it; the old snapshot is freed when the last reader lets go.
 
 use std::net::Ipv4Addr;

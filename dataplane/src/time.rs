@@ -1,6 +1,6 @@
 //! Time as the dataplane sees it: a monotonic instant handed in by the caller.
 //!
-//! The forwarding core never reads a clock (STYLE.md habit 1, after smoltcp's `poll(timestamp)`),
+//! The forwarding core never reads a clock (after smoltcp's `poll(timestamp)`),
 //! so tests can drive aging deterministically and the hot path makes no clock syscall.
 
 use core::fmt;

@@ -1,7 +1,7 @@
 //! Writing and removing tunnel headers in place.
 //!
 //! Encapsulation writes the outer headers into the headroom in front of the inner packet, so the
-//! payload is never copied (STYLE.md habit 3); decapsulation only moves the start offset. These are
+//! payload is never copied; decapsulation only moves the start offset. These are
 //! the building blocks of [`super::forward`] and are public so they can be measured on their own.
 
 use std::net::Ipv4Addr;

@@ -1,6 +1,6 @@
 //! The forwarding decision: a pure function from (ingress, packet, snapshot, time) to a [`Verdict`].
 //!
-//! [`forward`] performs no syscall, reads no clock and allocates nothing (STYLE.md habit 1). It
+//! [`forward`] performs no syscall, reads no clock and allocates nothing. It
 //! reads and rewrites the caller's buffer in place: the packet sits at `buf[start..start + len]`
 //! and the `start` bytes in front of it are headroom for the outer headers ([`HEADROOM`] is enough
 //! for every encapsulation and for ICMP errors). The verdict names the bytes to send and where.

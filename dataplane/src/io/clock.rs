@@ -1,5 +1,5 @@
 //! The workers' clock: `std::time::Instant` (CLOCK_MONOTONIC) measured from a process-wide
-//! origin, as the core's [`Instant`]. The core never reads a clock (STYLE.md habit 1); a worker
+//! origin, as the core's [`Instant`]. The core never reads a clock; a worker
 //! reads this one once per wakeup. The control side must use the same clock for anything it puts
 //! into the tables with a time (learned neighbours), so that ages compare.
 

@@ -3,7 +3,7 @@
 //!
 //! The split follows quinn (`quinn-proto` vs `quinn-udp`) and boringtun (`noise` vs `device`): the
 //! core decides and never touches a file descriptor; this module only reads, calls the core and
-//! carries out the verdict. All `unsafe` is fenced in the private `sys` module (STYLE.md habit 6).
+//! carries out the verdict. All `unsafe` is fenced in the private `sys` module.
 //!
 //! - [`tun`]: a multi-queue, non-persistent TUN device, one queue per worker (flannel's
 //!   `flannel.1` in the role of the node's tunnel device).

@@ -1,7 +1,7 @@
 //! The crate's only `unsafe`: thin wrappers over the Linux syscalls the I/O shell needs.
 //!
 //! Each wrapper turns a C return value into an `io::Result`, and a raw fd into an [`OwnedFd`] on
-//! the line after the syscall that made it (STYLE.md habit 6, after rust-vmm). Nothing here decides
+//! the line after the syscall that made it (after rust-vmm). Nothing here decides
 //! policy: retries, drops and counting live in the safe modules around it.
 #![allow(unsafe_code)]
 

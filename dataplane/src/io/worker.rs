@@ -2,7 +2,7 @@
 //! sender, running packets through [`forward`] and carrying out the verdicts.
 //!
 //! A worker shares nothing on the hot path: it loads the published snapshot once per wakeup (one
-//! atomic load, STYLE.md habit 4), reads the clock once per wakeup, counts into its own
+//! atomic load), reads the clock once per wakeup, counts into its own
 //! [`Counters`], and copies them into its slot of [`WorkerShared::stats`] at most every
 //! [`STATS_INTERVAL`] (one uncontended lock per interval, never per packet; habit 11). All
 //! buffers are allocated before the loop starts.
