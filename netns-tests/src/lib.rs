@@ -67,3 +67,35 @@ pub fn cni_path() -> Vec<PathBuf> {
         PathBuf::from(SYSTEM_CNI_DIR),
     ]
 }
+
+/// Pings `dst` from the lab pod `src` until a reply, three tries of a second each (the first
+/// packet of a pair may wait for ARP on the bridges); panics with the last result.
+pub fn ping_ok(lab: &control::lab::Lab, src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr) {
+    let pod = lab.pod(src).expect("pod");
+    let mut last = control::lab::PingResult::Timeout;
+    for _ in 0..3 {
+        last = pod.ping(dst, 56, false, std::time::Duration::from_secs(1));
+        if last.is_reply() {
+            return;
+        }
+    }
+    panic!("ping {src} -> {dst}: {last:?}");
+}
+
+/// Runs `program args` inside `ns` and returns its stdout; panics with its stderr when it fails
+/// and names the program when it cannot run (scripts/deps.sh installs the tools the tests use).
+pub fn ns_command(ns: &control::netns::NetNs, program: &str, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = control::netns::spawn_in_netns(&mut cmd, ns)
+        .and_then(|c| c.wait_with_output())
+        .unwrap_or_else(|e| panic!("{program} (install it; scripts/deps.sh does): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

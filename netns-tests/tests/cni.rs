@@ -10,15 +10,14 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use control::cni::ipam::{read_allocations, Allocation};
 use control::lab::{Lab, LabNode, LabPod, NodeKind, PingResult};
 use control::netlink::Netlink;
-use control::netns::{spawn_in_netns, NetNs};
+use control::netns::NetNs;
 use netns_tests::cni::{shipped_conflist, weft_only, Attachment, Driver};
-use netns_tests::{cni_path, require_root, weftd_path};
+use netns_tests::{cni_path, ns_command, require_root, weftd_path};
 use serde_json::{json, Value};
 
 fn lab_with(nodes: &[(u8, Option<&str>)]) -> Lab {
@@ -60,22 +59,6 @@ fn weft_veths(node: &LabNode) -> Vec<String> {
 fn allocations(node: &LabNode) -> Vec<Allocation> {
     read_allocations(&node.cni_data_dir)
         .unwrap_or_else(|e| panic!("IPAM state of {}: {e}", node.name))
-}
-
-fn ns_command(ns: &NetNs, program: &str, args: &[&str]) -> String {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let out = spawn_in_netns(&mut cmd, ns)
-        .and_then(|c| c.wait_with_output())
-        .unwrap_or_else(|e| panic!("{program} (install it; .ci/run does): {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn result_ip(result: &Value) -> Ipv4Addr {

@@ -8,21 +8,9 @@ use std::time::{Duration, Instant};
 
 use control::ctl::request_show;
 use control::datastore::flannel;
-use control::lab::{Lab, NodeKind, PingResult};
+use control::lab::{Lab, NodeKind};
 use ipnet::Ipv4Net;
-use netns_tests::{require_root, weftd_path};
-
-fn ping_ok(lab: &Lab, src: Ipv4Addr, dst: Ipv4Addr) {
-    let pod = lab.pod(src).expect("pod");
-    let mut last = PingResult::Timeout;
-    for _ in 0..3 {
-        last = pod.ping(dst, 56, false, Duration::from_secs(1));
-        if last.is_reply() {
-            return;
-        }
-    }
-    panic!("ping {src} -> {dst}: {last:?}");
-}
+use netns_tests::{ping_ok, require_root, weftd_path};
 
 /// Whether node `idx`'s agent programs `subnet` (route, neighbour and FDB entry).
 fn programs(lab: &Lab, idx: usize, subnet: Ipv4Net) -> bool {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use control::ctl::request_show;
 use control::lab::{Lab, NodeKind, PingResult};
 use dataplane::wire::{Ipv4Packet, Ipv4Repr};
-use netns_tests::{require_root, weftd_path};
+use netns_tests::{ping_ok, require_root, weftd_path};
 
 const TRANSFER: usize = 4 << 20;
 
@@ -48,19 +48,6 @@ fn pods(lab: &Lab) -> Vec<Ipv4Addr> {
         .iter()
         .flat_map(|n| n.pods.iter().map(|p| p.ip))
         .collect()
-}
-
-fn ping_ok(lab: &Lab, src: Ipv4Addr, dst: Ipv4Addr) {
-    let pod = lab.pod(src).expect("pod");
-    // The first packet of a pair may wait for ARP on the bridges; give it three tries.
-    let mut last = PingResult::Timeout;
-    for _ in 0..3 {
-        last = pod.ping(dst, 56, false, Duration::from_secs(1));
-        if last.is_reply() {
-            return;
-        }
-    }
-    panic!("ping {src} -> {dst}: {last:?}");
 }
 
 fn tcp_exact(lab: &Lab, src: Ipv4Addr, dst: Ipv4Addr, port: u16) {

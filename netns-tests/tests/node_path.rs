@@ -6,21 +6,8 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use control::lab::{sysctl, Lab, NodeKind, PingResult};
-use netns_tests::{require_root, weftd_path};
-
-fn ping_ok(lab: &Lab, src: Ipv4Addr, dst: Ipv4Addr) {
-    let pod = lab.pod(src).expect("pod");
-    // The first packet of a pair may wait for ARP on the bridges; give it three tries.
-    let mut last = PingResult::Timeout;
-    for _ in 0..3 {
-        last = pod.ping(dst, 56, false, Duration::from_secs(1));
-        if last.is_reply() {
-            return;
-        }
-    }
-    panic!("ping {src} -> {dst}: {last:?}");
-}
+use control::lab::{sysctl, Lab, NodeKind};
+use netns_tests::{ns_command, ping_ok, require_root, weftd_path};
 
 fn read_sysctl(lab: &Lab, idx: usize, key: &str) -> String {
     lab.nodes[idx]
@@ -66,22 +53,6 @@ fn weftd_turns_forwarding_on_and_pods_reach_each_other() {
     ping_ok(&lab, b, a);
 }
 
-/// Runs `program args` inside `ns`; panics with its stderr when it fails.
-fn ns_run(ns: &control::netns::NetNs, program: &str, args: &[&str]) {
-    let mut cmd = std::process::Command::new(program);
-    cmd.args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let out = control::netns::spawn_in_netns(&mut cmd, ns)
-        .and_then(|c| c.wait_with_output())
-        .unwrap_or_else(|e| panic!("{program} (scripts/deps.sh installs it): {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Connects from `pod` to `to` and reads back one echoed line; the error when that fails.
 fn echo_through(pod: &control::lab::LabPod, to: SocketAddrV4) -> Result<(), String> {
     let mut s = pod
@@ -117,44 +88,17 @@ fn a_pod_reaches_itself_through_a_service_address() {
     // masquerade when the endpoint is the client itself (KUBE-MARK-MASQ in its KUBE-SEP chain).
     let service = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
     let node_ns = &lab.nodes[0].ns;
-    let a_str = a.to_string();
-    let dest = format!("{a}:8080");
-    ns_run(
-        node_ns,
-        "iptables",
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-d",
-            "10.96.0.10/32",
-            "-p",
-            "tcp",
-            "--dport",
-            "80",
-            "-j",
-            "DNAT",
-            "--to-destination",
-            &dest,
-        ],
-    );
-    ns_run(
-        node_ns,
-        "iptables",
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-s",
-            &a_str,
-            "-d",
-            &a_str,
-            "-j",
-            "MASQUERADE",
-        ],
-    );
+    for rule in [
+        format!(
+            "-t nat -A PREROUTING -d {}/32 -p tcp --dport {} -j DNAT --to-destination {a}:8080",
+            service.ip(),
+            service.port()
+        ),
+        format!("-t nat -A POSTROUTING -s {a} -d {a} -j MASQUERADE"),
+    ] {
+        let args: Vec<&str> = rule.split_whitespace().collect();
+        ns_command(node_ns, "iptables", &args);
+    }
 
     let listener = lab.pod(a).expect("pod a").listen(8080).expect("listen");
     std::thread::spawn(move || {
