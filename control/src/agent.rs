@@ -247,6 +247,10 @@ impl Agent {
             metrics.tables_programmed.store(true, Ordering::Relaxed);
         }
 
+        // Before any device exists, so a refusal leaves nothing behind.
+        for c in crate::forwarding::enable(Path::new(PROC_SYS))? {
+            tracing::info!(sysctl = %c.key, before = %c.before, after = %c.after, "changed a kernel setting the pod path needs");
+        }
         let offload = match (cfg.dataplane.offload, cfg.dataplane.uso) {
             (true, true) => TunOffload::TSO4_USO4,
             (true, false) => TunOffload::TSO4,
@@ -270,9 +274,6 @@ impl Agent {
         );
         plan.tun_name = facts.tun_name.clone();
         netlink::plumb_node(&nl, &plan)?;
-        for c in crate::forwarding::enable(Path::new(PROC_SYS))? {
-            tracing::info!(sysctl = %c.key, before = %c.before, after = %c.after, "changed a kernel setting the pod path needs");
-        }
         // The CNI server comes up before the workers but answers STATUS with 50 (and ADD with 11)
         // until the node is ready below.
         let cni = if cfg.cni.enabled {
