@@ -135,7 +135,7 @@ pub struct Agent {
 enum Session {
     Static,
     Etcd {
-        client: Box<etcd_client::Client>,
+        client: Box<crate::etcd::Client>,
         acquired: Box<etcd::Acquired>,
     },
     Kube {

@@ -21,11 +21,11 @@ use anyhow::{bail, Context};
 use control::datastore::etcd;
 use control::datastore::flannel::{self, NetworkConfig};
 use control::datastore::{reconcile, OwnNode, PeerSync};
+use control::etcd::{PutOptions, Txn, TxnOp};
 use control::lab::{Lab, NodeKind};
 use control::metrics::Metrics;
 use dataplane::snapshot::SnapshotCell;
 use dataplane::wire::EthernetAddress;
-use etcd_client::{PutOptions, Txn, TxnOp};
 use ipnet::Ipv4Net;
 
 /// The bench's network: room for far more than 5,000 /24s.
@@ -88,7 +88,7 @@ pub fn run(leases: usize, changes: usize) -> anyhow::Result<()> {
     {
         let prefix = prefix.clone();
         etcd_srv.block(move |mut c| async move {
-            let id = c.lease_grant(86_400, None).await?.id();
+            let id = c.lease_grant(86_400).await?.id;
             for chunk in (0..leases).collect::<Vec<_>>().chunks(100) {
                 let ops: Vec<TxnOp> = chunk
                     .iter()

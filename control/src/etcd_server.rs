@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, GetOptions, PutOptions};
+use crate::etcd::{Client, ConnectOptions, GetOptions, PutOptions};
 
 use crate::netns::{spawn_in_netns, NetNs};
 
@@ -31,7 +31,7 @@ pub enum EtcdServerError {
     Io(String),
     /// A client request failed.
     #[error("etcd client: {0}")]
-    Client(#[from] etcd_client::Error),
+    Client(#[from] crate::etcd::Error),
 }
 
 /// A running etcd.
@@ -206,7 +206,7 @@ impl EtcdServer {
     pub fn block<T, F, Fut>(&self, f: F) -> Result<T, EtcdServerError>
     where
         F: FnOnce(Client) -> Fut + Send,
-        Fut: Future<Output = Result<T, etcd_client::Error>>,
+        Fut: Future<Output = Result<T, crate::etcd::Error>>,
         T: Send,
     {
         let ep = self.endpoint();
@@ -216,7 +216,7 @@ impl EtcdServer {
                 .build()
                 .map_err(|e| EtcdServerError::Io(format!("runtime: {e}")))?;
             rt.block_on(async move {
-                let opts = etcd_client::ConnectOptions::new()
+                let opts = ConnectOptions::new()
                     .with_connect_timeout(Duration::from_secs(2))
                     .with_timeout(Duration::from_secs(5));
                 let c = Client::connect([ep], Some(opts)).await?;
@@ -254,9 +254,7 @@ impl EtcdServer {
         let (key, value) = (key.to_string(), value.to_string());
         self.block(move |mut c| async move {
             let opts = match ttl {
-                Some(ttl) => {
-                    Some(PutOptions::new().with_lease(c.lease_grant(ttl, None).await?.id()))
-                }
+                Some(ttl) => Some(PutOptions::new().with_lease(c.lease_grant(ttl).await?.id)),
                 None => None,
             };
             c.put(key, value, opts).await.map(|_| ())
@@ -274,13 +272,13 @@ impl EtcdServer {
         let prefix = prefix.to_string();
         self.block(move |mut c| async move {
             let r = c.get(prefix, Some(GetOptions::new().with_prefix())).await?;
-            Ok(r.kvs()
+            Ok(r.kvs
                 .iter()
                 .map(|kv| {
                     (
-                        String::from_utf8_lossy(kv.key()).into_owned(),
-                        String::from_utf8_lossy(kv.value()).into_owned(),
-                        kv.lease(),
+                        String::from_utf8_lossy(&kv.key).into_owned(),
+                        String::from_utf8_lossy(&kv.value).into_owned(),
+                        kv.lease,
                     )
                 })
                 .collect())
@@ -290,8 +288,8 @@ impl EtcdServer {
     /// Compacts the history up to the current revision (forces watchers to re-list).
     pub fn compact(&self) -> Result<(), EtcdServerError> {
         self.block(|mut c| async move {
-            let rev = c.get("/", None).await?.header().map_or(0, |h| h.revision());
-            c.compact(rev, None).await.map(|_| ())
+            let rev = c.get("/", None).await?.header.map_or(0, |h| h.revision);
+            c.compact(rev).await.map(|_| ())
         })
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod ctl;
 pub mod datastore;
 pub mod direct_routes;
+pub mod etcd;
 pub mod etcd_server;
 pub mod forwarding;
 pub mod health;

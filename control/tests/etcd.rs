@@ -46,7 +46,7 @@ fn attrs(i: u32) -> OwnAttrs {
     }
 }
 
-async fn client(server: &EtcdServer) -> etcd_client::Client {
+async fn client(server: &EtcdServer) -> control::etcd::Client {
     etcd::connect(&etcd_cfg(server)).await.unwrap()
 }
 

@@ -23,16 +23,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use dataplane::wire::EthernetAddress;
-use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
-};
 use ipnet::Ipv4Net;
 use rand::seq::IndexedRandom;
 
 use super::flannel::{self, NetworkConfig};
 use super::{Backoff, Lease, PeerSync};
 use crate::config::EtcdSection;
+use crate::etcd::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
+};
 use crate::metrics::Metrics;
 
 /// How many free subnets the random pick chooses among (flannel's limit).
@@ -59,7 +59,7 @@ pub enum EtcdError {
         /// What was being done.
         op: &'static str,
         /// The client error.
-        source: etcd_client::Error,
+        source: crate::etcd::Error,
     },
     /// The network config at `<prefix>/config` is absent.
     #[error("no network config at {key}; write flannel's JSON there, e.g. etcdctl put {key} '{{\"Network\":\"10.244.0.0/16\",\"Backend\":{{\"Type\":\"vxlan\"}}}}'")]
@@ -107,7 +107,7 @@ pub enum EtcdError {
     Stopped,
 }
 
-fn req(op: &'static str) -> impl FnOnce(etcd_client::Error) -> EtcdError {
+fn req(op: &'static str) -> impl FnOnce(crate::etcd::Error) -> EtcdError {
     move |source| EtcdError::Request { op, source }
 }
 
@@ -168,10 +168,10 @@ pub async fn read_network_config(
         .await
         .map_err(req("read network config"))?;
     let kv = resp
-        .kvs()
+        .kvs
         .first()
         .ok_or_else(|| EtcdError::NoConfig { key: key.clone() })?;
-    let text = String::from_utf8_lossy(kv.value());
+    let text = String::from_utf8_lossy(&kv.value);
     NetworkConfig::parse(&text).map_err(|source| EtcdError::BadConfig { key, source })
 }
 
@@ -246,6 +246,11 @@ fn entry_of(prefix: &str, key: &str, value: &[u8], etcd_lease: i64) -> Option<Le
     })
 }
 
+/// A key as text (flannel's keys are; others are skipped).
+fn key_str(kv: &KeyValue) -> Option<&str> {
+    std::str::from_utf8(&kv.key).ok()
+}
+
 /// Lists every lease; returns them with the revision the list was taken at.
 pub async fn list_leases(
     client: &mut Client,
@@ -258,14 +263,11 @@ pub async fn list_leases(
         )
         .await
         .map_err(req("list leases"))?;
-    let rev = resp.header().map_or(0, |h| h.revision());
+    let rev = resp.header.map_or(0, |h| h.revision);
     let entries = resp
-        .kvs()
+        .kvs
         .iter()
-        .filter_map(|kv| {
-            let key = kv.key_str().ok()?;
-            entry_of(prefix, key, kv.value(), kv.lease())
-        })
+        .filter_map(|kv| entry_of(prefix, key_str(kv)?, &kv.value, kv.lease))
         .collect();
     Ok((entries, rev))
 }
@@ -395,7 +397,7 @@ pub async fn acquire(
                     Some(PutOptions::new().with_lease(id)),
                 )]);
             let resp = client.txn(txn).await.map_err(req("create lease"))?;
-            if resp.succeeded() {
+            if resp.succeeded {
                 let mut listed = entries.clone();
                 listed.push(LeaseEntry {
                     key: key.clone(),
@@ -424,10 +426,10 @@ pub async fn acquire(
 async fn grant(client: &mut Client, ttl: u64) -> Result<i64, EtcdError> {
     let ttl = i64::try_from(ttl).unwrap_or(i64::MAX);
     Ok(client
-        .lease_grant(ttl, None)
+        .lease_grant(ttl)
         .await
         .map_err(req("grant lease"))?
-        .id())
+        .id)
 }
 
 /// Renews our lease: re-puts our value on a fresh etcd lease, but only while the key still holds
@@ -451,11 +453,7 @@ pub async fn renew(
             acquired.value.as_str(),
         )])
         .and_then([put.clone()]);
-    let mut ok = client
-        .txn(txn)
-        .await
-        .map_err(req("renew lease"))?
-        .succeeded();
+    let mut ok = client.txn(txn).await.map_err(req("renew lease"))?.succeeded;
     if !ok {
         let txn = Txn::new()
             .when([Compare::version(acquired.key.as_str(), CompareOp::Equal, 0)])
@@ -464,7 +462,7 @@ pub async fn renew(
             .txn(txn)
             .await
             .map_err(req("re-create lease"))?
-            .succeeded();
+            .succeeded;
         if ok {
             tracing::warn!(subnet = %acquired.subnet, "our lease had expired or was deleted; re-created it");
         }
@@ -476,9 +474,9 @@ pub async fn renew(
             .await
             .ok()
             .and_then(|r| {
-                r.kvs()
+                r.kvs
                     .first()
-                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+                    .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
             })
             .unwrap_or_default();
         return Err(EtcdError::Lost {
@@ -555,7 +553,7 @@ pub async fn renew_loop(
 /// events are applied in batches (one commit per watch response); a cancelled or compacted watch
 /// re-lists and replaces the set; a broken connection reconnects with backoff while the last
 /// tables stay published.
-#[allow(missing_debug_implementations)] // etcd_client::Client has no Debug
+#[derive(Debug)]
 pub struct Watch {
     /// The client.
     pub client: Client,
@@ -641,27 +639,27 @@ pub async fn watch_loop(w: Watch, sync: &mut PeerSync) {
             };
             match msg {
                 Ok(Some(resp)) => {
-                    if resp.compact_revision() > 0 || resp.canceled() {
+                    if resp.compact_revision > 0 || resp.canceled {
                         tracing::warn!(
-                            compact_revision = resp.compact_revision(),
-                            reason = resp.cancel_reason(),
+                            compact_revision = resp.compact_revision,
+                            reason = resp.cancel_reason,
                             "etcd watch cancelled (compaction?); re-listing"
                         );
                         need_list = true;
                         break;
                     }
                     let mut changed = false;
-                    for ev in resp.events() {
-                        let Some(kv) = ev.kv() else { continue };
-                        rev = rev.max(kv.mod_revision());
-                        let Ok(key) = kv.key_str() else { continue };
+                    for ev in &resp.events {
+                        let Some(kv) = &ev.kv else { continue };
+                        rev = rev.max(kv.mod_revision);
+                        let Some(key) = key_str(kv) else { continue };
                         let Some(subnet) = flannel::subnet_of_key(&prefix, key) else {
                             continue;
                         };
                         changed = true;
-                        match ev.event_type() {
+                        match ev.r#type() {
                             EventType::Put => {
-                                match entry_of(&prefix, key, kv.value(), kv.lease())
+                                match entry_of(&prefix, key, &kv.value, kv.lease)
                                     .and_then(|e| e.lease)
                                 {
                                     Some(l) => sync.upsert(l),
@@ -679,9 +677,9 @@ pub async fn watch_loop(w: Watch, sync: &mut PeerSync) {
                     }
                     // A progress notification (no events) says every event up to its header
                     // revision was sent; resume from there after a reconnect.
-                    if resp.events().is_empty() {
-                        if let Some(h) = resp.header() {
-                            rev = rev.max(h.revision());
+                    if resp.events.is_empty() {
+                        if let Some(h) = &resp.header {
+                            rev = rev.max(h.revision);
                         }
                     }
                     if changed {
