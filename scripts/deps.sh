@@ -9,14 +9,13 @@ set -euo pipefail
 #   iproute2, iputils-ping, kmod        namespaces, veth, vxlan peers, modprobe
 #   iptables, nftables                  masquerade / portmap tests
 #   etcd-server, etcd-client            flannel etcd-mode subnet leases (a real etcd on loopback)
-#   protobuf-compiler, libprotobuf-dev  protoc and its well-known .proto includes (etcd-client's build)
 #   iperf3                              throughput tests through the dataplane
 #   containernetworking-plugins         reference CNI plugins (portmap, bandwidth, host-local)
 #   tcpdump, tshark                     independent decoders for captured frames
 #   python3                             fixture helpers
 PACKAGES=(
     iproute2 iputils-ping kmod python3 iptables nftables
-    etcd-server etcd-client protobuf-compiler libprotobuf-dev iperf3 containernetworking-plugins
+    etcd-server etcd-client iperf3 containernetworking-plugins
     tcpdump tshark
 )
 

@@ -15,7 +15,10 @@
 use std::path::{Path, PathBuf};
 
 /// The protos, relative to `control/proto` (which is also the import root, as upstream's).
-const PROTOS: &[&str] = &["etcd/api/mvccpb/kv.proto", "etcd/api/etcdserverpb/rpc.proto"];
+const PROTOS: &[&str] = &[
+    "etcd/api/mvccpb/kv.proto",
+    "etcd/api/etcdserverpb/rpc.proto",
+];
 /// The files generated from them, one per protobuf package.
 const GENERATED: &[&str] = &["mvccpb.rs", "etcdserverpb.rs"];
 
