@@ -92,6 +92,9 @@ pub enum AgentError {
     /// A kernel setting the pod path needs (`net.ipv4.ip_forward`) could not be set.
     #[error("forwarding: {0}")]
     Forwarding(#[from] crate::forwarding::SysctlError),
+    /// The egress masquerade rules could not be written (or their tool is missing).
+    #[error(transparent)]
+    Masq(#[from] crate::masq::MasqError),
 }
 
 /// What the agent derived from its configuration and the host.
@@ -129,6 +132,7 @@ pub struct Agent {
     control: Option<JoinHandle<()>>,
     cni: Option<crate::cni::CniServer>,
     routes: Option<DirectRoutes>,
+    masq: Option<crate::masq::Masq>,
 }
 
 /// The live datastore connection the control thread takes over after start-up.
@@ -207,6 +211,13 @@ impl Agent {
     /// Node's podCIDR) and, later, the control thread.
     pub fn start_with_stop(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Agent, AgentError> {
         let mut facts = node_facts(cfg)?;
+        // The firewall tool is looked for first, so a host without one fails before anything
+        // is changed.
+        let masq_backend = if cfg.network.ip_masq {
+            Some(crate::masq::detect(cfg.network.masq_backend)?)
+        } else {
+            None
+        };
         let metrics = Arc::new(Metrics::new());
         // Up first, so probes get /healthz (and a 503 /readyz) while we wait for a datastore.
         let health = match cfg.health.listen {
@@ -251,6 +262,21 @@ impl Agent {
         for c in crate::forwarding::enable(Path::new(PROC_SYS))? {
             tracing::info!(sysctl = %c.key, before = %c.before, after = %c.after, "changed a kernel setting the pod path needs");
         }
+        let masq = match masq_backend {
+            Some(b) => Some(crate::masq::Masq::start(
+                b,
+                crate::masq::Rules {
+                    cluster: prepared.network,
+                    subnet,
+                },
+                metrics.clone(),
+            )?),
+            None => {
+                // An earlier run's rules would still translate pod traffic.
+                crate::masq::remove_leftovers();
+                None
+            }
+        };
         let offload = match (cfg.dataplane.offload, cfg.dataplane.uso) {
             (true, true) => TunOffload::TSO4_USO4,
             (true, false) => TunOffload::TSO4,
@@ -334,7 +360,10 @@ impl Agent {
             let cfg = cfg.clone();
             let metrics = metrics.clone();
             let started = std::time::Instant::now();
-            move || crate::status::status_of(show(), health_of(&cfg, &metrics, started))
+            let masq_backend = masq.as_ref().map_or("", |m| m.backend().name());
+            move || {
+                crate::status::status_of(show(), health_of(&cfg, &metrics, started, masq_backend))
+            }
         };
         let ctl = CtlServer::start(&cfg.dataplane.control_socket, show, status)?;
 
@@ -342,7 +371,7 @@ impl Agent {
             network: cfg.network.network,
             subnet,
             mtu: u32::from(facts.tun_mtu),
-            ipmasq: false,
+            ipmasq: masq.is_some(),
         };
         let peers = sync.published().len();
         let control = {
@@ -388,6 +417,7 @@ impl Agent {
             control: Some(control),
             cni,
             routes,
+            masq,
         })
     }
 
@@ -436,6 +466,10 @@ impl Agent {
         // The control thread (and with it the route sink) is gone: the programmer ends.
         if let Some(r) = self.routes.take() {
             r.join();
+        }
+        // The rules stay; only their reconciler ends.
+        if let Some(m) = self.masq.take() {
+            m.stop();
         }
     }
 }
@@ -639,6 +673,7 @@ fn health_of(
     cfg: &Config,
     metrics: &Metrics,
     started: std::time::Instant,
+    masq_backend: &str,
 ) -> crate::status::Health {
     let d = &cfg.datastore;
     let endpoint = match d.kind {
@@ -666,6 +701,11 @@ fn health_of(
         subnet_env_written: metrics.subnet_env_written.load(Ordering::Relaxed),
         peers: metrics.peers(),
         ip_forward: crate::forwarding::ip_forward_on(Path::new(PROC_SYS)),
+        masq: crate::status::MasqView {
+            enabled: metrics.masq_enabled(),
+            backend: masq_backend.to_string(),
+            repairs: metrics.masq_repairs(),
+        },
     }
 }
 

@@ -13,6 +13,10 @@
 //!
 //! [network]
 //! network = "10.244.0.0/16"    # default; flannel's Network
+//! ip_masq = true               # default: masquerade pod traffic leaving the cluster network
+//!                              # (flannel's --ip-masq; see crate::masq)
+//! masq_backend = "auto"        # default: iptables when the host has it, else nftables; or
+//!                              # "iptables", "nftables"
 //!
 //! [backend]
 //! type = "vxlan"               # default; or "ipip" (RFC 2003, protocol 4), "host-gw" (plain routes)
@@ -290,6 +294,10 @@ struct RawNode {
 struct RawNetwork {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     network: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip_masq: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    masq_backend: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -377,6 +385,10 @@ pub struct NodeSection {
 pub struct NetworkSection {
     /// The cluster network every pod subnet lies in (flannel's `Network`).
     pub network: Ipv4Net,
+    /// Masquerade pod traffic that leaves the cluster network (flannel's `--ip-masq`).
+    pub ip_masq: bool,
+    /// Which firewall tool writes the masquerade rules.
+    pub masq_backend: crate::masq::BackendChoice,
 }
 
 /// Which backend the node runs (flannel's `Backend.Type` and lease `BackendType`).
@@ -615,6 +627,8 @@ pub struct Overrides {
     pub kubeconfig: Option<PathBuf>,
     /// `node.name` (`--node-name`, env `NODE_NAME` as in flannel's DaemonSet).
     pub node_name: Option<String>,
+    /// `network.ip_masq` (`--ip-masq`, as flannel's flag).
+    pub ip_masq: Option<bool>,
 }
 
 /// A validated configuration.
@@ -876,6 +890,9 @@ impl Overrides {
         }
         if let Some(v) = &self.node_name {
             raw.node.name = v.clone();
+        }
+        if let Some(v) = self.ip_masq {
+            raw.network.ip_masq = Some(v);
         }
         raw
     }
@@ -1223,7 +1240,19 @@ impl Config {
 
         Ok(Config {
             node,
-            network: NetworkSection { network },
+            network: NetworkSection {
+                network,
+                ip_masq: raw.network.ip_masq.unwrap_or(true),
+                masq_backend: match raw.network.masq_backend.as_deref() {
+                    None => crate::masq::BackendChoice::Auto,
+                    Some(v) => crate::masq::BackendChoice::parse(v).ok_or_else(|| {
+                        invalid(
+                            "network.masq_backend",
+                            format!("{v:?} is not one of \"auto\", \"iptables\", \"nftables\""),
+                        )
+                    })?,
+                },
+            },
             backend,
             dataplane,
             datastore,
@@ -1264,6 +1293,8 @@ impl Config {
             },
             network: RawNetwork {
                 network: Some(self.network.network.to_string()),
+                ip_masq: Some(self.network.ip_masq),
+                masq_backend: Some(self.network.masq_backend.name().to_string()),
             },
             backend: RawBackend {
                 kind: Some(self.backend.kind.name().to_string()),

@@ -508,6 +508,7 @@ mod tests {
             subnet_env_written: false,
             peers: 0,
             ip_forward: Some(true),
+            masq: crate::status::MasqView::default(),
         }
     }
 

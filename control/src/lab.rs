@@ -150,6 +150,13 @@ pub struct Lab {
     pub backend: String,
     /// Where Weft agents get their subnets and peers.
     pub datastore: LabDatastore,
+    /// `[network] ip_masq` of every Weft agent (default false: most tests are about pod↔pod
+    /// traffic and need no firewall tool).
+    pub ip_masq: bool,
+    /// Extra `[network]` lines for every Weft agent's config, e.g. `"masq_backend = \"nftables\"\n"`.
+    pub network_extra: String,
+    /// Environment variables set for every Weft agent started from now on.
+    pub agent_env: Vec<(String, String)>,
     etcd: Option<EtcdServer>,
 }
 
@@ -240,6 +247,9 @@ impl Lab {
             dataplane_extra: String::new(),
             backend: DEFAULT_BACKEND.to_string(),
             datastore: LabDatastore::Static,
+            ip_masq: false,
+            network_extra: String::new(),
+            agent_env: Vec::new(),
             etcd: None,
         })
     }
@@ -412,9 +422,11 @@ impl Lab {
         };
         let _ = writeln!(
             s,
-            "[node]\nname = \"{}\"\npublic_ip = \"{}\"\n{subnet_line}\n[network]\nnetwork = \"{NETWORK}\"\n\n[backend]\n{}\n\n[dataplane]\nbridge = \"{BRIDGE}\"\ncontrol_socket = \"{}\"\nworkers = {}\n{}\n[health]\nlisten = \"0.0.0.0:{HEALTH_PORT}\"\n",
+            "[node]\nname = \"{}\"\npublic_ip = \"{}\"\n{subnet_line}\n[network]\nnetwork = \"{NETWORK}\"\nip_masq = {}\n{}\n\n[backend]\n{}\n\n[dataplane]\nbridge = \"{BRIDGE}\"\ncontrol_socket = \"{}\"\nworkers = {}\n{}\n[health]\nlisten = \"0.0.0.0:{HEALTH_PORT}\"\n",
             n.name,
             n.public_ip,
+            self.ip_masq,
+            self.network_extra.trim_end(),
             self.backend.trim_end(),
             n.ctl_socket.display(),
             self.workers,
@@ -499,6 +511,9 @@ impl Lab {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
+        for (k, v) in &self.agent_env {
+            cmd.env(k, v);
+        }
         let child = spawn_in_netns(&mut cmd, &n.ns).map_err(io_err(format!(
             "spawn {} in {}",
             self.weftd.display(),
@@ -675,6 +690,33 @@ impl Lab {
     /// every node, e.g. for reaching a node's hostPort, or for servers the nodes reach there.
     pub fn underlay(&self) -> &NetNs {
         &self.underlay
+    }
+
+    /// A host on the underlay segment `ul0` that is not a node and not in the cluster network, at
+    /// 192.168.77.`octet`/24 (not 1..=250 of a node, nor 254): what pods reach "outside". Its
+    /// interface is `eth0`. The namespace is deleted when dropped; its veth goes with it.
+    pub fn add_outside_host(&self, octet: u8) -> Result<NetNs, LabError> {
+        let ns = netns(&format!("{}-o{octet}", self.prefix))?;
+        let ul_end = format!("{}o{octet}", self.prefix);
+        let ul_fd = self.underlay.file();
+        let mtu = self.underlay_mtu;
+        in_ns(&ns, |nl| {
+            nl.set_up("lo")?;
+            nl.create_veth("eth0", &ul_end)?;
+            nl.move_to_netns(&ul_end, ul_fd.as_fd())?;
+            nl.set_mtu("eth0", mtu)?;
+            nl.add_address(
+                "eth0",
+                Ipv4Net::new(Ipv4Addr::new(192, 168, 77, octet), 24).expect("valid"),
+            )?;
+            nl.set_up("eth0")
+        })?;
+        in_ns(&self.underlay, |nl| {
+            nl.set_mtu(&ul_end, mtu)?;
+            nl.set_master(&ul_end, SEGMENTS[0].0)?;
+            nl.set_up(&ul_end)
+        })?;
+        Ok(ns)
     }
 
     /// The pod with address `ip`.

@@ -17,6 +17,7 @@ pub mod forwarding;
 pub mod health;
 pub mod install_cni;
 pub mod lab;
+pub mod masq;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;

@@ -63,6 +63,10 @@ enum Command {
         /// spec.nodeName, as flannel's.
         #[arg(long, value_name = "NAME", env = "NODE_NAME")]
         node_name: Option<String>,
+        /// Masquerade pod traffic leaving the cluster network, true or false (network.ip_masq,
+        /// default true; flannel's --ip-masq).
+        #[arg(long, value_name = "BOOL")]
+        ip_masq: Option<bool>,
     },
     /// Install the `weft` CNI plugin into the runtime's plugin directory and the network
     /// configuration list into its config directory, as the DaemonSet's init container does.
@@ -194,6 +198,7 @@ fn main() -> ExitCode {
             kubeconfig,
             health_listen,
             node_name,
+            ip_masq,
         } => {
             let overrides = Overrides {
                 datastore,
@@ -203,6 +208,7 @@ fn main() -> ExitCode {
                 health_listen,
                 kubeconfig,
                 node_name,
+                ip_masq,
             };
             let cfg = match Config::load_with(&config, &overrides) {
                 Ok(cfg) => cfg,

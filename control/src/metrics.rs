@@ -18,6 +18,8 @@
 //! | `weft_drops_total{reason}` | counter | dropped packets by reason (every reason, zeros included) |
 //! | `weft_peers_refused_total{reason}` | counter | peers not programmed: `not_adjacent` (host-gw, `Never` or `CrossSubnet` direct routing to a public IP off our underlay subnet), counted when first refused |
 //! | `weft_direct_routes` | gauge | kernel routes `<subnet> via <public IP>` installed for directly routed peers |
+//! | `weft_masq_enabled` | gauge | 1 while Weft's egress masquerade rules are applied (`[network] ip_masq`) |
+//! | `weft_masq_repairs_total` | counter | times the masquerade rules were found changed or missing on the host and re-applied |
 //! | `weft_gso_fallbacks_total` | counter | times a worker's UDP GSO was refused by the kernel and turned off |
 //! | `weft_gathered_total{path}` | counter | super-frames moved with no userspace copy of their payload: `send` (a TSO super-frame from the TUN sent as gathered UDP segments), `tun_write` (a merged UDP GRO datagram written to the TUN as one gathered super-frame) |
 //! | `weft_offload_enabled{offload}` | gauge | offloads in use since start-up, 1 or 0: `tun_tso4` (TUN super-frames), `tun_uso4` (TUN UDP super-frames), `udp_gso` (UDP_SEGMENT trains), `udp_gro` (merged VXLAN receives); 0 when turned off in the config, refused by the kernel, or not used by the backend |
@@ -52,6 +54,8 @@ pub struct Metrics {
     ready: Gauge,
     refused: Family<Vec<(String, String)>, Counter>,
     direct_routes: Gauge,
+    masq_enabled: Gauge,
+    masq_repairs: Counter,
     offloads: Family<Vec<(String, String)>, Gauge>,
     /// Readiness parts.
     pub lease_held: AtomicBool,
@@ -93,6 +97,8 @@ impl Metrics {
                 f
             },
             direct_routes: Gauge::default(),
+            masq_enabled: Gauge::default(),
+            masq_repairs: Counter::default(),
             offloads: Family::default(),
             lease_held: AtomicBool::new(false),
             tables_programmed: AtomicBool::new(false),
@@ -133,6 +139,26 @@ impl Metrics {
     /// Records how many kernel routes for directly routed peers are installed.
     pub fn set_direct_routes(&self, n: usize) {
         self.direct_routes.set(n as i64);
+    }
+
+    /// Records whether the masquerade rules are applied.
+    pub fn set_masq_enabled(&self, on: bool) {
+        self.masq_enabled.set(i64::from(on));
+    }
+
+    /// Whether the masquerade rules are applied.
+    pub fn masq_enabled(&self) -> bool {
+        self.masq_enabled.get() != 0
+    }
+
+    /// Records one re-application of masquerade rules someone changed.
+    pub fn masq_repaired(&self) {
+        self.masq_repairs.inc();
+    }
+
+    /// Masquerade repairs so far.
+    pub fn masq_repairs(&self) -> u64 {
+        self.masq_repairs.get()
     }
 
     /// Records whether offload `name` (`tun_tso4`, `tun_uso4`, `udp_gso`, `udp_gro`) is in use.
@@ -250,6 +276,16 @@ impl Metrics {
             "direct_routes",
             "Kernel routes installed for directly routed peers (host-gw, CrossSubnet)",
             self.direct_routes.clone(),
+        );
+        reg.register(
+            "masq_enabled",
+            "1 while the egress masquerade rules are applied ([network] ip_masq)",
+            self.masq_enabled.clone(),
+        );
+        reg.register(
+            "masq_repairs",
+            "Masquerade rules found changed or missing on the host and re-applied",
+            self.masq_repairs.clone(),
         );
         reg.register(
             "offload_enabled",

@@ -90,6 +90,20 @@ pub struct StatusReply {
     /// `net.ipv4.ip_forward` in the agent's namespace: `true` on, `false` off, `null` unreadable.
     #[serde(default)]
     pub ip_forward: Option<bool>,
+    /// Egress masquerade.
+    #[serde(default)]
+    pub masq: MasqView,
+}
+
+/// Egress masquerade in a status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasqView {
+    /// The rules are applied (`[network] ip_masq`).
+    pub enabled: bool,
+    /// `iptables` or `nftables`; empty when off.
+    pub backend: String,
+    /// Times the rules were found changed on the host and re-applied.
+    pub repairs: u64,
 }
 
 /// The agent's control-plane state that is not in a [`ShowReply`].
@@ -115,6 +129,8 @@ pub struct Health {
     pub peers: usize,
     /// `net.ipv4.ip_forward` read now; `None` when it cannot be read.
     pub ip_forward: Option<bool>,
+    /// Egress masquerade.
+    pub masq: MasqView,
 }
 
 /// Builds the status from the tables view and the control plane's state, deciding health.
@@ -171,6 +187,7 @@ pub fn status_of(show: ShowReply, h: Health) -> StatusReply {
         tables,
         counters: show.counters,
         ip_forward: h.ip_forward,
+        masq: h.masq,
     }
 }
 
@@ -252,6 +269,15 @@ impl StatusReply {
                 None => "unreadable",
             }
         );
+        let _ = writeln!(
+            s,
+            "masquerade {}",
+            if self.masq.enabled {
+                format!("on ({}), {} repairs", self.masq.backend, self.masq.repairs)
+            } else {
+                "off (ip_masq = false)".to_string()
+            }
+        );
         let t = &self.tables;
         let _ = writeln!(
             s,
@@ -324,6 +350,11 @@ mod tests {
             subnet_env_written: true,
             peers: 2,
             ip_forward: Some(true),
+            masq: MasqView {
+                enabled: true,
+                backend: "iptables".into(),
+                repairs: 0,
+            },
         }
     }
 
@@ -339,6 +370,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("drops      none"), "{text}");
+        assert!(
+            text.contains("masquerade on (iptables), 0 repairs"),
+            "{text}"
+        );
     }
 
     #[test]

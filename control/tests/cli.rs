@@ -79,6 +79,20 @@ fn invalid_config_exits_2_and_names_the_field() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
 
+    let cfg = write_config(&format!("{GOOD}\n").replacen(
+        "[node]",
+        "[network]\nip_masq = \"yes\"\n\n[node]",
+        1,
+    ));
+    let out = weftd()
+        .args(["run", "--config"])
+        .arg(&cfg.0)
+        .output()
+        .expect("run weftd");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ip_masq"), "stderr names the field: {err}");
+
     let out = weftd()
         .args(["run", "--config", "/nonexistent/weftd.toml"])
         .output()
@@ -211,4 +225,26 @@ fn node_name_comes_from_the_flag_or_node_name_env_when_the_file_has_none() {
         err.contains("node.name") && err.contains("--node-name") && err.contains("NODE_NAME"),
         "{err}"
     );
+}
+
+#[test]
+fn ip_masq_flag_overrides_the_file() {
+    let cfg = write_config(GOOD);
+    let out = weftd()
+        .args(["run", "--print-config", "--ip-masq", "false", "--config"])
+        .arg(&cfg.0)
+        .output()
+        .expect("run weftd");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ip_masq = false"));
+    let out = weftd()
+        .args(["run", "--print-config", "--config"])
+        .arg(&cfg.0)
+        .output()
+        .expect("run weftd");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ip_masq = true"));
 }

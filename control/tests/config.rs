@@ -49,6 +49,11 @@ fn minimal_file_gets_every_default() {
     );
     assert_eq!(c.node.subnet, Some("10.244.1.0/24".parse().unwrap()));
     assert_eq!(c.network.network, "10.244.0.0/16".parse().unwrap());
+    assert!(
+        c.network.ip_masq,
+        "egress masquerade is on by default, as flannel's --ip-masq in its manifest"
+    );
+    assert_eq!(c.network.masq_backend, control::masq::BackendChoice::Auto);
     assert_eq!(c.backend.kind, BackendKind::Vxlan);
     assert_eq!(c.backend.vni, 1);
     assert_eq!(c.backend.port, 8472);
@@ -574,4 +579,29 @@ fn cni_section_defaults_errors_and_round_trip() {
     let rendered = c.to_toml_string();
     assert!(rendered.contains("[cni]"), "{rendered}");
     assert_eq!(Config::from_toml_str(&rendered).unwrap(), c);
+}
+
+#[test]
+fn ip_masq_must_be_a_boolean_and_masq_backend_a_known_tool() {
+    let c = Config::from_toml_str(&format!(
+        "{MINIMAL}[network]\nip_masq = false\nmasq_backend = \"nftables\"\n"
+    ))
+    .unwrap();
+    assert!(!c.network.ip_masq);
+    assert_eq!(
+        c.network.masq_backend,
+        control::masq::BackendChoice::Nftables
+    );
+    assert_err(
+        &format!("{MINIMAL}[network]\nip_masq = \"yes\"\n"),
+        &["ip_masq"],
+    );
+    assert_err(&format!("{MINIMAL}[network]\nip_masq = 1\n"), &["ip_masq"]);
+    assert_err(
+        &format!("{MINIMAL}[network]\nmasq_backend = \"ipfw\"\n"),
+        &["network.masq_backend", "ipfw", "iptables", "nftables"],
+    );
+    // Written out and read back alike.
+    let back = Config::from_toml_str(&c.to_toml_string()).unwrap();
+    assert_eq!(back, c);
 }
