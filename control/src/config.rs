@@ -136,11 +136,14 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML, has an unknown key, or a value of the wrong type. The `toml`
-    /// crate's message carries the line, column and key.
-    #[error("{}{source}", path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
+    /// crate's message carries the line, column and key; the field is named in front of it
+    /// when the error points at a value. (The caller names the file.)
+    #[error("{}{source}", field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
     Parse {
         /// The file, when read from one.
         path: Option<PathBuf>,
+        /// The field the error is at, e.g. `network.ip_masq`, when the error points at a value.
+        field: Option<String>,
         /// The TOML error.
         #[source]
         source: toml::de::Error,
@@ -192,6 +195,30 @@ pub enum ConfigError {
         "backend.type: {0:?} is not a backend Weft has; use \"vxlan\", \"ipip\" or \"host-gw\""
     )]
     UnsupportedBackend(String),
+}
+
+/// The dotted path of the `key = value` line a TOML error points into (`network.ip_masq`), read
+/// off the text: the key before `=` on that line, under the last `[table]` header above it.
+fn field_at(text: &str, e: &toml::de::Error) -> Option<String> {
+    let at = e.span()?.start;
+    let line_start = text.get(..at)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text.get(line_start..)?.lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let table = text
+        .get(..line_start)?
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|h| h.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
+    })
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -920,6 +947,7 @@ impl Config {
         })?;
         let raw: RawConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: Some(path.to_path_buf()),
+            field: field_at(&text, &source),
             source,
         })?;
         Self::validate(overrides.apply(raw))
@@ -927,8 +955,11 @@ impl Config {
 
     /// Parses and validates a configuration from TOML text.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|source| ConfigError::Parse { path: None, source })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: None,
+            field: field_at(text, &source),
+            source,
+        })?;
         Self::validate(raw)
     }
 
