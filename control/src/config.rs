@@ -146,7 +146,7 @@ pub enum ConfigError {
         field: Option<String>,
         /// The TOML error.
         #[source]
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
     /// A value is malformed or out of range.
     #[error("{field}: {message}")]
@@ -948,7 +948,7 @@ impl Config {
         let raw: RawConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: Some(path.to_path_buf()),
             field: field_at(&text, &source),
-            source,
+            source: Box::new(source),
         })?;
         Self::validate(overrides.apply(raw))
     }
@@ -958,7 +958,7 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: None,
             field: field_at(text, &source),
-            source,
+            source: Box::new(source),
         })?;
         Self::validate(raw)
     }

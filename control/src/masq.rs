@@ -29,7 +29,7 @@
 //!   transaction.
 //!
 //! A reconciler thread lists the rules every [`RECONCILE`] and compares the listing with the one
-//! taken right after its own apply; on a difference (someone flushed the chain, deleted the jump,
+//! taken right after the first apply; on a difference (someone flushed the chain, deleted the jump,
 //! dropped the table) it applies again and counts a repair. The rules stay when the agent stops,
 //! as flannel's do, so a restart does not interrupt egress; `ip_masq = false` removes them at
 //! start.
@@ -465,7 +465,9 @@ impl Masq {
     pub fn start(backend: Backend, rules: Rules, metrics: Arc<Metrics>) -> Result<Masq, MasqError> {
         let stop = Arc::new(AtomicBool::new(false));
         apply(&backend, &rules)?;
-        let mut want = listing(&backend);
+        // The rules never change while the agent runs, so this listing is the target for good
+        // (taking a new one after each repair would race with whoever changes the rules then).
+        let want = listing(&backend);
         metrics.set_masq_enabled(true);
         tracing::info!(
             backend = backend.name(),
@@ -497,10 +499,7 @@ impl Masq {
                             "masquerade rules changed on the host; re-applying"
                         );
                         match apply(&backend, &rules) {
-                            Ok(()) => {
-                                metrics.masq_repaired();
-                                want = listing(&backend);
-                            }
+                            Ok(()) => metrics.masq_repaired(),
                             Err(e) => tracing::error!("masquerade repair failed: {e}"),
                         }
                     }
@@ -548,8 +547,8 @@ mod tests {
 
     fn rules() -> Rules {
         Rules {
-            cluster: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.1.0/24".parse().unwrap(),
+            cluster: "10.244.0.0/16".parse().expect("valid"),
+            subnet: "10.244.1.0/24".parse().expect("valid"),
         }
     }
 
