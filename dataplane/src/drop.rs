@@ -75,6 +75,11 @@ drop_reasons! {
     FragNeeded => "frag_needed",
     /// Larger than the egress MTU without DF; Weft does not fragment.
     TooBig => "too_big",
+    /// A frame from a pod port whose source MAC, or IPv4 or ARP sender address, is not the pod's
+    /// own (anti-spoofing).
+    Spoofed => "spoofed",
+    /// ARP or broadcast frames from a pod port beyond its rate limit.
+    RateLimited => "rate_limited",
     /// The caller's buffer has too little headroom for the outer headers (a bug in the I/O shell).
     NoHeadroom => "no_headroom",
     /// The I/O shell could not carry out the verdict: a write to a local port or a send into the

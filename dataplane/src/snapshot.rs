@@ -30,7 +30,19 @@ pub enum PortKind {
     L2 {
         /// The MAC Weft answers ARP with and sends frames from on this port.
         mac: EthernetAddress,
+        /// The pod behind the port: frames from any other source MAC or IPv4 address are
+        /// dropped as spoofed (Calico's default). `None` accepts any source.
+        pod: Option<PodAddr>,
     },
+}
+
+/// The one pod on an L2 port: the addresses its frames must come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodAddr {
+    /// The pod's IPv4 address.
+    pub ip: Ipv4Addr,
+    /// The MAC of the pod's `eth0`.
+    pub mac: EthernetAddress,
 }
 
 /// A local port as the forwarding core sees it.

@@ -13,7 +13,7 @@ use dataplane::forward::{
     forward, ipip_super_frame, Action, Encap, Ingress, Verdict, HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
 };
 use dataplane::offload::{Gso, VnetRepr, VNET_HDR_LEN};
-use dataplane::snapshot::{NodeConfig, Port, PortKind, Snapshot, Tables};
+use dataplane::snapshot::{NodeConfig, PodAddr, Port, PortKind, Snapshot, Tables};
 use dataplane::time::Instant;
 use dataplane::wire::{checksum, EthernetAddress};
 use dataplane::PortId;
@@ -66,7 +66,13 @@ fn tables(me: &Node, peer: &Node, mode: Mode) -> Snapshot {
     t.set_port(
         POD,
         Port {
-            kind: PortKind::L2 { mac: POD_PORT_MAC },
+            kind: PortKind::L2 {
+                mac: POD_PORT_MAC,
+                pod: Some(PodAddr {
+                    ip: me.pod_ip,
+                    mac: me.pod_mac,
+                }),
+            },
             mtu: 1450,
         },
     );
@@ -459,6 +465,83 @@ fn proxy_arp_answers_for_the_gateway() {
     assert_eq!(arp.target_hw_addr(), &a.pod_mac.0);
     assert_eq!(arp.target_protocol_addr(), &a.pod_ip.octets());
     assert_eq!(&reply[0..6], &a.pod_mac.0);
+}
+
+/// An ARP request from `mac`/`ip` for `target`, in an Ethernet frame from `eth_src`.
+fn arp_request(
+    eth_src: EthernetAddress,
+    mac: EthernetAddress,
+    ip: Ipv4Addr,
+    target: Ipv4Addr,
+) -> Vec<u8> {
+    let mut arp = vec![0u8; 28];
+    arp[..8].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    arp[8..14].copy_from_slice(&mac.0);
+    arp[14..18].copy_from_slice(&ip.octets());
+    arp[24..28].copy_from_slice(&target.octets());
+    ethernet(eth_src, EthernetAddress::BROADCAST, 0x0806, &arp)
+}
+
+#[test]
+fn frames_not_from_the_pods_own_addresses_are_dropped_as_spoofed() {
+    let (a, b) = (node(1), node(2));
+    let snap = tables(&a, &b, Mode::Vxlan);
+    let forged_mac = EthernetAddress([0x02, 0xba, 0xd0, 0, 0, 1]);
+    let forged_ip = Ipv4Addr::new(10, 244, 1, 99);
+    let gw = Ipv4Addr::new(169, 254, 1, 1);
+    let cases = [
+        (
+            "forged source MAC",
+            ethernet(
+                forged_mac,
+                POD_PORT_MAC,
+                0x0800,
+                &udp_packet(a.pod_ip, b.pod_ip, 64, 100, false),
+            ),
+        ),
+        (
+            "forged source IP",
+            ethernet(
+                a.pod_mac,
+                POD_PORT_MAC,
+                0x0800,
+                &udp_packet(forged_ip, b.pod_ip, 64, 100, false),
+            ),
+        ),
+        (
+            "ARP from a forged MAC",
+            arp_request(forged_mac, forged_mac, a.pod_ip, gw),
+        ),
+        (
+            "ARP with a forged sender MAC",
+            arp_request(a.pod_mac, forged_mac, a.pod_ip, gw),
+        ),
+        (
+            "ARP with a forged sender IP",
+            arp_request(a.pod_mac, a.pod_mac, forged_ip, gw),
+        ),
+    ];
+    for (what, frame) in cases {
+        let (v, _) = run(&snap, Ingress::Local(POD), &frame);
+        assert_eq!(v, Verdict::Drop(DropReason::Spoofed), "{what}");
+    }
+    // The pod's own addresses pass, and an ARP probe (sender 0.0.0.0) is not spoofing.
+    let ok = ethernet(
+        a.pod_mac,
+        POD_PORT_MAC,
+        0x0800,
+        &udp_packet(a.pod_ip, b.pod_ip, 64, 100, false),
+    );
+    let (v, _) = run(&snap, Ingress::Local(POD), &ok);
+    assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+    let probe = arp_request(a.pod_mac, a.pod_mac, Ipv4Addr::UNSPECIFIED, a.pod_ip);
+    let (v, _) = run(&snap, Ingress::Local(POD), &probe);
+    assert_eq!(v, Verdict::Drop(DropReason::ArpIgnored));
+    // Malformed ARP: dropped as truncated, not answered.
+    let mut short = arp_request(a.pod_mac, a.pod_mac, a.pod_ip, gw);
+    short.truncate(30);
+    let (v, _) = run(&snap, Ingress::Local(POD), &short);
+    assert_eq!(v, Verdict::Drop(DropReason::Truncated));
 }
 
 /// Every way a frame on the VXLAN port can be wrong is dropped with its own reason.

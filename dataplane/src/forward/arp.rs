@@ -4,6 +4,20 @@
 use crate::drop::DropReason;
 use crate::wire::{ethernet, ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame};
 
+/// The sender hardware and protocol addresses of the ARP packet in the Ethernet frame `frame`, if
+/// it is one.
+pub fn sender(frame: &[u8]) -> Option<(EthernetAddress, std::net::Ipv4Addr)> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let arp = ArpPacket::new_checked(eth.payload()).ok()?;
+    match ArpRepr::parse(&arp).ok()? {
+        ArpRepr::EthernetIpv4 {
+            source_hardware_addr,
+            source_protocol_addr,
+            ..
+        } => Some((source_hardware_addr, source_protocol_addr)),
+    }
+}
+
 /// Turns the ARP request in the Ethernet frame `frame` into a reply from `mac`, in place, and
 /// returns the reply's length. Requests for the asker's own address (duplicate-address probes and
 /// gratuitous ARP) and everything that is not a request are not answered.

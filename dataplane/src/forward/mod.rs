@@ -169,7 +169,9 @@ pub fn forward(
             };
             match port.kind {
                 PortKind::L3 => route(snap, Origin::Port(port_id, port.kind), buf, start, len, now),
-                PortKind::L2 { mac } => from_l2(snap, port_id, port, mac, buf, start, len, now),
+                PortKind::L2 { mac, pod } => {
+                    from_l2(snap, port_id, port, (mac, pod), buf, start, len, now)
+                }
             }
         }
         Ingress::Underlay => from_underlay(snap, buf, start, len, now),
@@ -192,18 +194,43 @@ fn from_l2(
     snap: &Snapshot,
     port_id: PortId,
     port: Port,
-    mac: crate::wire::EthernetAddress,
+    (mac, pod): (
+        crate::wire::EthernetAddress,
+        Option<crate::snapshot::PodAddr>,
+    ),
     buf: &mut [u8],
     start: usize,
     len: usize,
     now: Instant,
 ) -> Verdict {
-    let (dst, ethertype) = match EthernetFrame::new_checked(&buf[start..start + len]) {
-        Ok(eth) => (eth.dst_addr(), eth.ethertype()),
+    let (dst, src, ethertype) = match EthernetFrame::new_checked(&buf[start..start + len]) {
+        Ok(eth) => (eth.dst_addr(), eth.src_addr(), eth.ethertype()),
         Err(_) => return Verdict::Drop(DropReason::Truncated),
     };
     if dst != mac && !dst.is_broadcast() {
         return Verdict::Drop(DropReason::OtherHost);
+    }
+    if let Some(pod) = pod {
+        if src != pod.mac {
+            return Verdict::Drop(DropReason::Spoofed);
+        }
+        let sender = match ethertype {
+            EtherType::Arp => match arp::sender(&buf[start..start + len]) {
+                Some((m, _)) if m != pod.mac => return Verdict::Drop(DropReason::Spoofed),
+                s => s.map(|(_, ip)| ip),
+            },
+            EtherType::Ipv4 => buf
+                .get(start + ethernet::HEADER_LEN..start + len)
+                .and_then(|ip| Ipv4Packet::new_checked(ip).ok())
+                .map(|ip| ip.src_addr()),
+            _ => None,
+        };
+        // An ARP probe's sender is 0.0.0.0 (RFC 5227); it is not answered below either.
+        if let Some(ip) = sender {
+            if ip != pod.ip && !(ethertype == EtherType::Arp && ip.is_unspecified()) {
+                return Verdict::Drop(DropReason::Spoofed);
+            }
+        }
     }
     match ethertype {
         EtherType::Arp => match arp::proxy_reply(&mut buf[start..start + len], mac) {
@@ -553,7 +580,7 @@ fn deliver(
 ) -> Verdict {
     match p.kind {
         PortKind::L3 => Verdict::Forward(Action::Deliver { port, start, len }),
-        PortKind::L2 { mac } => {
+        PortKind::L2 { mac, .. } => {
             let dst = Ipv4Packet::new_unchecked(&buf[start..start + len]).dst_addr();
             let dst_mac = match snap.neigh.lookup(dst, now) {
                 NeighborAnswer::Found(m) | NeighborAnswer::Stale(m) => m,
