@@ -13,6 +13,8 @@
 //!   flow's segments as `UDP_SEGMENT` trains (UDP GSO), batched with `sendmmsg(2)`.
 //! - [`raw`]: an `IPPROTO_RAW` socket that sends packets from their outer IPv4 header, for
 //!   everything that is not VXLAN (IP-in-IP, routed packets); batched with `sendmmsg(2)`.
+//! - [`packet`]: a pod port, an `AF_PACKET` socket on the host end of a pod's veth (switch mode):
+//!   frames with virtio-net headers, batched `recvmmsg(2)`/`sendmmsg(2)`.
 //! - [`worker`]: the per-core loop and its shared state (snapshot cell, stop flag, counters).
 //! - [`clock`]: the process-wide monotonic clock the workers hand to the core.
 //!
@@ -25,6 +27,7 @@
 
 pub mod clock;
 pub mod ipip;
+pub mod packet;
 pub mod raw;
 mod sys;
 pub mod tun;

@@ -788,3 +788,112 @@ impl super::raw::MmsgBatch for TrainBatch<'_> {
         (segments, self.message_bytes(i) + segments * (20 + 8))
     }
 }
+
+/// `bind(2)` of an `AF_PACKET` socket to interface `ifindex`, receiving every protocol.
+pub(crate) fn bind_packet(fd: BorrowedFd<'_>, ifindex: u32) -> io::Result<()> {
+    // SAFETY: sockaddr_ll is a plain C struct (integers and a byte array) for which all-zero
+    // bytes are a valid value.
+    let mut sa: libc::sockaddr_ll = unsafe { mem::zeroed() };
+    sa.sll_family = libc::AF_PACKET as u16;
+    sa.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    sa.sll_ifindex = i32::try_from(ifindex)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
+    // SAFETY: sa is a live sockaddr_ll of the length passed; fd is open for the borrow; the
+    // kernel copies the address.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_ll).cast::<libc::sockaddr>(),
+            mem::size_of::<libc::sockaddr_ll>() as socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// `PACKET_ADD_MEMBERSHIP` with `PACKET_MR_PROMISC` on `ifindex`: the interface is promiscuous
+/// while this socket is open (the kernel counts and undoes it when the socket closes).
+pub(crate) fn packet_promisc(fd: BorrowedFd<'_>, ifindex: u32) -> io::Result<()> {
+    let mreq = libc::packet_mreq {
+        mr_ifindex: i32::try_from(ifindex)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?,
+        mr_type: libc::PACKET_MR_PROMISC as u16,
+        mr_alen: 0,
+        mr_address: [0; 8],
+    };
+    // SAFETY: mreq is a live packet_mreq of the length passed; fd is open; the kernel copies it.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_ADD_MEMBERSHIP,
+            (&mreq as *const libc::packet_mreq).cast::<c_void>(),
+            mem::size_of::<libc::packet_mreq>() as socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// `getsockopt(PACKET_STATISTICS)`: frames queued and dropped since the last call (the kernel
+/// resets the counters on each read).
+pub(crate) fn packet_stats(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    let mut st = libc::tpacket_stats {
+        tp_packets: 0,
+        tp_drops: 0,
+    };
+    let mut len = mem::size_of::<libc::tpacket_stats>() as socklen_t;
+    // SAFETY: st and len are live locals of the sizes the kernel is told; fd is open.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut st as *mut libc::tpacket_stats).cast::<c_void>(),
+            &mut len,
+        )
+    })?;
+    Ok((st.tp_packets, st.tp_drops))
+}
+
+/// `sendmmsg(2)` of up to [`SEND_CHUNK`] whole frames on a bound `AF_PACKET` socket (no address:
+/// the bound interface), `MSG_DONTWAIT`. Returns how many the kernel took; `EAGAIN` is `Ok(0)`.
+pub(crate) fn sendmmsg_frames(fd: BorrowedFd<'_>, frames: &[&[u8]]) -> io::Result<usize> {
+    let n = frames.len().min(SEND_CHUNK);
+    if n == 0 {
+        return Ok(0);
+    }
+    // SAFETY: mmsghdr and iovec are plain C structs (integers and raw pointers) for which
+    // all-zero bytes are a valid value.
+    let mut hdrs: [libc::mmsghdr; SEND_CHUNK] = unsafe { mem::zeroed() };
+    // SAFETY: as above.
+    let mut iovs: [libc::iovec; SEND_CHUNK] = unsafe { mem::zeroed() };
+    for (i, f) in frames.iter().take(n).enumerate() {
+        iovs[i] = libc::iovec {
+            iov_base: f.as_ptr().cast_mut().cast::<c_void>(),
+            iov_len: f.len(),
+        };
+    }
+    let iov_ptr = iovs.as_mut_ptr();
+    for (i, h) in hdrs.iter_mut().take(n).enumerate() {
+        h.msg_hdr.msg_iov = iov_ptr.wrapping_add(i);
+        h.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: hdrs[..n] each point at one live iovec describing a frame borrowed for the call
+    // (the kernel only reads it); no names, no control data; n <= SEND_CHUNK; fd is open. The
+    // kernel keeps no pointer after returning.
+    let ret = unsafe {
+        libc::sendmmsg(
+            fd.as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::WouldBlock {
+            return Ok(0);
+        }
+        return Err(err);
+    }
+    Ok(ret as usize)
+}
