@@ -103,13 +103,13 @@ impl PacketPort {
         batch.recv_from(self.fd.as_fd())
     }
 
-    /// Sends `frames` (each a virtio-net header followed by an Ethernet frame) in as few
-    /// `sendmmsg(2)` calls as it takes; how many the kernel took. Stops at the first call that
-    /// takes none (a full device queue) or fails.
-    pub fn send_batch(&self, frames: &[&[u8]]) -> io::Result<usize> {
+    /// Sends the Ethernet `frames`, each behind the virtio-net header `vnet` ([`PLAIN`] for
+    /// plain frames), in as few `sendmmsg(2)` calls as it takes; how many the kernel took. Stops
+    /// at the first call that takes none (a full device queue) or fails.
+    pub fn send_batch(&self, vnet: &[u8; VNET_HDR_LEN], frames: &[&[u8]]) -> io::Result<usize> {
         let mut sent = 0;
         while sent < frames.len() {
-            let n = sys::sendmmsg_frames(self.fd.as_fd(), &frames[sent..])?;
+            let n = sys::sendmmsg_frames(self.fd.as_fd(), vnet, &frames[sent..])?;
             if n == 0 {
                 break;
             }

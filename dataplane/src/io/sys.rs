@@ -256,31 +256,6 @@ pub(crate) fn local_addr_v4(fd: BorrowedFd<'_>) -> io::Result<SocketAddrV4> {
     Ok(from_sockaddr_in(&sa, len))
 }
 
-/// `poll(2)` for readability on `fds`, waiting at most `timeout_ms`. An fd counts as ready when
-/// it is readable or has an error or hangup to report (a read then returns that error). A signal
-/// (`EINTR`) reports nothing ready.
-pub(crate) fn poll_in<const N: usize>(
-    fds: [BorrowedFd<'_>; N],
-    timeout_ms: c_int,
-) -> io::Result<[bool; N]> {
-    let mut pfds = fds.map(|fd| libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    });
-    // SAFETY: pfds is a live array of N pollfd structs whose fds are open for the borrow of `fds`.
-    let ret = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, timeout_ms) };
-    if ret < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() == io::ErrorKind::Interrupted {
-            return Ok([false; N]);
-        }
-        return Err(err);
-    }
-    let ready = libc::POLLIN | libc::POLLERR | libc::POLLHUP | libc::POLLNVAL;
-    Ok(pfds.map(|p| p.revents & ready != 0))
-}
-
 /// Points `hdrs[range]` at the matching `iovs` and `addrs` entries (one iovec and one
 /// `sockaddr_in` per message, no control data), as both `recvmmsg` and `sendmmsg` need. The
 /// pointers are only stored here; they are dereferenced by the kernel during the call that follows,
@@ -854,9 +829,14 @@ pub(crate) fn packet_stats(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     Ok((st.tp_packets, st.tp_drops))
 }
 
-/// `sendmmsg(2)` of up to [`SEND_CHUNK`] whole frames on a bound `AF_PACKET` socket (no address:
-/// the bound interface), `MSG_DONTWAIT`. Returns how many the kernel took; `EAGAIN` is `Ok(0)`.
-pub(crate) fn sendmmsg_frames(fd: BorrowedFd<'_>, frames: &[&[u8]]) -> io::Result<usize> {
+/// `sendmmsg(2)` of up to [`SEND_CHUNK`] frames on a bound `AF_PACKET` socket (no address: the
+/// bound interface), `MSG_DONTWAIT`, each sent as `head` followed by the frame (gathered, two
+/// iovecs). Returns how many the kernel took; `EAGAIN` is `Ok(0)`.
+pub(crate) fn sendmmsg_frames(
+    fd: BorrowedFd<'_>,
+    head: &[u8],
+    frames: &[&[u8]],
+) -> io::Result<usize> {
     let n = frames.len().min(SEND_CHUNK);
     if n == 0 {
         return Ok(0);
@@ -865,21 +845,27 @@ pub(crate) fn sendmmsg_frames(fd: BorrowedFd<'_>, frames: &[&[u8]]) -> io::Resul
     // all-zero bytes are a valid value.
     let mut hdrs: [libc::mmsghdr; SEND_CHUNK] = unsafe { mem::zeroed() };
     // SAFETY: as above.
-    let mut iovs: [libc::iovec; SEND_CHUNK] = unsafe { mem::zeroed() };
+    let mut iovs: [[libc::iovec; 2]; SEND_CHUNK] = unsafe { mem::zeroed() };
     for (i, f) in frames.iter().take(n).enumerate() {
-        iovs[i] = libc::iovec {
-            iov_base: f.as_ptr().cast_mut().cast::<c_void>(),
-            iov_len: f.len(),
-        };
+        iovs[i] = [
+            libc::iovec {
+                iov_base: head.as_ptr().cast_mut().cast::<c_void>(),
+                iov_len: head.len(),
+            },
+            libc::iovec {
+                iov_base: f.as_ptr().cast_mut().cast::<c_void>(),
+                iov_len: f.len(),
+            },
+        ];
     }
     let iov_ptr = iovs.as_mut_ptr();
     for (i, h) in hdrs.iter_mut().take(n).enumerate() {
-        h.msg_hdr.msg_iov = iov_ptr.wrapping_add(i);
-        h.msg_hdr.msg_iovlen = 1;
+        h.msg_hdr.msg_iov = iov_ptr.wrapping_add(i).cast::<libc::iovec>();
+        h.msg_hdr.msg_iovlen = 2;
     }
-    // SAFETY: hdrs[..n] each point at one live iovec describing a frame borrowed for the call
-    // (the kernel only reads it); no names, no control data; n <= SEND_CHUNK; fd is open. The
-    // kernel keeps no pointer after returning.
+    // SAFETY: hdrs[..n] each point at two live iovecs (iovs[i], contiguous) describing `head`
+    // and a frame, both borrowed for the call (the kernel only reads them); no names, no control
+    // data; n <= SEND_CHUNK; fd is open. The kernel keeps no pointer after returning.
     let ret = unsafe {
         libc::sendmmsg(
             fd.as_raw_fd(),
@@ -891,6 +877,49 @@ pub(crate) fn sendmmsg_frames(fd: BorrowedFd<'_>, frames: &[&[u8]]) -> io::Resul
     if ret < 0 {
         let err = io::Error::last_os_error();
         if err.kind() == io::ErrorKind::WouldBlock {
+            return Ok(0);
+        }
+        return Err(err);
+    }
+    Ok(ret as usize)
+}
+
+/// `eventfd(2)`, nonblocking: a counter a thread writes to wake another out of `poll(2)`.
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers.
+    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
+    // SAFETY: eventfd just returned this fd, so it is open and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds 1 to the eventfd `fd` (makes it readable).
+pub(crate) fn eventfd_wake(fd: BorrowedFd<'_>) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64, as an eventfd requires; fd is open for the borrow.
+    // A full counter (EAGAIN) means it is readable already, which is all a wake needs.
+    let _ = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast::<c_void>(), 8) };
+}
+
+/// Reads the eventfd `fd` back to zero (not readable), if it was set.
+pub(crate) fn eventfd_clear(fd: BorrowedFd<'_>) {
+    let mut v: u64 = 0;
+    // SAFETY: reads 8 bytes into a live u64, as an eventfd requires; fd is open for the borrow.
+    // EAGAIN (already zero) is fine.
+    let _ = unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast::<c_void>(), 8) };
+}
+
+/// `poll(2)` on `pfds` (a caller-kept array, rebuilt when its fds change), waiting at most
+/// `timeout_ms`; an interrupted wait returns 0 ready.
+pub(crate) fn poll_many(pfds: &mut [libc::pollfd], timeout_ms: c_int) -> io::Result<usize> {
+    // SAFETY: pfds is a live, exclusively borrowed array of pollfd structs of the length passed;
+    // the fds are the caller's, kept open while it holds them.
+    let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            for p in pfds.iter_mut() {
+                p.revents = 0;
+            }
             return Ok(0);
         }
         return Err(err);

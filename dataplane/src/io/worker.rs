@@ -28,11 +28,14 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
+use arc_swap::ArcSwap;
+
 use super::ipip::IpipSocket;
+use super::packet::{PacketPort, PLAIN};
 use super::raw::{RawSender, SendReport};
 use super::tun::TunQueue;
 use super::udp::{Datagram, RecvBatch, VxlanSender, VxlanSocket};
@@ -125,8 +128,66 @@ impl WorkerConfig {
     }
 }
 
-/// What the workers share with the agent: the snapshot cell, the stop flag, and one counter slot
-/// per worker.
+/// The pod ports (switch mode) by port id: what the workers receive from and send to, published
+/// like a snapshot. A port is received from by one worker only, [`PodPorts::owner`]; any worker
+/// sends to it.
+#[derive(Debug, Clone, Default)]
+pub struct PodPorts {
+    ports: Vec<Option<Arc<PacketPort>>>,
+}
+
+impl PodPorts {
+    /// No pod ports.
+    pub fn new() -> Self {
+        PodPorts::default()
+    }
+
+    /// The socket of port `id`.
+    pub fn get(&self, id: PortId) -> Option<&Arc<PacketPort>> {
+        self.ports.get(usize::from(id.0))?.as_ref()
+    }
+
+    /// Sets port `id`'s socket.
+    pub fn insert(&mut self, id: PortId, port: Arc<PacketPort>) {
+        let i = usize::from(id.0);
+        if self.ports.len() <= i {
+            self.ports.resize(i + 1, None);
+        }
+        self.ports[i] = Some(port);
+    }
+
+    /// Removes port `id`; its socket closes when the last worker lets go of it.
+    pub fn remove(&mut self, id: PortId) -> Option<Arc<PacketPort>> {
+        self.ports.get_mut(usize::from(id.0)).and_then(Option::take)
+    }
+
+    /// The ports, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (PortId, &Arc<PacketPort>)> + '_ {
+        self.ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((PortId(i as u16), p.as_ref()?)))
+    }
+
+    /// How many ports there are.
+    pub fn len(&self) -> usize {
+        self.ports.iter().flatten().count()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The worker (of `workers`) that receives from port `id`: spread by id, so one pod's
+    /// flows stay on one worker.
+    pub fn owner(id: PortId, workers: usize) -> usize {
+        usize::from(id.0) % workers.max(1)
+    }
+}
+
+/// What the workers share with the agent: the snapshot cell, the stop flag, one counter slot
+/// per worker, and the pod ports with the means to know every worker has seen a change.
 #[derive(Debug)]
 pub struct WorkerShared {
     /// Where the control side publishes tables.
@@ -136,10 +197,22 @@ pub struct WorkerShared {
     /// Worker `i`'s counters as of its last copy-out, at most [`STATS_INTERVAL`] old while it
     /// runs, exact once it has returned.
     pub stats: Vec<Mutex<Counters>>,
+    /// The pod ports (switch mode).
+    pods: ArcSwap<PodPorts>,
+    /// Bumped by [`WorkerShared::sync`]; each worker copies it into its `acks` slot at the top
+    /// of its loop, after loading the pod ports.
+    epoch: AtomicU64,
+    acks: Vec<AtomicU64>,
+    /// One eventfd per worker, in its `poll(2)` set, to wake it for [`WorkerShared::sync`].
+    wakers: Vec<std::os::fd::OwnedFd>,
 }
 
 impl WorkerShared {
     /// Shared state for `workers` workers reading `cell`.
+    ///
+    /// # Panics
+    ///
+    /// If the kernel refuses an eventfd (out of file descriptors at start-up).
     pub fn new(cell: Arc<SnapshotCell>, workers: usize) -> Self {
         WorkerShared {
             cell,
@@ -147,6 +220,43 @@ impl WorkerShared {
             stats: (0..workers)
                 .map(|_| Mutex::new(Counters::default()))
                 .collect(),
+            pods: ArcSwap::from_pointee(PodPorts::new()),
+            epoch: AtomicU64::new(0),
+            acks: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            wakers: (0..workers)
+                .map(|_| sys::eventfd().expect("eventfd for a worker"))
+                .collect(),
+        }
+    }
+
+    /// Publishes the pod ports; workers pick them up at their next wakeup ([`WorkerShared::sync`]
+    /// waits for that).
+    pub fn set_pod_ports(&self, ports: PodPorts) {
+        self.pods.store(Arc::new(ports));
+    }
+
+    /// The pod ports as published.
+    pub fn pod_ports(&self) -> Arc<PodPorts> {
+        self.pods.load_full()
+    }
+
+    /// Wakes every worker and waits until each has passed the top of its loop, so it holds the
+    /// pod ports and snapshot published before this call; at most `timeout`. False on timeout
+    /// (a worker stuck or gone).
+    pub fn sync(&self, timeout: std::time::Duration) -> bool {
+        let e = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        for w in &self.wakers {
+            sys::eventfd_wake(w.as_fd());
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.acks.iter().all(|a| a.load(Ordering::Acquire) >= e) {
+                return true;
+            }
+            if std::time::Instant::now() > deadline || self.stop_requested() {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
         }
     }
 
@@ -380,6 +490,8 @@ pub fn run_worker(
         vxlan_tx,
         counters: Counters::default(),
         pending: Vec::with_capacity(cfg.tun_slots.max(cfg.batch)),
+        pod_pending: Vec::with_capacity(cfg.tun_slots.max(cfg.batch)),
+        pods: shared.pod_ports(),
         coalescer: (offload && cfg.coalesce).then(|| Coalescer::new(vec![0u8; SUPER_FRAME_BUF])),
         gather: (offload && cfg.coalesce).then(Box::default),
         heads: if offload {
@@ -388,6 +500,14 @@ pub fn run_worker(
             Vec::new()
         },
     };
+    // Pod ports this worker receives from, and the poll(2) set: TUN, underlay, waker, then
+    // those ports in order. Rebuilt when the epoch moves.
+    let workers = shared.acks.len();
+    let waker = shared.wakers.get(id).map(AsFd::as_fd);
+    let mut mine: Vec<(PortId, Arc<PacketPort>)> = Vec::new();
+    let mut pfds: Vec<libc::pollfd> = Vec::new();
+    let mut pod_rx: Option<RecvBatch> = None;
+    let mut seen_epoch = u64::MAX;
     let mut last_publish = clock::now();
     let mut dirty = false;
     // After a full batch there is probably more: read again without asking poll(2) first.
@@ -398,30 +518,69 @@ pub fn run_worker(
         if shared.stop_requested() {
             break Ok(());
         }
-        let spinning = !busy && clock::now() < spin_until;
-        let [tun_ready, udp_ready] = if busy {
-            [true, true]
-        } else {
-            let timeout = if spinning { 0 } else { POLL_TIMEOUT_MS };
+        let epoch = shared.epoch.load(Ordering::Acquire);
+        if epoch != seen_epoch {
+            w.pods = shared.pod_ports();
+            mine = w
+                .pods
+                .iter()
+                .filter(|(pid, _)| PodPorts::owner(*pid, workers) == id)
+                .map(|(pid, p)| (pid, Arc::clone(p)))
+                .collect();
+            if !mine.is_empty() && pod_rx.is_none() {
+                pod_rx = Some(RecvBatch::new(POD_RX_SLOTS, POD_RX_SLOT));
+            }
             // With no underlay socket the TUN stands in for it; its drain below is skipped.
             let rx_fd = match &underlay {
                 UnderlayRx::Vxlan(s) => s.as_fd(),
                 UnderlayRx::Ipip(s) => s.as_fd(),
                 UnderlayRx::None => tun.as_fd(),
             };
-            match sys::poll_in([tun.as_fd(), rx_fd], timeout) {
-                Ok(r) => r,
-                Err(e) => break Err(e),
+            let fd = |f: std::os::fd::BorrowedFd<'_>| libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&f),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            pfds.clear();
+            pfds.push(fd(tun.as_fd()));
+            pfds.push(fd(rx_fd));
+            pfds.push(fd(waker.unwrap_or(tun.as_fd())));
+            pfds.extend(mine.iter().map(|(_, p)| fd(p.as_fd())));
+            seen_epoch = epoch;
+            if let Some(a) = shared.acks.get(id) {
+                a.store(epoch, Ordering::Release);
             }
+        }
+        let spinning = !busy && clock::now() < spin_until;
+        let ready = |p: &libc::pollfd| {
+            p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
         };
+        if busy {
+            for p in pfds.iter_mut() {
+                p.revents = libc::POLLIN;
+            }
+        } else {
+            let timeout = if spinning { 0 } else { POLL_TIMEOUT_MS };
+            if let Err(e) = sys::poll_many(&mut pfds, timeout) {
+                break Err(e);
+            }
+        }
+        let tun_ready = ready(&pfds[0]);
+        let udp_ready = ready(&pfds[1]);
+        if ready(&pfds[2]) {
+            if let Some(wk) = waker {
+                sys::eventfd_clear(wk);
+            }
+        }
+        let pods_ready = pfds[3..].iter().any(ready);
         busy = false;
-        if spinning && !tun_ready && !udp_ready {
+        if spinning && !tun_ready && !udp_ready && !pods_ready {
             std::thread::yield_now();
             continue;
         }
         let now = clock::now();
         let mut moved = false;
-        if tun_ready || udp_ready {
+        if tun_ready || udp_ready || pods_ready {
             let snap = shared.cell.load();
             if tun_ready {
                 let drained = if offload {
@@ -445,6 +604,16 @@ pub fn run_worker(
                 };
                 busy |= n == cfg.batch;
                 moved |= n > 0;
+            }
+            if let Some(prx) = pod_rx.as_mut() {
+                for ((pid, port), pfd) in mine.iter().zip(&pfds[3..]) {
+                    if !ready(pfd) {
+                        continue;
+                    }
+                    let n = w.drain_pod(&snap, *pid, port, prx, &mut tun_slots, now);
+                    busy |= n == POD_RX_SLOTS;
+                    moved |= n > 0;
+                }
             }
         }
         if moved {
@@ -505,6 +674,22 @@ struct Pending {
     encap: Encap,
 }
 
+/// Frames one pod-port receive brings at most.
+const POD_RX_SLOTS: usize = 16;
+/// A pod-port receive slot: headroom, virtio-net header, Ethernet header and a 64 KiB
+/// super-frame.
+const POD_RX_SLOT: usize = HEADROOM + VNET_HDR_LEN + 14 + 65_535;
+
+/// A delivery to a pod port waiting for the end of its batch: which slot, which bytes (the
+/// Ethernet frame).
+#[derive(Debug, Clone, Copy)]
+struct PodSend {
+    port: PortId,
+    slot: usize,
+    start: usize,
+    len: usize,
+}
+
 /// A worker's per-thread state.
 struct Worker<'a> {
     tun_port: PortId,
@@ -514,6 +699,10 @@ struct Worker<'a> {
     counters: Counters,
     /// Capacity `batch`, allocated once: one verdict per slot, so it never grows.
     pending: Vec<Pending>,
+    /// Deliveries to pod ports, sent at the end of the batch like `pending`.
+    pod_pending: Vec<PodSend>,
+    /// The pod ports as of this worker's last epoch.
+    pods: Arc<PodPorts>,
     /// Merges TCP segments bound for the TUN, on a queue with offloads and `coalesce` on.
     coalescer: Option<Coalescer<Vec<u8>>>,
     /// Merges the segments of one UDP GRO datagram bound for the TUN without copying their
@@ -794,6 +983,119 @@ impl Worker<'_> {
         }
     }
 
+    /// Receives one batch of frames from pod port `pid` and forwards them: a plain frame where it
+    /// lies (its checksum completed first if the pod left it partial), a super-frame cut into
+    /// segments in `slots`, each behind the frame's own Ethernet header, so the core checks and
+    /// routes every segment as the frame it would have been. Returns how many frames arrived.
+    fn drain_pod(
+        &mut self,
+        snap: &Snapshot,
+        pid: PortId,
+        port: &PacketPort,
+        rx: &mut RecvBatch,
+        slots: &mut Slots,
+        now: Instant,
+    ) -> usize {
+        let n = match port.recv_batch(rx) {
+            Ok(n) => n,
+            Err(_) => return 0,
+        };
+        let ingress = Ingress::Local(pid);
+        const ETH: usize = 14;
+        for i in 0..n {
+            let Some(meta) = rx.meta(i) else { break };
+            if meta.truncated || meta.len < VNET_HDR_LEN + ETH {
+                self.counters
+                    .rx_local
+                    .add(meta.len.saturating_sub(VNET_HDR_LEN));
+                self.counters.drop(if meta.truncated {
+                    DropReason::TooBig
+                } else {
+                    DropReason::Truncated
+                });
+                continue;
+            }
+            let frame_at = HEADROOM + VNET_HDR_LEN;
+            let frame_len = meta.len - VNET_HDR_LEN;
+            let parsed = rx
+                .get(i)
+                .and_then(|(_, slot)| VnetRepr::parse_bytes(&slot[HEADROOM..frame_at]).ok());
+            let Some(mut vnet) = parsed else {
+                self.counters.drop(DropReason::OffloadMalformed);
+                continue;
+            };
+            match vnet.gso {
+                Gso::None => {
+                    let Some(slot) = rx.slot_mut(i) else { break };
+                    self.counters.rx_local.add(frame_len);
+                    if vnet.needs_csum {
+                        let ip = &mut slot[frame_at + ETH..frame_at + frame_len];
+                        let ok = vnet.csum_start >= ETH as u16
+                            && complete_checksum(
+                                ip,
+                                vnet.csum_start - ETH as u16,
+                                vnet.csum_offset,
+                            )
+                            .is_ok();
+                        if !ok {
+                            self.counters.drop(DropReason::OffloadMalformed);
+                            continue;
+                        }
+                    }
+                    let verdict = forward(snap, ingress, slot, frame_at, frame_len, now);
+                    self.carry_out(verdict, i, slot);
+                }
+                Gso::TcpV4 | Gso::UdpL4 => {
+                    // Segments go into `slots`: what is pending from `rx` leaves first.
+                    self.flush(rx.slots());
+                    let Some((_, slot)) = rx.get(i) else { break };
+                    let mut eth = [0u8; ETH];
+                    eth.copy_from_slice(&slot[frame_at..frame_at + ETH]);
+                    vnet.csum_start = vnet.csum_start.saturating_sub(ETH as u16);
+                    let ip = &slot[frame_at + ETH..frame_at + frame_len];
+                    let Ok(mut segs) = Ipv4Segments::new(ip, &vnet) else {
+                        self.counters.rx_local.add(frame_len);
+                        self.counters.drop(DropReason::OffloadMalformed);
+                        continue;
+                    };
+                    let mut next = 0;
+                    while !segs.is_done() {
+                        if next == slots.len() {
+                            self.flush(slots);
+                            next = 0;
+                        }
+                        let Some(out) = slots.slot_mut(next) else {
+                            break;
+                        };
+                        let Some(room) = out.get_mut(HEADROOM + ETH..) else {
+                            break;
+                        };
+                        match segs.emit_next(room) {
+                            Some(Ok(seg_len)) => {
+                                out[HEADROOM..HEADROOM + ETH].copy_from_slice(&eth);
+                                self.counters.rx_local.add(ETH + seg_len);
+                                let verdict =
+                                    forward(snap, ingress, out, HEADROOM, ETH + seg_len, now);
+                                self.carry_out(verdict, next, out);
+                                next += 1;
+                            }
+                            Some(Err(_)) => self.counters.drop(DropReason::TooBig),
+                            None => break,
+                        }
+                    }
+                    self.flush(slots);
+                }
+                Gso::Udp | Gso::TcpV6 => {
+                    self.counters.rx_local.add(frame_len);
+                    self.counters.drop(DropReason::OffloadMalformed);
+                }
+            }
+        }
+        self.flush(rx.slots());
+        self.flush_coalesced();
+        n
+    }
+
     /// Receives one batch from the VXLAN socket and forwards it. Returns how many datagrams
     /// arrived. A receive error is not fatal (a UDP socket reports a pending error once); the next
     /// wakeup tries again.
@@ -840,7 +1142,7 @@ impl Worker<'_> {
             };
             while off < meta.len {
                 let len = seg.min(meta.len - off);
-                if off > 0 && !self.pending.is_empty() {
+                if off > 0 && !(self.pending.is_empty() && self.pod_pending.is_empty()) {
                     self.flush(rx.slots());
                 }
                 self.counters.rx_underlay.add(len + OUTER_IPV4_UDP_LEN);
@@ -1066,6 +1368,18 @@ impl Worker<'_> {
                 let bytes = start.checked_add(len).and_then(|end| slot.get(start..end));
                 match bytes {
                     Some(pkt) if port == self.tun_port => self.deliver_tun(pkt),
+                    // A pod port: sent at the end of the batch, behind a zero virtio-net header.
+                    Some(_)
+                        if self.pods.get(port).is_some()
+                            && self.pod_pending.len() < self.pod_pending.capacity() =>
+                    {
+                        self.pod_pending.push(PodSend {
+                            port,
+                            slot: slot_index,
+                            start,
+                            len,
+                        });
+                    }
                     _ => self.counters.drop(DropReason::IoError),
                 }
             }
@@ -1095,6 +1409,7 @@ impl Worker<'_> {
     /// sender (same-flow runs as GSO trains), anything else through the raw socket, each with
     /// `sendmmsg(2)`.
     fn flush(&mut self, slots: &Slots) {
+        self.flush_pods(slots);
         if self.pending.is_empty() {
             return;
         }
@@ -1127,6 +1442,42 @@ impl Worker<'_> {
             self.count_sent(&report);
         }
         self.pending.clear();
+    }
+
+    /// Sends the batch's deliveries to pod ports, one `sendmmsg(2)` per run of the same port.
+    fn flush_pods(&mut self, slots: &Slots) {
+        let mut i = 0;
+        while i < self.pod_pending.len() {
+            let port = self.pod_pending[i].port;
+            let run = self.pod_pending[i..]
+                .iter()
+                .take_while(|p| p.port == port)
+                .take(sys::SEND_CHUNK)
+                .count();
+            let mut frames: [&[u8]; sys::SEND_CHUNK] = [&[]; sys::SEND_CHUNK];
+            let mut bytes = 0;
+            for (f, p) in frames.iter_mut().zip(&self.pod_pending[i..i + run]) {
+                *f = slots.bytes(p.slot, p.start, p.len);
+                bytes += p.len;
+            }
+            let sent = self
+                .pods
+                .get(port)
+                .map_or(Ok(0), |p| p.send_batch(&PLAIN, &frames[..run]));
+            match sent {
+                Ok(n) if n == run => {
+                    self.counters.tx_local.packets += run as u64;
+                    self.counters.tx_local.bytes += bytes as u64;
+                }
+                Ok(n) => {
+                    self.counters.tx_local.packets += n as u64;
+                    self.counters.drops[DropReason::IoError.index()] += (run - n) as u64;
+                }
+                Err(_) => self.counters.drops[DropReason::IoError.index()] += run as u64,
+            }
+            i += run;
+        }
+        self.pod_pending.clear();
     }
 
     fn count_sent(&mut self, report: &SendReport) {
