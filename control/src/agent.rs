@@ -27,8 +27,7 @@ use ipnet::Ipv4Net;
 use crate::config::{BackendKind, Config, Encapsulation, PublicAddress};
 use crate::ctl::{self, CountersView, CtlServer, NodeView, ShowReply};
 use crate::datastore::{
-    etcd, kube, reconcile, static_peers, BackendChoice, Backoff, DatastoreKind, Lease, OwnNode,
-    PeerSync,
+    etcd, kube, static_peers, BackendChoice, Backoff, DatastoreKind, Lease, OwnNode, PeerSync,
 };
 use crate::direct_routes::DirectRoutes;
 use crate::health::{HealthError, HealthServer};
@@ -184,7 +183,7 @@ impl Prepared {
     }
 }
 
-/// This node's dataplane identity for [`reconcile`].
+/// This node's dataplane identity for [`crate::datastore::reconcile`].
 pub fn own_node(cfg: &Config, facts: &NodeFacts, subnet: Ipv4Net) -> OwnNode {
     OwnNode {
         subnet,
@@ -238,8 +237,21 @@ impl Agent {
             u16::try_from(cfg.tunnel_mtu(u32::from(facts.underlay_mtu))).unwrap_or(u16::MAX);
         let subnet = prepared.subnet;
         let own = own_node(&cfg, &facts, subnet);
-        let cell = Arc::new(SnapshotCell::new(reconcile(&own, &[]).snapshot()));
-        let mut sync = PeerSync::new(own, cell.clone(), metrics.clone());
+        let switch = cfg.dataplane.pod_ports == crate::config::PodPortMode::Switch;
+        let cell = Arc::new(SnapshotCell::new(
+            crate::datastore::reconcile_with_pods(
+                &own,
+                &[],
+                switch.then(Default::default).as_ref(),
+            )
+            .snapshot(),
+        ));
+        let inputs = Arc::new(crate::datastore::TableInputs::new(
+            own,
+            cell.clone(),
+            switch,
+        ));
+        let mut sync = PeerSync::with_inputs(inputs.clone(), metrics.clone());
         // Kernel routes for peers reached without encapsulation.
         let routes = if cfg.backend.kind == BackendKind::HostGw
             || cfg.backend.encapsulation != Encapsulation::Always
@@ -299,7 +311,9 @@ impl Agent {
             u32::from(facts.tun_mtu),
         );
         plan.tun_name = facts.tun_name.clone();
+        plan.switch = switch;
         netlink::plumb_node(&nl, &plan)?;
+        let shared = Arc::new(WorkerShared::new(cell.clone(), facts.workers));
         // The CNI server comes up before the workers but answers STATUS with 50 (and ADD with 11)
         // until the node is ready below.
         let cni = if cfg.cni.enabled {
@@ -311,13 +325,16 @@ impl Agent {
                     mtu: plan.bridge_mtu,
                     bridge: plan.bridge.clone(),
                     data_dir: cfg.cni.data_dir.clone(),
+                    switch: switch.then(|| crate::cni::SwitchPorts {
+                        inputs: inputs.clone(),
+                        workers: shared.clone(),
+                    }),
                 },
             )?)
         } else {
             None
         };
 
-        let shared = Arc::new(WorkerShared::new(cell.clone(), facts.workers));
         metrics.attach_workers(shared.clone());
         let vxlan_addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, cfg.backend.port);
         let opts = IoOptions {

@@ -36,6 +36,8 @@
 //! gro = true                   # default: let the kernel merge received VXLAN datagrams (UDP GRO)
 //! uso = true                   # default: take pods' UDP GSO sends as one TUN read (USO, Linux 6.2)
 //! busy_poll_us = 200           # default 200: keep polling this long after traffic; 0 = always sleep
+//! pod_ports = "bridge"         # default: pods on the kernel bridge; "switch": pod veths are ports
+//!                              # of Weft's own switch (AF_PACKET), no bridge
 //!
 //! [datastore]
 //! type = "static"              # default; or "etcd", "kubernetes" (flannel's two layouts)
@@ -361,6 +363,8 @@ struct RawDataplane {
     uso: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     busy_poll_us: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pod_ports: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -556,6 +560,31 @@ pub struct DataplaneSection {
     /// come back within it skip the scheduler's wakeup latency, at the cost of that much CPU per
     /// burst. Default 200; 0 always sleeps.
     pub busy_poll_us: u32,
+    /// How pods attach: to the kernel bridge, or as ports of Weft's switch.
+    pub pod_ports: PodPortMode,
+}
+
+/// `[dataplane] pod_ports`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PodPortMode {
+    /// Pod veths join the kernel bridge `dataplane.bridge` (flannel's `cni0` model); the kernel
+    /// switches same-node traffic and routes the rest into the TUN.
+    #[default]
+    Bridge,
+    /// Pod veths are ports of Weft's switch (AF_PACKET sockets): every pod frame passes through
+    /// Weft; no bridge. Pods get a /32 and a default route via 169.254.1.1, which Weft answers
+    /// (Calico's routed model).
+    Switch,
+}
+
+impl PodPortMode {
+    /// The config value.
+    pub fn name(self) -> &'static str {
+        match self {
+            PodPortMode::Bridge => "bridge",
+            PodPortMode::Switch => "switch",
+        }
+    }
 }
 
 /// Default of `[dataplane] busy_poll_us`.
@@ -1158,6 +1187,16 @@ impl Config {
             gro: raw.dataplane.gro.unwrap_or(true),
             uso: raw.dataplane.uso.unwrap_or(true),
             busy_poll_us,
+            pod_ports: match raw.dataplane.pod_ports.as_deref() {
+                None | Some("bridge") => PodPortMode::Bridge,
+                Some("switch") => PodPortMode::Switch,
+                Some(v) => {
+                    return Err(invalid(
+                        "dataplane.pod_ports",
+                        format!("{v:?} is not \"bridge\" or \"switch\""),
+                    ))
+                }
+            },
         };
 
         // [cni]
@@ -1346,6 +1385,7 @@ impl Config {
                 gro: Some(self.dataplane.gro),
                 uso: Some(self.dataplane.uso),
                 busy_poll_us: Some(i64::from(self.dataplane.busy_poll_us)),
+                pod_ports: Some(self.dataplane.pod_ports.name().to_string()),
             },
             datastore: RawDatastore {
                 kind: Some(self.datastore.kind.name().to_string()),

@@ -157,6 +157,10 @@ pub struct Lab {
     pub network_extra: String,
     /// Environment variables set for every Weft agent started from now on.
     pub agent_env: Vec<(String, String)>,
+    /// Weft nodes run in switch mode (`[dataplane] pod_ports = "switch"`): no bridge, pods are
+    /// attached through the agent's CNI server ([`Lab::add_pod`] does it) as ports of Weft's
+    /// switch.
+    pub switch: bool,
     etcd: Option<EtcdServer>,
 }
 
@@ -250,6 +254,7 @@ impl Lab {
             ip_masq: false,
             network_extra: String::new(),
             agent_env: Vec::new(),
+            switch: false,
             etcd: None,
         })
     }
@@ -430,7 +435,11 @@ impl Lab {
             self.backend.trim_end(),
             n.ctl_socket.display(),
             self.workers,
-            self.dataplane_extra.trim_end(),
+            if self.switch {
+                format!("pod_ports = \"switch\"\n{}", self.dataplane_extra.trim_end())
+            } else {
+                self.dataplane_extra.trim_end().to_string()
+            },
         );
         let _ = writeln!(
             s,
@@ -635,7 +644,14 @@ impl Lab {
 
     /// Adds a pod to node `idx`: address `<subnet>.<host>`, default route via `<subnet>.1`, its
     /// veth's host end on the node's bridge. Call after [`Lab::start`] (the bridge must exist).
+    ///
+    /// On a switch-mode Weft node ([`Lab::switch`]) the pod is attached as a runtime would, by
+    /// a CNI ADD to the agent's CNI server (container ID `lab-<idx>-<host>`); its address is
+    /// then the one the agent's IPAM hands out, not `<subnet>.<host>`.
     pub fn add_pod(&mut self, idx: usize, host: u8) -> Result<Ipv4Addr, LabError> {
+        if self.switch && self.nodes[idx].kind == NodeKind::Weft {
+            return self.add_pod_cni(idx, host);
+        }
         let (node_fd, subnet, tun_mtu) = {
             let n = &self.nodes[idx];
             (
@@ -676,6 +692,85 @@ impl Lab {
         }
         self.nodes[idx].pods.push(LabPod { ns, ip, host_veth });
         Ok(ip)
+    }
+
+    fn cni_request(
+        &self,
+        idx: usize,
+        command: &str,
+        id: &str,
+        netns: Option<String>,
+    ) -> Result<Option<serde_json::Value>, LabError> {
+        let n = &self.nodes[idx];
+        let env = cni_shim::spec::Invocation {
+            command: cni_shim::spec::Command::parse(command).expect("a CNI verb"),
+            container_id: Some(id.to_string()),
+            netns,
+            ifname: Some("eth0".into()),
+            args: None,
+        };
+        let config = serde_json::json!({
+            "cniVersion": "1.1.0",
+            "name": "weft",
+            "type": "weft",
+            "socket": n.cni_socket.display().to_string(),
+        });
+        let fail = |msg: String| LabError::Io {
+            what: format!("CNI {command} of {id} on {}", n.name),
+            source: std::io::Error::other(msg),
+        };
+        match cni_shim::wire::call(&n.cni_socket, &cni_shim::wire::Request { env, config }) {
+            Ok(cni_shim::wire::Reply::Ok(v)) => Ok(v),
+            Ok(cni_shim::wire::Reply::Error(e)) => {
+                Err(fail(format!("{} (code {})", e.msg, e.code)))
+            }
+            Err(e) => Err(fail(e.msg)),
+        }
+    }
+
+    fn add_pod_cni(&mut self, idx: usize, host: u8) -> Result<Ipv4Addr, LabError> {
+        let pod_name = format!("{}-p{}x{host}", self.prefix, idx + 1);
+        let ns = netns(&pod_name)?;
+        in_ns(&ns, |nl| nl.set_up("lo"))?;
+        let id = format!("lab-{idx}-{host}");
+        let result = self
+            .cni_request(idx, "ADD", &id, Some(ns.path().display().to_string()))?
+            .unwrap_or_default();
+        let bad = |what: &str| LabError::Io {
+            what: format!("CNI ADD result of {id}"),
+            source: std::io::Error::other(format!("{what}: {result}")),
+        };
+        let ip: Ipv4Addr = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| bad("no address"))?;
+        let host_veth = result["interfaces"][0]["name"]
+            .as_str()
+            .ok_or_else(|| bad("no host interface"))?
+            .to_string();
+        self.nodes[idx].pods.push(LabPod { ns, ip, host_veth });
+        Ok(ip)
+    }
+
+    /// Removes the pod with address `ip` from node `idx`: a CNI DEL on a switch-mode node, the
+    /// veth deleted with its namespace otherwise.
+    pub fn del_pod(&mut self, idx: usize, ip: Ipv4Addr) -> Result<(), LabError> {
+        let Some(at) = self.nodes[idx].pods.iter().position(|p| p.ip == ip) else {
+            return Ok(());
+        };
+        if self.switch && self.nodes[idx].kind == NodeKind::Weft {
+            let host = self.nodes[idx].pods[at]
+                .ns
+                .name()
+                .rsplit('x')
+                .next()
+                .and_then(|h| h.parse::<u8>().ok())
+                .unwrap_or(0);
+            self.cni_request(idx, "DEL", &format!("lab-{idx}-{host}"), None)?;
+        }
+        self.nodes[idx].pods.remove(at);
+        Ok(())
     }
 
     /// A new, empty namespace for a pod that something else attaches (a CNI plugin): loopback up,

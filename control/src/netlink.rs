@@ -345,7 +345,7 @@ impl Netlink {
         peer_mac: EthernetAddress,
         netns: BorrowedFd<'_>,
         mtu: u32,
-        bridge_index: u32,
+        bridge_index: Option<u32>,
     ) -> Result<(), NetlinkError> {
         use netlink_packet_route::link::{InfoData, InfoVeth};
         let peer_msg = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
@@ -354,17 +354,18 @@ impl Netlink {
             .mtu(mtu)
             .setns_by_fd(netns.as_raw_fd())
             .build();
-        let msg = LinkVeth::new(host, peer)
+        let mut builder = LinkVeth::new(host, peer)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
             .address(host_mac.as_bytes().to_vec())
-            .mtu(mtu)
-            .controller(bridge_index)
-            .up()
-            .build();
+            .mtu(mtu);
+        if let Some(b) = bridge_index {
+            builder = builder.controller(b);
+        }
+        let msg = builder.up().build();
         self.rt
             .block_on(self.handle.link().add(msg).execute())
             .map_err(request(format!(
-                "create veth {host} (master index {bridge_index}) peer {peer} in the container namespace"
+                "create veth {host} (master index {bridge_index:?}) peer {peer} in the container namespace"
             )))
     }
 
@@ -725,6 +726,8 @@ pub struct NodePlan {
     pub bridge_addr: Ipv4Net,
     /// The bridge's MTU (the tunnel MTU, so pods never send what the tunnel cannot carry).
     pub bridge_mtu: u32,
+    /// Switch mode (`pod_ports = "switch"`): no bridge; one left by bridge mode is deleted.
+    pub switch: bool,
 }
 
 impl NodePlan {
@@ -751,6 +754,7 @@ impl NodePlan {
             bridge: bridge.to_string(),
             bridge_addr: host(1, subnet.prefix_len()),
             bridge_mtu: mtu,
+            switch: false,
         }
     }
 }
@@ -774,6 +778,15 @@ pub fn plumb_node(nl: &Netlink, plan: &NodePlan) -> Result<(), NetlinkError> {
     nl.set_up(&plan.tun_name)?;
     nl.replace_route(plan.cluster_network, &plan.tun_name, None, false)?;
 
+    if plan.switch {
+        // A bridge left by bridge mode would keep the local subnet's connected route, taking
+        // host-to-pod traffic away from the TUN.
+        if nl.link_index(&plan.bridge)?.is_some() {
+            tracing::warn!(bridge = %plan.bridge, "switch mode: deleting the pod bridge bridge mode left");
+            nl.delete_link(&plan.bridge)?;
+        }
+        return Ok(());
+    }
     nl.create_bridge(&plan.bridge)?;
     pin_mac(nl, &plan.bridge)?;
     nl.set_mtu(&plan.bridge, plan.bridge_mtu)?;

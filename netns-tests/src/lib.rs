@@ -99,3 +99,75 @@ pub fn ns_command(ns: &control::netns::NetNs, program: &str, args: &[&str]) -> S
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Bytes of the byte-exact transfers the tests run (100 MB).
+pub const TRANSFER: usize = 100 << 20;
+/// Bytes per write and per comparison in [`transfer`].
+const CHUNK: usize = 256 << 10;
+
+/// The pattern's bytes at `offset..offset + out.len()` for `seed`: a cheap keyed hash per 8-byte
+/// word, so any range can be produced on both ends without holding the whole transfer.
+fn fill(seed: u64, offset: usize, out: &mut [u8]) {
+    for (i, b) in out.iter_mut().enumerate() {
+        let pos = (offset + i) as u64;
+        let mut x = (pos / 8) ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x ^= x >> 31;
+        *b = (x >> ((pos % 8) * 8)) as u8;
+    }
+}
+
+/// Sends `bytes` over TCP from lab pod `src` to lab pod `dst` (listening on `port`) and checks
+/// every byte as it arrives; panics on a difference, a short transfer or a stall of 20 s.
+pub fn transfer(
+    lab: &control::lab::Lab,
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    port: u16,
+    bytes: usize,
+) {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let seed = u64::from(u32::from(src)) << 32 | u64::from(u32::from(dst));
+    let listener = lab.pod(dst).expect("pod").listen(port).expect("listen");
+    let rx = std::thread::spawn(move || -> Result<usize, String> {
+        let (mut c, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+        c.set_read_timeout(Some(Duration::from_secs(20)))
+            .map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut want = vec![0u8; CHUNK];
+        let mut at = 0usize;
+        loop {
+            let n = c.read(&mut buf).map_err(|e| format!("read at {at}: {e}"))?;
+            if n == 0 {
+                return Ok(at);
+            }
+            fill(seed, at, &mut want[..n]);
+            if buf[..n] != want[..n] {
+                let i = (0..n).find(|&i| buf[i] != want[i]).unwrap_or(0);
+                return Err(format!("byte {} differs", at + i));
+            }
+            at += n;
+        }
+    });
+    let mut c = lab
+        .pod(src)
+        .expect("pod")
+        .connect(
+            std::net::SocketAddrV4::new(dst, port),
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|e| panic!("connect {src} -> {dst}: {e}"));
+    let mut chunk = vec![0u8; CHUNK];
+    let mut at = 0;
+    while at < bytes {
+        let n = CHUNK.min(bytes - at);
+        fill(seed, at, &mut chunk[..n]);
+        c.write_all(&chunk[..n])
+            .unwrap_or_else(|e| panic!("send {src} -> {dst} at {at}: {e}"));
+        at += n;
+    }
+    drop(c);
+    let got = rx.join().expect("receiver thread");
+    assert_eq!(got, Ok(bytes), "TCP {src} -> {dst}");
+}

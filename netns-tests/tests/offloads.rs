@@ -4,31 +4,13 @@
 //! arrives merged by UDP GRO; the kernel node takes our trains segmented by its stack and sends
 //! plain VXLAN back. Each test builds its own three-node lab.
 
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use control::ctl::request_show;
 use control::lab::{Lab, NodeKind, PingResult};
 use dataplane::io::udp::{Datagram, VxlanSender};
-use netns_tests::{require_root, weftd_path};
-
-/// Bytes per transfer.
-const TRANSFER: usize = 100 << 20;
-/// Bytes per write and per comparison.
-const CHUNK: usize = 256 << 10;
-
-/// The pattern's bytes at `offset..offset + out.len()` for `seed`: a cheap keyed hash per 8-byte
-/// word, so any range can be produced on both ends without holding 100 MB.
-fn fill(seed: u64, offset: usize, out: &mut [u8]) {
-    for (i, b) in out.iter_mut().enumerate() {
-        let pos = (offset + i) as u64;
-        let mut x = (pos / 8) ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x ^= x >> 31;
-        *b = (x >> ((pos % 8) * 8)) as u8;
-    }
-}
+use netns_tests::{require_root, weftd_path, TRANSFER};
 
 fn lab(extra: &str) -> Lab {
     require_root();
@@ -63,47 +45,9 @@ fn pods(lab: &Lab) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-/// Sends [`TRANSFER`] bytes from pod `src` to pod `dst` and checks every byte as it arrives.
+/// Sends 100 MB from pod `src` to pod `dst`, checked byte for byte.
 fn transfer(lab: &Lab, src: Ipv4Addr, dst: Ipv4Addr, port: u16) {
-    let seed = u64::from(u32::from(src)) << 32 | u64::from(u32::from(dst));
-    let listener = lab.pod(dst).expect("pod").listen(port).expect("listen");
-    let rx = std::thread::spawn(move || -> Result<usize, String> {
-        let (mut c, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
-        c.set_read_timeout(Some(Duration::from_secs(20)))
-            .map_err(|e| e.to_string())?;
-        let mut buf = vec![0u8; CHUNK];
-        let mut want = vec![0u8; CHUNK];
-        let mut at = 0usize;
-        loop {
-            let n = c.read(&mut buf).map_err(|e| format!("read at {at}: {e}"))?;
-            if n == 0 {
-                return Ok(at);
-            }
-            fill(seed, at, &mut want[..n]);
-            if buf[..n] != want[..n] {
-                let i = (0..n).find(|&i| buf[i] != want[i]).unwrap_or(0);
-                return Err(format!("byte {} differs", at + i));
-            }
-            at += n;
-        }
-    });
-    let mut c = lab
-        .pod(src)
-        .expect("pod")
-        .connect(SocketAddrV4::new(dst, port), Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect {src} -> {dst}: {e}"));
-    let mut chunk = vec![0u8; CHUNK];
-    let mut at = 0;
-    while at < TRANSFER {
-        let n = CHUNK.min(TRANSFER - at);
-        fill(seed, at, &mut chunk[..n]);
-        c.write_all(&chunk[..n])
-            .unwrap_or_else(|e| panic!("send {src} -> {dst} at {at}: {e}"));
-        at += n;
-    }
-    drop(c);
-    let got = rx.join().expect("receiver thread");
-    assert_eq!(got, Ok(TRANSFER), "TCP {src} -> {dst}");
+    netns_tests::transfer(lab, src, dst, port, TRANSFER);
 }
 
 /// Weft ↔ Weft and Weft ↔ kernel, both directions, then no malformed-offload drops anywhere and

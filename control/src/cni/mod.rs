@@ -11,4 +11,4 @@ pub mod ipam;
 pub mod plumbing;
 pub mod server;
 
-pub use server::{CniContext, CniServer, CniServerError};
+pub use server::{CniContext, CniServer, CniServerError, SwitchPorts};

@@ -95,9 +95,22 @@ pub struct PodPlan {
     pub gateway: Ipv4Addr,
     /// MTU of both ends: the tunnel MTU.
     pub mtu: u32,
-    /// The node bridge.
+    /// The node bridge (bridge mode).
     pub bridge: String,
+    /// Switch mode: the host end joins no bridge (Weft's switch reads it), the pod has a /32 and
+    /// a default route via [`SWITCH_GATEWAY`] on the link.
+    pub switch: bool,
 }
+
+/// The pods' gateway in switch mode, as Calico's: a link-local address on no interface, which
+/// Weft answers ARP for with [`SWITCH_GATEWAY_MAC`].
+pub const SWITCH_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// The MAC Weft answers a switch-mode pod's ARP with, on every port (Calico's `ee:ee:ee:ee:ee:ee`,
+/// locally administered unicast). The same on every node and across restarts, so a pod's ARP
+/// entry for its gateway never goes stale; it is not the host veth's own MAC, so the kernel
+/// classes the pod's frames as for another host and leaves them to Weft.
+pub const SWITCH_GATEWAY_MAC: EthernetAddress = EthernetAddress([0xee; 6]);
 
 /// A netlink handle inside the namespace `ns`, opened on a thread that entered it.
 pub fn netlink_in(ns: &NetNs) -> Result<Netlink, PlumbError> {
@@ -115,9 +128,14 @@ fn default_route() -> Ipv4Net {
 /// the default route. On failure it deletes the pair again, so nothing is left behind.
 pub fn attach(nl: &Netlink, ns: &NetNs, plan: &PodPlan) -> Result<(), PlumbError> {
     let cnl = netlink_in(ns)?;
-    let bridge = nl
-        .link_index(&plan.bridge)?
-        .ok_or_else(|| NetlinkError::NoSuchLink(plan.bridge.clone()))?;
+    let bridge = if plan.switch {
+        None
+    } else {
+        Some(
+            nl.link_index(&plan.bridge)?
+                .ok_or_else(|| NetlinkError::NoSuchLink(plan.bridge.clone()))?,
+        )
+    };
     // The caller removed any stale host end under the server's lock, so EEXIST can only mean
     // that CNI_IFNAME is taken inside the container.
     if let Err(e) = nl.create_pod_veth(
@@ -138,8 +156,13 @@ pub fn attach(nl: &Netlink, ns: &NetNs, plan: &PodPlan) -> Result<(), PlumbError
         return Err(e.into());
     }
     let configure = || -> Result<(), PlumbError> {
-        // Hairpin, so a pod reaches itself through a Service address (see `set_hairpin_index`).
-        nl.set_hairpin(&plan.host_veth, true)?;
+        if plan.switch {
+            quiet_host_end(&plan.host_veth);
+        } else {
+            // Hairpin, so a pod reaches itself through a Service address (see
+            // `set_hairpin_index`).
+            nl.set_hairpin(&plan.host_veth, true)?;
+        }
         let index = cnl
             .link_index(&plan.ifname)?
             .ok_or_else(|| NetlinkError::NoSuchLink(plan.ifname.clone()))?;
@@ -150,7 +173,7 @@ pub fn attach(nl: &Netlink, ns: &NetNs, plan: &PodPlan) -> Result<(), PlumbError
             index,
             &plan.ifname,
             Some(plan.gateway),
-            false,
+            plan.switch,
         )?;
         Ok(())
     };
@@ -159,6 +182,23 @@ pub fn attach(nl: &Netlink, ns: &NetNs, plan: &PodPlan) -> Result<(), PlumbError
             tracing::warn!(veth = %plan.host_veth, "rollback: cannot delete the veth: {e}");
         }
     })
+}
+
+/// In switch mode the kernel must leave the host end to Weft: it answers no ARP there
+/// (`arp_ignore = 8`) and sends no IPv6 there (router and neighbour solicitations a pod would see
+/// as noise). Best effort: a sysctl that cannot be written is logged, not fatal.
+fn quiet_host_end(host_veth: &str) {
+    for (key, value) in [
+        (format!("net/ipv4/conf/{host_veth}/arp_ignore"), "8"),
+        (format!("net/ipv6/conf/{host_veth}/disable_ipv6"), "1"),
+    ] {
+        let path = std::path::Path::new("/proc/sys").join(&key);
+        if path.exists() {
+            if let Err(e) = std::fs::write(&path, value) {
+                tracing::warn!(sysctl = %key, "switch mode: cannot set {value}: {e}");
+            }
+        }
+    }
 }
 
 /// Removes the pod's link: deleting the host end deletes the pair. Nothing to do when it is gone.
@@ -183,14 +223,24 @@ pub fn detach(nl: &Netlink, host_veth: &str) -> Result<(), NetlinkError> {
 /// plugins, are allowed). Returns what differs.
 pub fn check(nl: &Netlink, ns: &NetNs, plan: &PodPlan) -> Result<Vec<String>, PlumbError> {
     let mut wrong = Vec::new();
-    let bridge = nl.link_index(&plan.bridge)?;
+    let bridge = if plan.switch {
+        None
+    } else {
+        nl.link_index(&plan.bridge)?
+    };
     match nl.link(&plan.host_veth)? {
         None => wrong.push(format!("host veth {} is missing", plan.host_veth)),
         Some(l) => {
             if l.kind.as_deref() != Some("veth") {
                 wrong.push(format!("{} is not a veth", plan.host_veth));
             }
-            if bridge.is_none() || l.master != bridge {
+            if plan.switch && l.master.is_some() {
+                wrong.push(format!(
+                    "{} is a bridge port; in switch mode it is Weft's",
+                    plan.host_veth
+                ));
+            }
+            if !plan.switch && (bridge.is_none() || l.master != bridge) {
                 wrong.push(format!(
                     "{} is not a port of {}",
                     plan.host_veth, plan.bridge

@@ -30,12 +30,16 @@ use ipnet::Ipv4Net;
 
 use super::ipam::{Ipam, IpamError, Key};
 use super::plumbing::{self, PlumbError, PodPlan};
+use crate::datastore::{PodEntry, TableInputs};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::netns::{NetNs, NetNsError};
+use dataplane::io::packet::PacketPort;
+use dataplane::io::worker::WorkerShared;
+use dataplane::PortId;
 
 /// What the CNI server needs to know about the node. The agent fills it from its config today;
 /// with a datastore the subnet comes from the node's lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct CniContext {
     /// The node's pod subnet.
     pub subnet: Ipv4Net,
@@ -47,7 +51,30 @@ pub struct CniContext {
     pub bridge: String,
     /// Where the IPAM state lives.
     pub data_dir: PathBuf,
+    /// Switch mode (`pod_ports = "switch"`): where pod ports are published.
+    pub switch: Option<SwitchPorts>,
 }
+
+/// What a switch-mode CNI server publishes pod ports into: the tables (shared with the datastore
+/// sync) and the workers' pod sockets.
+#[derive(Clone)]
+pub struct SwitchPorts {
+    /// The tables' inputs.
+    pub inputs: Arc<TableInputs>,
+    /// The workers.
+    pub workers: Arc<WorkerShared>,
+}
+
+impl std::fmt::Debug for SwitchPorts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwitchPorts")
+            .field("pods", &self.inputs.pods().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long ADD waits for every worker to take a new port into its snapshot.
+pub const PORT_LIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why the CNI server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +98,8 @@ pub enum CniServerError {
 struct Work {
     ipam: Ipam,
     nl: Netlink,
+    /// Switch mode: each attached pod's port, by host veth.
+    ports: std::collections::BTreeMap<String, PortId>,
 }
 
 struct Handler {
@@ -128,10 +157,18 @@ impl CniServer {
             subnet = %ctx.subnet,
             "CNI server listening"
         );
+        let mut work = Work {
+            ipam,
+            nl,
+            ports: std::collections::BTreeMap::new(),
+        };
+        if let Some(sw) = &ctx.switch {
+            adopt(&mut work, sw, &ctx);
+        }
         let handler = Arc::new(Handler {
             ctx,
             ready: ready.clone(),
-            work: Mutex::new(Work { ipam, nl }),
+            work: Mutex::new(work),
         });
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -326,7 +363,7 @@ impl Handler {
     }
 
     fn plan(&self, key: &Key, host_veth: String, ip: Ipv4Addr) -> PodPlan {
-        PodPlan {
+        let mut plan = PodPlan {
             host_mac: plumbing::host_veth_mac(&key.container_id, &key.ifname),
             container_mac: plumbing::pod_mac(ip),
             host_veth,
@@ -336,7 +373,14 @@ impl Handler {
             gateway: self.ctx.gateway,
             mtu: self.ctx.mtu,
             bridge: self.ctx.bridge.clone(),
+            switch: false,
+        };
+        if self.ctx.switch.is_some() {
+            plan.switch = true;
+            plan.addr = Ipv4Net::from(ip);
+            plan.gateway = plumbing::SWITCH_GATEWAY;
         }
+        plan
     }
 
     /// ADD. Weft creates the container's interface, so it comes first in a chain; a `prevResult`
@@ -355,7 +399,7 @@ impl Handler {
         let key = key_of(env);
         let host_veth = plumbing::host_veth_name(&key.container_id, &key.ifname);
         let mut work = self.lock();
-        let Work { ipam, nl } = &mut *work;
+        let Work { ipam, nl, ports } = &mut *work;
         if let Some(other) = ipam
             .allocations()
             .iter()
@@ -370,6 +414,9 @@ impl Handler {
             ));
         }
         // A repeated ADD (no DEL in between) or a crash mid-ADD can leave the host end behind.
+        if let Some(sw) = &self.ctx.switch {
+            unpublish(sw, ports, &host_veth);
+        }
         plumbing::detach(nl, &host_veth)
             .map_err(|e| CniError::new(code::PLUMBING, e.to_string()))?;
         let alloc = ipam
@@ -382,6 +429,15 @@ impl Handler {
                 tracing::error!("rollback: cannot release {}: {re}", alloc.ip);
             }
             return Err(plumb_error(netns_path, e));
+        }
+        if let Some(sw) = &self.ctx.switch {
+            if let Err(e) = publish(sw, ports, &plan, alloc.ip, true) {
+                let _ = plumbing::detach(nl, &plan.host_veth);
+                if let Err(re) = ipam.release(&key) {
+                    tracing::error!("rollback: cannot release {}: {re}", alloc.ip);
+                }
+                return Err(CniError::new(code::PLUMBING, e));
+            }
         }
         drop(work);
         Ok(AddResult {
@@ -415,11 +471,14 @@ impl Handler {
     fn del(&self, env: &Invocation) -> Result<(), CniError> {
         let key = key_of(env);
         let mut work = self.lock();
-        let Work { ipam, nl } = &mut *work;
+        let Work { ipam, nl, ports } = &mut *work;
         let host_veth = ipam.get(&key).map_or_else(
             || plumbing::host_veth_name(&key.container_id, &key.ifname),
             |a| a.host_veth.clone(),
         );
+        if let Some(sw) = &self.ctx.switch {
+            unpublish(sw, ports, &host_veth);
+        }
         plumbing::detach(nl, &host_veth)
             .map_err(|e| CniError::new(code::PLUMBING, e.to_string()))?;
         ipam.release(&key).map_err(ipam_error)?;
@@ -486,7 +545,7 @@ impl Handler {
             )
         })?;
         let mut work = self.lock();
-        let Work { ipam, nl } = &mut *work;
+        let Work { ipam, nl, ports } = &mut *work;
         let stale: Vec<_> = ipam
             .allocations()
             .iter()
@@ -498,6 +557,9 @@ impl Handler {
             .cloned()
             .collect();
         for a in &stale {
+            if let Some(sw) = &self.ctx.switch {
+                unpublish(sw, ports, &a.host_veth);
+            }
             plumbing::detach(nl, &a.host_veth)
                 .map_err(|e| CniError::new(code::PLUMBING, e.to_string()))?;
         }
@@ -511,6 +573,109 @@ impl Handler {
             );
         }
         Ok(())
+    }
+}
+
+/// Switch mode: opens the pod's port on its host veth and publishes it (socket first, then the
+/// tables), then, with `wait`, returns once every worker has it. On an error nothing is left
+/// published.
+fn publish(
+    sw: &SwitchPorts,
+    ports: &mut std::collections::BTreeMap<String, PortId>,
+    plan: &PodPlan,
+    ip: Ipv4Addr,
+    wait: bool,
+) -> Result<PortId, String> {
+    let port = sw
+        .inputs
+        .free_port()
+        .ok_or_else(|| "no free switch port id (65535 pods on one node?)".to_string())?;
+    let sock = PacketPort::open(&plan.host_veth, dataplane::io::packet::DEFAULT_RCVBUF)
+        .map_err(|e| e.to_string())?;
+    let mut socks = (*sw.workers.pod_ports()).clone();
+    socks.insert(port, Arc::new(sock));
+    sw.workers.set_pod_ports(socks);
+    sw.inputs.add_pod(PodEntry {
+        port,
+        ip,
+        mac: plan.container_mac,
+        port_mac: plumbing::SWITCH_GATEWAY_MAC,
+        mtu: u16::try_from(plan.mtu).unwrap_or(u16::MAX),
+    });
+    ports.insert(plan.host_veth.clone(), port);
+    if wait && !sw.workers.sync(PORT_LIVE_TIMEOUT) {
+        unpublish(sw, ports, &plan.host_veth);
+        return Err(format!(
+            "the workers did not take port {} ({}) within {PORT_LIVE_TIMEOUT:?}",
+            port.0, plan.host_veth
+        ));
+    }
+    Ok(port)
+}
+
+/// Switch mode: withdraws host veth `host_veth`'s port, if it has one: tables first, then the
+/// socket, then waits (briefly) until no worker uses either.
+fn unpublish(
+    sw: &SwitchPorts,
+    ports: &mut std::collections::BTreeMap<String, PortId>,
+    host_veth: &str,
+) {
+    let Some(port) = ports.remove(host_veth) else {
+        return;
+    };
+    sw.inputs.remove_pod(port);
+    let mut socks = (*sw.workers.pod_ports()).clone();
+    socks.remove(port);
+    sw.workers.set_pod_ports(socks);
+    let _ = sw.workers.sync(PORT_LIVE_TIMEOUT);
+}
+
+/// Switch mode at start: re-attaches the pods an earlier run left (an allocation whose host veth
+/// exists gets its port back) and deletes Weft veths no allocation names (orphans of a crash).
+fn adopt(work: &mut Work, sw: &SwitchPorts, ctx: &CniContext) {
+    let Ok(links) = work.nl.links() else {
+        tracing::warn!("switch mode: cannot list links; existing pods are not re-adopted");
+        return;
+    };
+    let allocations = work.ipam.allocations().to_vec();
+    let mut adopted = 0;
+    for a in &allocations {
+        if !links.iter().any(|l| l.name == a.host_veth) {
+            continue;
+        }
+        let plan = PodPlan {
+            host_veth: a.host_veth.clone(),
+            host_mac: plumbing::host_veth_mac(&a.key.container_id, &a.key.ifname),
+            container_mac: plumbing::pod_mac(a.ip),
+            ifname: a.key.ifname.clone(),
+            addr: Ipv4Net::from(a.ip),
+            gateway: plumbing::SWITCH_GATEWAY,
+            mtu: ctx.mtu,
+            bridge: ctx.bridge.clone(),
+            switch: true,
+        };
+        match publish(sw, &mut work.ports, &plan, a.ip, false) {
+            Ok(_) => adopted += 1,
+            Err(e) => {
+                tracing::warn!(veth = %a.host_veth, ip = %a.ip, "switch mode: cannot re-adopt the pod: {e}")
+            }
+        }
+    }
+    let mut orphans = 0;
+    for l in &links {
+        let ours = l.name.starts_with(plumbing::HOST_VETH_PREFIX)
+            && l.kind.as_deref() == Some("veth")
+            && !allocations.iter().any(|a| a.host_veth == l.name);
+        if ours && plumbing::detach(&work.nl, &l.name).is_ok() {
+            orphans += 1;
+        }
+    }
+    if adopted > 0 || orphans > 0 {
+        tracing::info!(
+            adopted,
+            orphans,
+            "switch mode: re-adopted existing pods, removed orphan veths"
+        );
     }
 }
 
@@ -544,6 +709,7 @@ mod tests {
             mtu: 1450,
             bridge: "weft0".into(),
             data_dir: dir.join("data"),
+            switch: None,
         };
         let server = CniServer::start(&socket, ctx).expect("start");
         let code_of = |r: Reply| match r {

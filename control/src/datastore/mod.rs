@@ -18,11 +18,11 @@ pub mod static_peers;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use dataplane::fib::NextHop;
-use dataplane::snapshot::{NodeConfig, Port, PortKind, SnapshotCell, Tables};
+use dataplane::snapshot::{NodeConfig, PodAddr, Port, PortKind, SnapshotCell, Tables};
 use dataplane::wire::EthernetAddress;
 use ipnet::Ipv4Net;
 
@@ -242,6 +242,157 @@ pub type DirectRouteSink = std::sync::mpsc::Sender<Vec<(Ipv4Net, Ipv4Addr)>>;
 /// in protocol 4. Direct peers are kernel routes, not in these tables. Pure: the same inputs give
 /// the same tables.
 pub fn reconcile(own: &OwnNode, peers: &[Peer]) -> Tables {
+    reconcile_with_pods(own, peers, None)
+}
+
+/// A pod attached to Weft's switch (`pod_ports = "switch"`), as the tables need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodEntry {
+    /// Its port in the tables.
+    pub port: dataplane::PortId,
+    /// The pod's address.
+    pub ip: Ipv4Addr,
+    /// The MAC of the pod's interface.
+    pub mac: EthernetAddress,
+    /// The MAC Weft answers the pod's ARP with and sends from.
+    pub port_mac: EthernetAddress,
+    /// The port's MTU.
+    pub mtu: u16,
+}
+
+/// [`reconcile`], with the pods of a switch-mode node (`Some`, possibly empty) or none (bridge
+/// mode, `None`).
+///
+/// In switch mode each pod is a port: `<pod>/32` routes to it, and the neighbour entry of its
+/// address is its MAC (permanent: the CNI server made the interface). The node's own subnet is
+/// not the TUN's any more but unreachable (no pod there), except `<subnet>.0`, the TUN's address,
+/// where the host answers; and everything outside the cluster network, the host's own addresses
+/// among it, is reached through the TUN: the kernel routes it on (and masquerades it).
+pub fn reconcile_with_pods(
+    own: &OwnNode,
+    peers: &[Peer],
+    pods: Option<&BTreeMap<dataplane::PortId, PodEntry>>,
+) -> Tables {
+    let mut t = reconcile_peers(own, peers);
+    if let Some(pods) = pods {
+        let subnet = own.subnet.trunc();
+        t.fib.insert(subnet, NextHop::Blackhole);
+        t.fib.insert(
+            Ipv4Net::from(subnet.network()),
+            NextHop::Local { port: TUN_PORT },
+        );
+        t.fib.insert(
+            Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0 is valid"),
+            NextHop::Local { port: TUN_PORT },
+        );
+        for p in pods.values() {
+            t.set_port(
+                p.port,
+                Port {
+                    kind: PortKind::L2 {
+                        mac: p.port_mac,
+                        pod: Some(PodAddr {
+                            ip: p.ip,
+                            mac: p.mac,
+                        }),
+                    },
+                    mtu: p.mtu,
+                },
+            );
+            t.fib
+                .insert(Ipv4Net::from(p.ip), NextHop::Local { port: p.port });
+            t.neigh.insert_permanent(p.ip, p.mac, Some(p.port));
+        }
+    }
+    t
+}
+
+/// What the published tables are built from, shared by the datastore sync (peers) and the CNI
+/// server (pods): each change rebuilds and publishes under one lock, so neither loses the
+/// other's.
+#[derive(Debug)]
+pub struct TableInputs {
+    own: OwnNode,
+    cell: Arc<SnapshotCell>,
+    state: Mutex<InputState>,
+}
+
+#[derive(Debug, Default)]
+struct InputState {
+    peers: Vec<Peer>,
+    /// `None` in bridge mode.
+    pods: Option<BTreeMap<dataplane::PortId, PodEntry>>,
+}
+
+impl TableInputs {
+    /// Inputs for node `own` publishing into `cell`; `switch` for a switch-mode node.
+    pub fn new(own: OwnNode, cell: Arc<SnapshotCell>, switch: bool) -> Self {
+        TableInputs {
+            own,
+            cell,
+            state: Mutex::new(InputState {
+                peers: Vec::new(),
+                pods: switch.then(BTreeMap::new),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, InputState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn publish(&self, st: &InputState) -> Tables {
+        let tables = reconcile_with_pods(&self.own, &st.peers, st.pods.as_ref());
+        self.cell.publish(tables.snapshot());
+        tables
+    }
+
+    /// Publishes tables with `peers`; returns them.
+    pub fn set_peers(&self, peers: Vec<Peer>) -> Tables {
+        let mut st = self.lock();
+        st.peers = peers;
+        self.publish(&st)
+    }
+
+    /// Publishes tables with `pod` attached (switch mode; ignored in bridge mode).
+    pub fn add_pod(&self, pod: PodEntry) {
+        let mut st = self.lock();
+        if let Some(pods) = st.pods.as_mut() {
+            pods.insert(pod.port, pod);
+            self.publish(&st);
+        }
+    }
+
+    /// Publishes tables without port `port`'s pod; returns it.
+    pub fn remove_pod(&self, port: dataplane::PortId) -> Option<PodEntry> {
+        let mut st = self.lock();
+        let gone = st.pods.as_mut()?.remove(&port)?;
+        self.publish(&st);
+        Some(gone)
+    }
+
+    /// The attached pods (switch mode).
+    pub fn pods(&self) -> Vec<PodEntry> {
+        self.lock()
+            .pods
+            .as_ref()
+            .map(|p| p.values().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The lowest port id no pod uses (the TUN is 0).
+    pub fn free_port(&self) -> Option<dataplane::PortId> {
+        let st = self.lock();
+        let used = st.pods.as_ref()?;
+        (1..=u16::MAX)
+            .map(dataplane::PortId)
+            .find(|p| !used.contains_key(p))
+    }
+}
+
+fn reconcile_peers(own: &OwnNode, peers: &[Peer]) -> Tables {
     let mut node = NodeConfig::flannel_defaults(own.vtep_mac, own.public_ip, own.subnet.network());
     node.vni = own.vni;
     node.vxlan_port = own.vxlan_port;
@@ -283,7 +434,7 @@ pub struct PeerSync {
     own: OwnNode,
     leases: BTreeMap<Ipv4Net, Lease>,
     published: Vec<Peer>,
-    cell: Arc<SnapshotCell>,
+    inputs: Arc<TableInputs>,
     metrics: Arc<Metrics>,
     /// When the oldest change not yet published arrived (for the watch-lag metric).
     pending_since: Option<Instant>,
@@ -297,11 +448,17 @@ impl PeerSync {
     /// A sync for node `own` publishing into `cell`; the cell already holds the tables of
     /// `initial` (see [`PeerSync::initial_tables`]).
     pub fn new(own: OwnNode, cell: Arc<SnapshotCell>, metrics: Arc<Metrics>) -> Self {
+        Self::with_inputs(Arc::new(TableInputs::new(own, cell, false)), metrics)
+    }
+
+    /// A sync publishing through `inputs` (shared with the CNI server in switch mode).
+    pub fn with_inputs(inputs: Arc<TableInputs>, metrics: Arc<Metrics>) -> Self {
+        let own = inputs.own;
         let sync = PeerSync {
             own,
             leases: BTreeMap::new(),
             published: Vec::new(),
-            cell,
+            inputs,
             metrics,
             pending_since: None,
             refused: Vec::new(),
@@ -381,8 +538,7 @@ impl PeerSync {
                 let _ = sink.send(direct);
             }
         }
-        let tables = reconcile(&self.own, &peers);
-        self.cell.publish(tables.snapshot());
+        let tables = self.inputs.set_peers(peers.clone());
         self.metrics.set_tables(peers.len(), &tables);
         if let Some(since) = since {
             self.metrics.observe_watch_lag(since.elapsed());
