@@ -492,6 +492,7 @@ pub fn run_worker(
         pending: Vec::with_capacity(cfg.tun_slots.max(cfg.batch)),
         pod_pending: Vec::with_capacity(cfg.tun_slots.max(cfg.batch)),
         pods: shared.pod_ports(),
+        budgets: Vec::new(),
         coalescer: (offload && cfg.coalesce).then(|| Coalescer::new(vec![0u8; SUPER_FRAME_BUF])),
         gather: (offload && cfg.coalesce).then(Box::default),
         heads: if offload {
@@ -680,6 +681,40 @@ const POD_RX_SLOTS: usize = 16;
 /// super-frame.
 const POD_RX_SLOT: usize = HEADROOM + VNET_HDR_LEN + 14 + 65_535;
 
+/// ARP and broadcast frames a pod port may send per second, and in one burst (an ARP storm from
+/// one pod must not take the switch's time from the others).
+pub const BROADCAST_RATE: u32 = 200;
+/// See [`BROADCAST_RATE`].
+pub const BROADCAST_BURST: u32 = 100;
+
+/// A token bucket for one pod port's ARP and broadcast frames.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    tokens: u32,
+    refilled: Instant,
+}
+
+impl Budget {
+    /// Takes one token at `now`, refilling first; false when there is none.
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_since(self.refilled);
+        let new = elapsed
+            .as_micros()
+            .saturating_mul(u64::from(BROADCAST_RATE))
+            / 1_000_000;
+        let new = u32::try_from(new).unwrap_or(u32::MAX);
+        if new > 0 {
+            self.tokens = self.tokens.saturating_add(new).min(BROADCAST_BURST);
+            self.refilled = now;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
 /// A delivery to a pod port waiting for the end of its batch: which slot, which bytes (the
 /// Ethernet frame).
 #[derive(Debug, Clone, Copy)]
@@ -703,6 +738,8 @@ struct Worker<'a> {
     pod_pending: Vec<PodSend>,
     /// The pod ports as of this worker's last epoch.
     pods: Arc<PodPorts>,
+    /// Per pod port (by id): the ARP and broadcast budget, refilled at [`BROADCAST_RATE`].
+    budgets: Vec<Budget>,
     /// Merges TCP segments bound for the TUN, on a queue with offloads and `coalesce` on.
     coalescer: Option<Coalescer<Vec<u8>>>,
     /// Merges the segments of one UDP GRO datagram bound for the TUN without copying their
@@ -1028,6 +1065,23 @@ impl Worker<'_> {
                 Gso::None => {
                     let Some(slot) = rx.slot_mut(i) else { break };
                     self.counters.rx_local.add(frame_len);
+                    // ARP and broadcasts (dst MAC's group bit) spend the port's budget.
+                    if slot[frame_at] & 1 == 1 || slot[frame_at + 12..frame_at + 14] == [8, 6] {
+                        let at = usize::from(pid.0);
+                        if self.budgets.len() <= at {
+                            self.budgets.resize(
+                                at + 1,
+                                Budget {
+                                    tokens: BROADCAST_BURST,
+                                    refilled: now,
+                                },
+                            );
+                        }
+                        if !self.budgets[at].take(now) {
+                            self.counters.drop(DropReason::RateLimited);
+                            continue;
+                        }
+                    }
                     if vnet.needs_csum {
                         let ip = &mut slot[frame_at + ETH..frame_at + frame_len];
                         let ok = vnet.csum_start >= ETH as u16
