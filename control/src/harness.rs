@@ -17,6 +17,7 @@ use crate::demo::CANCELLED;
 
 /// One dataplane under test.
 struct Variant {
+    key: &'static str,
     name: &'static str,
     kind: NodeKind,
     lab: Lab,
@@ -39,40 +40,78 @@ struct VariantSpec {
     kind: NodeKind,
     /// The Weft agents' `[backend]` body.
     backend: &'static str,
+    /// Weft agents in switch mode (`pod_ports = "switch"`).
+    switch: bool,
+    /// Both pods on node-1: the same-node path (a kernel bridge, or Weft's switch).
+    same_node: bool,
 }
 
 /// The variants, in the order every round measures them. The first is the reference of every
 /// ratio and is always measured.
-const VARIANTS: [VariantSpec; 5] = [
+const VARIANTS: [VariantSpec; 8] = [
     VariantSpec {
         key: "kernel-vxlan",
         name: "kernel VXLAN (flannel.1)",
         kind: NodeKind::KernelVxlan,
         backend: "",
+        switch: false,
+        same_node: false,
     },
     VariantSpec {
         key: "kernel-host-gw",
         name: "kernel routing (host-gw)",
         kind: NodeKind::KernelHostGw,
         backend: "",
+        switch: false,
+        same_node: false,
     },
     VariantSpec {
         key: "weft-vxlan",
         name: "Weft VXLAN",
         kind: NodeKind::Weft,
         backend: "type = \"vxlan\"\n",
+        switch: false,
+        same_node: false,
+    },
+    VariantSpec {
+        key: "weft-vxlan-switch",
+        name: "Weft VXLAN, switch mode",
+        kind: NodeKind::Weft,
+        backend: "type = \"vxlan\"\n",
+        switch: true,
+        same_node: false,
     },
     VariantSpec {
         key: "weft-ipip",
         name: "Weft IP-in-IP",
         kind: NodeKind::Weft,
         backend: "type = \"ipip\"\n",
+        switch: false,
+        same_node: false,
     },
     VariantSpec {
         key: "weft-host-gw",
         name: "Weft host-gw",
         kind: NodeKind::Weft,
         backend: "type = \"host-gw\"\n",
+        switch: false,
+        same_node: false,
+    },
+    VariantSpec {
+        key: "same-node-bridge",
+        name: "same node: kernel bridge",
+        kind: NodeKind::Weft,
+        backend: "type = \"vxlan\"\n",
+        switch: false,
+        same_node: true,
+    },
+    VariantSpec {
+        key: "same-node-switch",
+        name: "same node: Weft switch",
+        kind: NodeKind::Weft,
+        backend: "type = \"vxlan\"\n",
+        switch: true,
+        same_node: true,
     },
 ];
 
@@ -164,10 +203,12 @@ pub fn run(
     );
     let mut variants = Vec::new();
     for VariantSpec {
+        key,
         name,
         kind,
         backend,
-        ..
+        switch,
+        same_node,
     } in selected
     {
         eprintln!("[setup] {name} ...");
@@ -175,11 +216,16 @@ pub fn run(
         lab.workers = knobs.workers;
         lab.dataplane_extra = knobs.dataplane_lines();
         lab.backend = backend.to_string();
+        lab.switch = switch;
         lab.add_node(1, kind)?;
         lab.add_node(2, kind)?;
         lab.start()?;
         let src = lab.add_pod(0, 2)?;
-        let dst = lab.add_pod(1, 2)?;
+        let dst = if same_node {
+            lab.add_pod(0, 3)?
+        } else {
+            lab.add_pod(1, 2)?
+        };
         // Warm up ARP on both bridges and the path.
         for _ in 0..3 {
             if lab
@@ -192,6 +238,7 @@ pub fn run(
             }
         }
         variants.push(Variant {
+            key,
             name,
             kind,
             lab,
@@ -299,6 +346,21 @@ pub fn run(
                 format!("{:.2}", median(&v.cpu_s_per_gb))
             }
         );
+    }
+    // The pairs the switch is judged by, when both were measured.
+    let by_key = |k: &str| variants.iter().find(|v| v.key == k);
+    for (what, a, b) in [
+        ("cross-node, Weft switch mode / bridge mode", "weft-vxlan-switch", "weft-vxlan"),
+        ("same node, Weft switch / kernel bridge", "same-node-switch", "same-node-bridge"),
+    ] {
+        if let (Some(a), Some(b)) = (by_key(a), by_key(b)) {
+            println!(
+                "\n{what}: TCP 1 stream {:.2}x, {STREAMS} streams {:.2}x, RTT p50 {:+.0} µs",
+                median(&a.gbps) / median(&b.gbps),
+                median(&a.gbps4) / median(&b.gbps4),
+                median(&a.rtt_us) - median(&b.rtt_us),
+            );
+        }
     }
     eprintln!(
         "\nharness took {:.0} s; removing namespaces and agents ...",
