@@ -399,6 +399,38 @@ pub struct NetConf {
     pub valid_attachments: Option<Vec<Attachment>>,
 }
 
+/// The keys of a plugin configuration weft reads or lets through: the spec's (`type`, `name`,
+/// `cniVersion`, `capabilities`, `runtimeConfig`, `args`, `prevResult`, `dns`), GC's
+/// `cni.dev/valid-attachments`, and weft's own `socket`. Any other key is refused by name rather
+/// than ignored: a Calico- or flannel-style `ipam`, `mtu` or `policy` section would otherwise
+/// look honoured while doing nothing.
+pub const KNOWN_KEYS: [&str; 10] = [
+    "type",
+    "socket",
+    "name",
+    "cniVersion",
+    "capabilities",
+    "runtimeConfig",
+    "args",
+    "prevResult",
+    "dns",
+    "cni.dev/valid-attachments",
+];
+
+fn unknown_key(key: &str) -> String {
+    let why = match key {
+        "ipam" => "weft allocates pod addresses from the node's subnet itself (its lease or the Node's podCIDR) and runs no IPAM plugin; remove the ipam section",
+        "mtu" => "weft gives pods the tunnel MTU itself ([backend] mtu of weftd's config); remove the key",
+        "policy" | "kubernetes" => "weft does not enforce NetworkPolicy from the CNI configuration; remove the key",
+        "ipMasq" | "isGateway" | "hairpinMode" | "bridge" | "isDefaultGateway" => "weftd does this itself ([network] ip_masq, hairpin on every port, its own bridge or switch); remove the key",
+        _ => "not an option of the weft plugin",
+    };
+    format!(
+        "{key}: {why} (weft reads only socket and the spec's keys: {})",
+        KNOWN_KEYS.join(", ")
+    )
+}
+
 fn invalid_config(msg: impl Into<String>) -> CniError {
     CniError::new(code::INVALID_CONFIG, msg)
 }
@@ -463,6 +495,9 @@ impl NetConf {
                 )))
             }
         };
+        if let Some(key) = obj.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
+            return Err(invalid_config(unknown_key(key)));
+        }
         let prev_result = obj.get("prevResult").filter(|v| !v.is_null()).cloned();
         let dns = obj.get("dns").filter(|v| !v.is_null()).cloned();
         let valid_attachments = match obj.get("cni.dev/valid-attachments") {
@@ -931,6 +966,33 @@ mod tests {
                 ifname: "eth0".into()
             }])
         );
+    }
+
+    #[test]
+    fn keys_weft_does_not_implement_are_refused_by_name() {
+        // A Calico-style plugin entry: ipam, mtu and policy would be silently ignored otherwise.
+        for (key, value, hint) in [
+            (
+                "ipam",
+                r#"{"type":"calico-ipam"}"#,
+                "allocates pod addresses",
+            ),
+            ("mtu", "1440", "tunnel MTU"),
+            ("policy", r#"{"type":"k8s"}"#, "NetworkPolicy"),
+            ("log_level", r#""info""#, "not an option"),
+        ] {
+            let text =
+                format!(r#"{{"cniVersion":"1.0.0","name":"weft","type":"weft","{key}":{value}}}"#);
+            let e = NetConf::parse(&text).expect_err(key);
+            assert_eq!(e.code, code::INVALID_CONFIG, "{key}");
+            assert!(e.msg.starts_with(&format!("{key}: ")), "{}", e.msg);
+            assert!(e.msg.contains(hint), "{}", e.msg);
+        }
+        // What libcni adds, and the shipped conflist's keys, pass.
+        NetConf::parse(
+            r#"{"cniVersion":"1.0.0","name":"weft","type":"weft","socket":"/run/weft/cni.sock","capabilities":{"portMappings":true},"runtimeConfig":{},"args":{},"dns":{}}"#,
+        )
+        .expect("known keys");
     }
 
     #[test]

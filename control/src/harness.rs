@@ -350,8 +350,16 @@ pub fn run(
     // The pairs the switch is judged by, when both were measured.
     let by_key = |k: &str| variants.iter().find(|v| v.key == k);
     for (what, a, b) in [
-        ("cross-node, Weft switch mode / bridge mode", "weft-vxlan-switch", "weft-vxlan"),
-        ("same node, Weft switch / kernel bridge", "same-node-switch", "same-node-bridge"),
+        (
+            "cross-node, Weft switch mode / bridge mode",
+            "weft-vxlan-switch",
+            "weft-vxlan",
+        ),
+        (
+            "same node, Weft switch / kernel bridge",
+            "same-node-switch",
+            "same-node-bridge",
+        ),
     ] {
         if let (Some(a), Some(b)) = (by_key(a), by_key(b)) {
             println!(
