@@ -49,6 +49,7 @@ use crate::offload::{
     SUPER_FRAME_BUF, VNET_HDR_LEN,
 };
 use crate::snapshot::{Snapshot, SnapshotCell};
+use crate::wire::ipv4::Ipv4Packet;
 use crate::time::{Duration, Instant};
 use crate::PortId;
 
@@ -675,6 +676,28 @@ struct Pending {
     encap: Encap,
 }
 
+/// Bytes of an Ethernet header.
+const ETH_LEN: usize = 14;
+
+/// What [`Worker::forward_super_frame`] did with a super-frame.
+#[derive(Debug, Clone, Copy)]
+enum SuperFrame {
+    /// Carried out (or dropped), in part or whole; what is left of it is in the segments.
+    Done,
+    /// Its first segment is for pod port `port`, behind Ethernet header `eth`: the caller sends
+    /// the whole super-frame there.
+    ToPod {
+        port: PortId,
+        eth: [u8; ETH_LEN],
+    },
+}
+
+/// How many segments a super-frame of `len` bytes (Ethernet included) described by `vnet` is.
+fn super_frame_segments(vnet: &VnetRepr, len: usize) -> usize {
+    let payload = len.saturating_sub(usize::from(vnet.hdr_len));
+    payload.div_ceil(usize::from(vnet.gso_size).max(1)).max(1)
+}
+
 /// Frames one pod-port receive brings at most.
 const POD_RX_SLOTS: usize = 16;
 /// A pod-port receive slot: headroom, virtio-net header, Ethernet header and a 64 KiB
@@ -872,7 +895,8 @@ impl Worker<'_> {
                         self.counters.drop(DropReason::OffloadMalformed);
                         continue;
                     };
-                    self.forward_super_frame(snap, slots, &mut next, &mut segs, now);
+                    let ingress = Ingress::Local(self.tun_port);
+                    self.forward_super_frame(snap, ingress, None, slots, &mut next, &mut segs, now);
                     // What a gathered send did not take: each segment through the core.
                     while !segs.is_done() {
                         if next == slots.len() {
@@ -916,36 +940,57 @@ impl Worker<'_> {
     /// into [`Worker::heads`] and its payload sent from the TUN read buffer where it lies, one
     /// UDP GSO train for the lot; only the checksum reads the payload. Anything else the first
     /// segment's verdict says is carried out for it alone, and `segs` holds the rest.
+    ///
+    /// From a pod port (`eth` is the frame's Ethernet header, written in front of each segment)
+    /// Weft routes, so every segment's TTL is one less; and when the first segment is delivered
+    /// to another pod port, nothing is carried out: the caller passes the whole super-frame on
+    /// ([`SuperFrame::ToPod`]).
+    #[allow(clippy::too_many_arguments)]
     fn forward_super_frame(
         &mut self,
         snap: &Snapshot,
+        ingress: Ingress,
+        eth: Option<&[u8; ETH_LEN]>,
         slots: &mut Slots,
         next: &mut usize,
         segs: &mut Ipv4Segments<'_>,
         now: Instant,
-    ) {
+    ) -> SuperFrame {
         if *next == slots.len() {
             self.flush(slots);
             *next = 0;
         }
+        let l2 = if eth.is_some() { ETH_LEN } else { 0 };
+        let ip_at = HEADROOM + l2;
         let i = *next;
         let Some(slot) = slots.slot_mut(i) else {
-            return;
+            return SuperFrame::Done;
         };
-        let Some(room) = slot.get_mut(HEADROOM..) else {
-            return;
+        let Some(room) = slot.get_mut(ip_at..) else {
+            return SuperFrame::Done;
         };
         let seg_len = match segs.emit_next(room) {
             Some(Ok(len)) => len,
             Some(Err(_)) => {
                 self.counters.drop(DropReason::TooBig);
-                return;
+                return SuperFrame::Done;
             }
-            None => return,
+            None => return SuperFrame::Done,
         };
-        self.counters.rx_local.add(seg_len);
-        let ingress = Ingress::Local(self.tun_port);
-        let verdict = forward(snap, ingress, slot, HEADROOM, seg_len, now);
+        if let Some(eth) = eth {
+            slot[HEADROOM..ip_at].copy_from_slice(eth);
+        }
+        self.counters.rx_local.add(l2 + seg_len);
+        let verdict = forward(snap, ingress, slot, HEADROOM, l2 + seg_len, now);
+        if let Verdict::Forward(Action::Deliver { port, start, .. }) = verdict {
+            if eth.is_some() && port != self.tun_port && self.pods.get(port).is_some() {
+                let mut out = [0u8; ETH_LEN];
+                if let Some(b) = slot.get(start..start + ETH_LEN) {
+                    out.copy_from_slice(b);
+                    return SuperFrame::ToPod { port, eth: out };
+                }
+            }
+        }
         let gathered = match verdict {
             Verdict::Forward(Action::Transmit {
                 next_hop,
@@ -953,8 +998,8 @@ impl Worker<'_> {
                 len,
                 encap: Encap::Vxlan { src_port },
             }) if !segs.is_done()
-                && start + len == HEADROOM + seg_len
-                && HEADROOM
+                && start + len == ip_at + seg_len
+                && ip_at
                     .checked_sub(start + VXLAN_UDP_PAYLOAD_OFFSET)
                     .is_some_and(|p| p <= HEAD_PREFIX_MAX) =>
             {
@@ -965,18 +1010,18 @@ impl Worker<'_> {
         let Some((next_hop, start, flow)) = gathered else {
             self.carry_out(verdict, i, slot);
             *next += 1;
-            return;
+            return SuperFrame::Done;
         };
         // What is pending may be this flow's too: it leaves first.
         self.flush(slots);
         *next = 0;
-        let first = slots.bytes(i, start, HEADROOM + seg_len - start);
+        let first = slots.bytes(i, start, ip_at + seg_len - start);
         let dst = vxlan_dst(next_hop, first);
         let Some(first) = first.get(VXLAN_UDP_PAYLOAD_OFFSET..) else {
-            return;
+            return SuperFrame::Done;
         };
         // The VXLAN and inner Ethernet headers, the same on every segment.
-        let prefix = &first[..HEADROOM - start - VXLAN_UDP_PAYLOAD_OFFSET];
+        let prefix = &first[..ip_at - start - VXLAN_UDP_PAYLOAD_OFFSET];
         let frame = segs.frame();
         self.counters.gathered_sends += 1;
         let mut lead = Some(first);
@@ -988,7 +1033,14 @@ impl Worker<'_> {
                 head[..prefix.len()].copy_from_slice(prefix);
                 match segs.emit_next_headers(&mut head[prefix.len()..]) {
                     Some(Ok((hl, body))) => {
-                        self.counters.rx_local.add(hl + body.len());
+                        if l2 > 0 {
+                            // Routed from a pod: one hop, as the core did to the first.
+                            let mut ip = Ipv4Packet::new_unchecked(&mut head[prefix.len()..]);
+                            if ip.ttl() > 1 {
+                                ip.decrement_ttl();
+                            }
+                        }
+                        self.counters.rx_local.add(l2 + hl + body.len());
                         cut[k] = (prefix.len() + hl, body.start, body.end);
                         k += 1;
                     }
@@ -1018,6 +1070,7 @@ impl Worker<'_> {
                 .send_iter(lead_dgram.into_iter().chain(gathered));
             self.count_sent(&report);
         }
+        SuperFrame::Done
     }
 
     /// Receives one batch of frames from pod port `pid` and forwards them: a plain frame where it
@@ -1057,7 +1110,7 @@ impl Worker<'_> {
             let parsed = rx
                 .get(i)
                 .and_then(|(_, slot)| VnetRepr::parse_bytes(&slot[HEADROOM..frame_at]).ok());
-            let Some(mut vnet) = parsed else {
+            let Some(vnet) = parsed else {
                 self.counters.drop(DropReason::OffloadMalformed);
                 continue;
             };
@@ -1102,42 +1155,87 @@ impl Worker<'_> {
                 Gso::TcpV4 | Gso::UdpL4 => {
                     // Segments go into `slots`: what is pending from `rx` leaves first.
                     self.flush(rx.slots());
-                    let Some((_, slot)) = rx.get(i) else { break };
-                    let mut eth = [0u8; ETH];
-                    eth.copy_from_slice(&slot[frame_at..frame_at + ETH]);
-                    vnet.csum_start = vnet.csum_start.saturating_sub(ETH as u16);
-                    let ip = &slot[frame_at + ETH..frame_at + frame_len];
-                    let Ok(mut segs) = Ipv4Segments::new(ip, &vnet) else {
-                        self.counters.rx_local.add(frame_len);
-                        self.counters.drop(DropReason::OffloadMalformed);
-                        continue;
-                    };
-                    let mut next = 0;
-                    while !segs.is_done() {
-                        if next == slots.len() {
-                            self.flush(slots);
-                            next = 0;
-                        }
-                        let Some(out) = slots.slot_mut(next) else {
-                            break;
+                    let outcome = {
+                        let Some((_, slot)) = rx.get(i) else { break };
+                        let mut eth = [0u8; ETH];
+                        eth.copy_from_slice(&slot[frame_at..frame_at + ETH]);
+                        let mut v = vnet;
+                        v.csum_start = v.csum_start.saturating_sub(ETH as u16);
+                        let ip = &slot[frame_at + ETH..frame_at + frame_len];
+                        let Ok(mut segs) = Ipv4Segments::new(ip, &v) else {
+                            self.counters.rx_local.add(frame_len);
+                            self.counters.drop(DropReason::OffloadMalformed);
+                            continue;
                         };
-                        let Some(room) = out.get_mut(HEADROOM + ETH..) else {
-                            break;
-                        };
-                        match segs.emit_next(room) {
-                            Some(Ok(seg_len)) => {
-                                out[HEADROOM..HEADROOM + ETH].copy_from_slice(&eth);
-                                self.counters.rx_local.add(ETH + seg_len);
-                                let verdict =
-                                    forward(snap, ingress, out, HEADROOM, ETH + seg_len, now);
-                                self.carry_out(verdict, next, out);
-                                next += 1;
+                        let mut next = 0;
+                        let outcome = self.forward_super_frame(
+                            snap,
+                            ingress,
+                            Some(&eth),
+                            slots,
+                            &mut next,
+                            &mut segs,
+                            now,
+                        );
+                        if matches!(outcome, SuperFrame::Done) {
+                            // What a gathered send did not take: each segment through the core.
+                            while !segs.is_done() {
+                                if next == slots.len() {
+                                    self.flush(slots);
+                                    next = 0;
+                                }
+                                let Some(out) = slots.slot_mut(next) else { break };
+                                let Some(room) = out.get_mut(HEADROOM + ETH..) else {
+                                    break;
+                                };
+                                match segs.emit_next(room) {
+                                    Some(Ok(seg_len)) => {
+                                        out[HEADROOM..HEADROOM + ETH].copy_from_slice(&eth);
+                                        self.counters.rx_local.add(ETH + seg_len);
+                                        let verdict = forward(
+                                            snap,
+                                            ingress,
+                                            out,
+                                            HEADROOM,
+                                            ETH + seg_len,
+                                            now,
+                                        );
+                                        self.carry_out(verdict, next, out);
+                                        next += 1;
+                                    }
+                                    Some(Err(_)) => self.counters.drop(DropReason::TooBig),
+                                    None => break,
+                                }
                             }
-                            Some(Err(_)) => self.counters.drop(DropReason::TooBig),
-                            None => break,
+                            self.flush(slots);
+                        }
+                        outcome
+                    };
+                    if let SuperFrame::ToPod { port: to, eth } = outcome {
+                        // Pod to pod on this node: the whole super-frame, once, with the
+                        // first segment's Ethernet header and one hop off its TTL; the
+                        // destination veth hands it to the pod as one GSO packet.
+                        let Some(slot) = rx.slot_mut(i) else { break };
+                        slot[frame_at..frame_at + ETH].copy_from_slice(&eth);
+                        let mut ip = Ipv4Packet::new_unchecked(&mut slot[frame_at + ETH..]);
+                        if ip.ttl() > 1 {
+                            ip.decrement_ttl();
+                        }
+                        let mut hdr = [0u8; VNET_HDR_LEN];
+                        hdr.copy_from_slice(&slot[HEADROOM..frame_at]);
+                        let frame = &slot[frame_at..frame_at + frame_len];
+                        let sent = self
+                            .pods
+                            .get(to)
+                            .is_some_and(|p| matches!(p.send_batch(&hdr, &[frame]), Ok(1)));
+                        let segments = super_frame_segments(&vnet, frame_len);
+                        if sent {
+                            self.counters.tx_local.packets += segments as u64;
+                            self.counters.tx_local.bytes += frame_len as u64;
+                        } else {
+                            self.counters.drops[DropReason::IoError.index()] += segments as u64;
                         }
                     }
-                    self.flush(slots);
                 }
                 Gso::Udp | Gso::TcpV6 => {
                     self.counters.rx_local.add(frame_len);
