@@ -926,3 +926,38 @@ pub(crate) fn poll_many(pfds: &mut [libc::pollfd], timeout_ms: c_int) -> io::Res
     }
     Ok(ret as usize)
 }
+
+/// `sendmsg(2)` of one message gathered from `pieces` (at most [`MAX_PIECES`]) on a bound
+/// `AF_PACKET` socket, `MSG_DONTWAIT`. Returns the bytes sent.
+pub(crate) fn sendmsg_pieces(fd: BorrowedFd<'_>, pieces: &[&[u8]]) -> io::Result<usize> {
+    if pieces.len() > MAX_PIECES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "more pieces than one gathered send takes",
+        ));
+    }
+    // SAFETY: iovec is a plain C struct (a pointer and a length) for which all-zero bytes are a
+    // valid value.
+    let mut iovs: [libc::iovec; MAX_PIECES] = unsafe { mem::zeroed() };
+    for (iov, p) in iovs.iter_mut().zip(pieces) {
+        *iov = libc::iovec {
+            iov_base: p.as_ptr().cast_mut().cast::<c_void>(),
+            iov_len: p.len(),
+        };
+    }
+    // SAFETY: msghdr is a plain C struct for which all-zero bytes are a valid value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = iovs.as_mut_ptr();
+    msg.msg_iovlen = pieces.len();
+    // SAFETY: msg points at `pieces.len()` live iovecs describing byte slices borrowed for the
+    // call (the kernel only reads them); no name, no control data; fd is open for the borrow.
+    let ret = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ret as usize)
+}
+
+/// Pieces one [`sendmsg_pieces`] call takes: a virtio-net header, an Ethernet header, IPv4 and
+/// transport headers, and up to 64 payload pieces.
+pub(crate) const MAX_PIECES: usize = 3 + 64;

@@ -678,6 +678,8 @@ struct Pending {
 
 /// Bytes of an Ethernet header.
 const ETH_LEN: usize = 14;
+/// Bytes of a VXLAN header and the inner Ethernet header behind it.
+const VXLAN_ETH_LEN: usize = 8 + ETH_LEN;
 
 /// What [`Worker::forward_super_frame`] did with a super-frame.
 #[derive(Debug, Clone, Copy)]
@@ -1348,17 +1350,35 @@ impl Worker<'_> {
             seg,
             total,
         } = merged;
+        // Deliveries to pods still pending from earlier datagrams leave first: this one may be
+        // sent at once below, and a flow's packets must not overtake each other.
+        if !self.pod_pending.is_empty() {
+            self.flush(rx.slots());
+        }
         let Some(slot) = rx.slot_mut(i) else {
             return total;
         };
         let first = seg.min(total);
         self.counters.rx_underlay.add(first + OUTER_IPV4_UDP_LEN);
+        // The VXLAN and inner Ethernet headers as received: a delivery to a pod port rewrites
+        // the first's, and the later segments are compared with the original.
+        let mut received = [0u8; VXLAN_ETH_LEN];
+        if let Some(b) = slot.get(HEADROOM..HEADROOM + VXLAN_ETH_LEN) {
+            received.copy_from_slice(b);
+        }
         let verdict = forward(snap, ingress, slot, HEADROOM, first, now);
         let (start, len) = match verdict {
             Verdict::Forward(Action::Deliver { port, start, len })
                 if port == self.tun_port && start >= HEADROOM && start + len <= slot.len() =>
             {
                 (start, len)
+            }
+            Verdict::Forward(Action::Deliver { port, start, len })
+                if self.pods.get(port).is_some()
+                    && start == HEADROOM + VXLAN_ETH_LEN - ETH_LEN
+                    && start + len <= slot.len() =>
+            {
+                return self.gather_to_pod(gather, port, &received, merged, slot, start, len);
             }
             _ => {
                 self.carry_out(verdict, i, slot);
@@ -1396,6 +1416,105 @@ impl Worker<'_> {
             }
         }
         off
+    }
+
+    /// [`Worker::gather_merged`] for a merged datagram whose first segment the core delivered to
+    /// pod port `port` (its frame at `slot[start..start + len]`, Ethernet header rewritten, TTL
+    /// one less): the segments that follow with the same headers as `received` are merged into
+    /// one super-frame sent to the port gathered, with a GSO virtio-net header, so the pod takes
+    /// one GSO packet. Returns the bytes of the datagram dealt with.
+    #[allow(clippy::too_many_arguments)]
+    fn gather_to_pod(
+        &mut self,
+        gather: &mut GatherCoalescer,
+        port: PortId,
+        received: &[u8; VXLAN_ETH_LEN],
+        merged: &Merged,
+        slot: &mut [u8],
+        start: usize,
+        len: usize,
+    ) -> usize {
+        let &Merged { seg, total, .. } = merged;
+        let first = seg.min(total);
+        let ip_at = start + ETH_LEN;
+        let mut eth = [0u8; ETH_LEN];
+        eth.copy_from_slice(&slot[start..ip_at]);
+        // Merged at the TTL the segments arrived with (the coalescer wants them equal), the hop
+        // taken off the merged header below.
+        {
+            let mut ip = Ipv4Packet::new_unchecked(&mut slot[ip_at..start + len]);
+            ip.set_ttl(ip.ttl().saturating_add(1));
+            ip.fill_checksum();
+        }
+        let slot: &[u8] = slot;
+        if gather.push(&slot[ip_at..start + len], ip_at) == Push::Rejected {
+            let frame = &slot[start..start + len];
+            self.send_to_pod(port, &[&PLAIN, frame], 1, len);
+            return first;
+        }
+        let mut off = first;
+        while off < total {
+            let l = seg.min(total - off);
+            let at = HEADROOM + off;
+            let inner = at + VXLAN_ETH_LEN;
+            if slot.get(at..inner) != Some(&received[..])
+                || l <= VXLAN_ETH_LEN
+                || gather.push(&slot[inner..at + l], inner) == Push::Rejected
+            {
+                break;
+            }
+            self.counters.rx_underlay.add(l + OUTER_IPV4_UDP_LEN);
+            off += l;
+        }
+        let Some(m) = gather.finish() else {
+            return off;
+        };
+        // The virtio-net header counts from the Ethernet header on an AF_PACKET socket.
+        let mut head = [0u8; VNET_HDR_LEN + MAX_HDR_LEN];
+        let hl = m.head.len().min(head.len());
+        head[..hl].copy_from_slice(&m.head[..hl]);
+        if let Ok(mut v) = VnetRepr::parse_bytes(&head[..VNET_HDR_LEN]) {
+            v.csum_start = v.csum_start.saturating_add(ETH_LEN as u16);
+            v.hdr_len = v.hdr_len.saturating_add(ETH_LEN as u16);
+            head[..VNET_HDR_LEN].copy_from_slice(&v.to_bytes());
+        }
+        {
+            let mut ip = Ipv4Packet::new_unchecked(&mut head[VNET_HDR_LEN..hl]);
+            if ip.ttl() > 1 {
+                ip.decrement_ttl();
+            }
+        }
+        let mut pieces: [&[u8]; sys::MAX_PIECES] = [&[]; sys::MAX_PIECES];
+        pieces[0] = &head[..VNET_HDR_LEN];
+        pieces[1] = &eth;
+        pieces[2] = &head[VNET_HDR_LEN..hl];
+        let mut n = 3;
+        for &(at, l) in m.parts {
+            if n == pieces.len() {
+                break;
+            }
+            pieces[n] = &slot[at..at + l];
+            n += 1;
+        }
+        let (packets, bytes) = (m.packets, m.packet_bytes + m.packets * ETH_LEN);
+        self.send_to_pod(port, &pieces[..n], packets, bytes);
+        self.counters.gathered_writes += 1;
+        off
+    }
+
+    /// Sends one frame gathered from `pieces` (virtio-net header first) to pod port `port` and
+    /// counts `packets` packets of `bytes` bytes as sent or dropped.
+    fn send_to_pod(&mut self, port: PortId, pieces: &[&[u8]], packets: usize, bytes: usize) {
+        let sent = self
+            .pods
+            .get(port)
+            .is_some_and(|p| p.send_gathered(pieces).is_ok());
+        if sent {
+            self.counters.tx_local.packets += packets as u64;
+            self.counters.tx_local.bytes += bytes as u64;
+        } else {
+            self.counters.drops[DropReason::IoError.index()] += packets as u64;
+        }
     }
 
     /// Receives one batch of IP-in-IP datagrams (outer IPv4 header included) and forwards it.
