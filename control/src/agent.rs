@@ -729,7 +729,13 @@ fn health_of(
 fn show_reply(cfg: &Config, facts: &NodeFacts, shared: &WorkerShared) -> ShowReply {
     let snap = shared.cell.load_full();
     let now = dataplane::io::clock::now();
-    let (routes, neighbors, fdb) = ctl::tables_view(&snap, &facts.tun_name, now);
+    let pods = shared.pod_ports();
+    let (routes, neighbors, fdb) = ctl::tables_view(
+        &snap,
+        &facts.tun_name,
+        |p| pods.get(p).map(|s| s.name().to_string()),
+        now,
+    );
     let counters = shared.counters();
     ShowReply {
         node: NodeView {

@@ -207,28 +207,33 @@ pub struct ShowReply {
     pub counters: CountersView,
 }
 
-/// Builds the [`ShowReply`] views of a snapshot; `dev` names the TUN device (the only port yet).
+/// Builds the [`ShowReply`] views of a snapshot; `dev` names the TUN device, `port_dev` a pod
+/// port's device (its host veth, switch mode) by port id.
 pub fn tables_view(
     snap: &Snapshot,
     dev: &str,
+    port_dev: impl Fn(dataplane::PortId) -> Option<String>,
     now: Instant,
 ) -> (Vec<RouteView>, Vec<NeighView>, Vec<FdbView>) {
+    let dev_of = |port: Option<dataplane::PortId>| {
+        port.and_then(&port_dev).unwrap_or_else(|| dev.to_string())
+    };
     let routes = snap
         .fib
         .routes()
         .iter()
         .map(|r| {
-            let (via, onlink, kind) = match r.next_hop {
-                NextHop::Local { .. } => (None, false, "local"),
-                NextHop::Vxlan { gateway } => (Some(gateway), true, "vxlan"),
-                NextHop::Ipip { remote } => (Some(remote), true, "ipip"),
-                NextHop::Direct { gateway } => (Some(gateway), false, "direct"),
-                NextHop::Blackhole => (None, false, "blackhole"),
+            let (via, onlink, kind, port) = match r.next_hop {
+                NextHop::Local { port } => (None, false, "local", Some(port)),
+                NextHop::Vxlan { gateway } => (Some(gateway), true, "vxlan", None),
+                NextHop::Ipip { remote } => (Some(remote), true, "ipip", None),
+                NextHop::Direct { gateway } => (Some(gateway), false, "direct", None),
+                NextHop::Blackhole => (None, false, "blackhole", None),
             };
             RouteView {
                 dst: r.prefix.to_string(),
                 via,
-                dev: dev.to_string(),
+                dev: dev_of(port),
                 onlink,
                 kind: kind.to_string(),
             }
@@ -239,7 +244,7 @@ pub fn tables_view(
         .iter()
         .map(|(ip, n)| NeighView {
             ip,
-            dev: dev.to_string(),
+            dev: dev_of(n.port),
             lladdr: n.mac.to_string(),
             state: snap.neigh.state_name(ip, now).to_string(),
         })

@@ -53,6 +53,9 @@ pub fn run(seconds: u64, keep: bool) -> anyhow::Result<()> {
         "building the underlay and 3 nodes in network namespaces",
     );
     let mut lab = Lab::new(&weftd)?;
+    // Pods are ports of Weft's own switch (AF_PACKET on their veths), attached through each
+    // agent's CNI server.
+    lab.switch = true;
     for i in 1..=3 {
         lab.add_node(i, NodeKind::Weft)?;
     }
@@ -68,7 +71,11 @@ pub fn run(seconds: u64, keep: bool) -> anyhow::Result<()> {
     step.done(&format!("configs and logs in {}", lab.dir().display()));
     check_cancel()?;
 
-    let step = Step::begin(3, STEPS, "creating one pod per node on bridge weft0");
+    let step = Step::begin(
+        3,
+        STEPS,
+        "creating one pod per node, attached by a CNI ADD as a port of Weft's switch",
+    );
     let mut pods = Vec::new();
     for idx in 0..3 {
         pods.push(lab.add_pod(idx, 2)?);

@@ -49,8 +49,8 @@ use crate::offload::{
     SUPER_FRAME_BUF, VNET_HDR_LEN,
 };
 use crate::snapshot::{Snapshot, SnapshotCell};
-use crate::wire::ipv4::Ipv4Packet;
 use crate::time::{Duration, Instant};
+use crate::wire::ipv4::Ipv4Packet;
 use crate::PortId;
 
 /// How long an idle worker waits in `poll(2)` before looking at its stop flag again.
@@ -688,10 +688,7 @@ enum SuperFrame {
     Done,
     /// Its first segment is for pod port `port`, behind Ethernet header `eth`: the caller sends
     /// the whole super-frame there.
-    ToPod {
-        port: PortId,
-        eth: [u8; ETH_LEN],
-    },
+    ToPod { port: PortId, eth: [u8; ETH_LEN] },
 }
 
 /// How many segments a super-frame of `len` bytes (Ethernet included) described by `vnet` is.
@@ -1186,7 +1183,9 @@ impl Worker<'_> {
                                     self.flush(slots);
                                     next = 0;
                                 }
-                                let Some(out) = slots.slot_mut(next) else { break };
+                                let Some(out) = slots.slot_mut(next) else {
+                                    break;
+                                };
                                 let Some(room) = out.get_mut(HEADROOM + ETH..) else {
                                     break;
                                 };
