@@ -318,3 +318,53 @@ fn churn(socket: &std::path::Path, n: usize) -> usize {
     }
     ok
 }
+
+/// kubelet's default max-pods: 110 pods on one switch-mode node, every one reachable from the
+/// first and from a pod on another node. The agent's resident memory is printed (a figure for
+/// the note, not a pass/fail bound).
+#[test]
+fn a_node_with_110_pods_reaches_them_all() {
+    require_root();
+    let mut lab = Lab::new(&weftd_path()).expect("lab");
+    lab.switch = true;
+    lab.workers = 2;
+    lab.add_node(1, NodeKind::Weft).expect("node-1");
+    lab.add_node(2, NodeKind::Weft).expect("node-2");
+    lab.start().expect("agents start");
+    let far = lab.add_pod(1, 2).expect("pod on node-2");
+    let rss = |lab: &Lab| -> u64 {
+        let pid = lab.nodes[0].agent.as_ref().expect("agent").id();
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .expect("status")
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .expect("VmRSS")
+    };
+    let before = rss(&lab);
+    let mut pods = Vec::new();
+    for host in 10..120 {
+        pods.push(lab.add_pod(0, host).expect("pod"));
+    }
+    let after = rss(&lab);
+    eprintln!(
+        "110 pods: weftd VmRSS {before} KiB -> {after} KiB ({:.1} KiB per pod)",
+        after.saturating_sub(before) as f64 / 110.0
+    );
+    let first = pods[0];
+    for &p in &pods[1..] {
+        ping_ok(&lab, first, p);
+    }
+    for &p in pods.iter().step_by(10) {
+        ping_ok(&lab, far, p);
+    }
+    let show = request_show(&lab.nodes[0].ctl_socket).expect("show");
+    assert_eq!(
+        show.routes
+            .iter()
+            .filter(|r| r.dst.ends_with("/32") && r.dev != "weft.1")
+            .count(),
+        110,
+        "one /32 per pod port"
+    );
+}

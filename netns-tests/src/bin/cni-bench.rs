@@ -8,8 +8,12 @@
 //! work, its exit. The exec floor (the weft plugin answering VERSION, no agent involved) is
 //! printed too. Prints a table; asserts nothing (timings belong here, not in tests).
 //!
+//! With `--switch` the Weft node runs in switch mode (`pod_ports = "switch"`): each ADD also opens
+//! the pod's AF_PACKET port and waits until every worker has it. The agent's resident memory
+//! before and after the ADDs gives the memory per pod.
+//!
 //! Run as root, after `cargo build --release --workspace --bins`:
-//! `./target/release/cni-bench [--pods 100]`.
+//! `./target/release/cni-bench [--pods 100] [--switch]`.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -21,7 +25,7 @@ use serde_json::json;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cni-bench [--pods N]\n\nMeasures CNI ADD and DEL latency (p50, p99 over N sequential pods, default 100) of the\nweft plugin and of Debian's bridge + host-local, alternating pod by pod, in a namespace lab.\nNeeds root, weftd and weft built beside this binary, and /usr/lib/cni (containernetworking-plugins)."
+        "usage: cni-bench [--pods N] [--switch]\n\nMeasures CNI ADD and DEL latency (p50, p99 over N sequential pods, default 100) of the\nweft plugin and of Debian's bridge + host-local, alternating pod by pod, in a namespace lab.\nNeeds root, weftd and weft built beside this binary, and /usr/lib/cni (containernetworking-plugins)."
     );
     std::process::exit(2)
 }
@@ -40,9 +44,11 @@ fn ms(d: Duration) -> String {
 
 fn main() {
     let mut pods = 100usize;
+    let mut switch = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--switch" => switch = true,
             "--pods" => {
                 pods = args
                     .next()
@@ -83,6 +89,7 @@ fn main() {
 
     let mut lab = Lab::new(&weftd).expect("lab");
     lab.workers = 1;
+    lab.switch = switch;
     lab.add_node(1, NodeKind::Weft).expect("node");
     lab.start().expect("agent starts");
     let node = &lab.nodes[0];
@@ -141,6 +148,18 @@ fn main() {
         })
         .collect();
 
+    let agent_pid = lab.nodes[0].agent.as_ref().map(std::process::Child::id);
+    let rss_kib = || -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", agent_pid?)).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let rss_before = rss_kib();
     let (mut w_add, mut b_add, mut w_del, mut b_del) = (vec![], vec![], vec![], vec![]);
     let mut w_res = Vec::new();
     let mut b_res = Vec::new();
@@ -168,6 +187,7 @@ fn main() {
         }));
         b_res.push(r.take().expect("result"));
     }
+    let rss_after = rss_kib();
     for i in 0..pods {
         w_del.push(timed(&mut || {
             driver
@@ -182,8 +202,15 @@ fn main() {
     }
 
     println!(
-        "CNI latency, {pods} sequential pods each, alternating weft and bridge pod by pod (ms)\n"
+        "CNI latency, {pods} sequential pods each, alternating weft ({}) and bridge pod by pod (ms)\n",
+        if switch { "switch mode" } else { "bridge mode" }
     );
+    if let (Some(b), Some(a)) = (rss_before, rss_after) {
+        println!(
+            "weftd resident memory: {b} KiB before, {a} KiB with {pods} pods: {:.1} KiB per pod\n",
+            a.saturating_sub(b) as f64 / pods as f64
+        );
+    }
     println!("| plugin | ADD p50 | ADD p99 | DEL p50 | DEL p99 | ADD p50 vs bridge+host-local |");
     println!("|---|---|---|---|---|---|");
     let base = percentile(&b_add, 50.0).as_secs_f64();
