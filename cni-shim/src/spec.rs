@@ -448,8 +448,21 @@ impl NetConf {
         NetConf::from_value(&value)
     }
 
-    /// Reads the fields Weft needs from an already parsed configuration.
+    /// Reads the fields Weft needs from an already parsed configuration of the weft plugin;
+    /// a key weft does not implement is an error naming it.
     pub fn from_value(value: &Value) -> Result<NetConf, CniError> {
+        if let Some(key) = value
+            .as_object()
+            .and_then(|o| o.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())))
+        {
+            return Err(invalid_config(unknown_key(key)));
+        }
+        Self::from_value_any_plugin(value)
+    }
+
+    /// Like [`NetConf::from_value`] for another plugin's entry of a conflist: the common fields
+    /// checked, its own keys left alone.
+    pub fn from_value_any_plugin(value: &Value) -> Result<NetConf, CniError> {
         let obj = value.as_object().ok_or_else(|| {
             CniError::new(
                 code::DECODE,
@@ -495,9 +508,6 @@ impl NetConf {
                 )))
             }
         };
-        if let Some(key) = obj.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
-            return Err(invalid_config(unknown_key(key)));
-        }
         let prev_result = obj.get("prevResult").filter(|v| !v.is_null()).cloned();
         let dns = obj.get("dns").filter(|v| !v.is_null()).cloned();
         let valid_attachments = match obj.get("cni.dev/valid-attachments") {

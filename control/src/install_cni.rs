@@ -156,8 +156,12 @@ pub fn check_conflist(text: &str) -> Result<Value, String> {
                 conf[key] = v.clone();
             }
         }
-        let checked = cni_shim::spec::NetConf::from_value(&conf)
-            .map_err(|e| format!("plugins[{i}] ({ty}): {}", e.msg))?;
+        let checked = if ty == PLUGIN_NAME {
+            cni_shim::spec::NetConf::from_value(&conf)
+        } else {
+            cni_shim::spec::NetConf::from_value_any_plugin(&conf)
+        }
+        .map_err(|e| format!("plugins[{i}] ({ty}): {}", e.msg))?;
         if ty == PLUGIN_NAME {
             weft += 1;
             if i != 0 {
@@ -299,6 +303,10 @@ mod tests {
             ("nope", "not valid JSON"),
             ("[]", "not a JSON object"),
             (r#"{"name":"n","cniVersion":"1.0.0"}"#, "plugins: missing"),
+            (
+                r#"{"name":"n","cniVersion":"1.0.0","plugins":[{"type":"weft","ipam":{"type":"host-local"}}]}"#,
+                "plugins[0] (weft): ipam: weft allocates pod addresses",
+            ),
             (
                 r#"{"name":"n","cniVersion":"1.0.0","plugins":[]}"#,
                 "plugins: empty",

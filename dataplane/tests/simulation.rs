@@ -537,6 +537,11 @@ fn frames_not_from_the_pods_own_addresses_are_dropped_as_spoofed() {
     let probe = arp_request(a.pod_mac, a.pod_mac, Ipv4Addr::UNSPECIFIED, a.pod_ip);
     let (v, _) = run(&snap, Ingress::Local(POD), &probe);
     assert_eq!(v, Verdict::Drop(DropReason::ArpIgnored));
+    // A gratuitous ARP (a pod announcing its address after a restart) is not spoofing and gets
+    // no answer: answering would claim the pod's own address.
+    let gratuitous = arp_request(a.pod_mac, a.pod_mac, a.pod_ip, a.pod_ip);
+    let (v, _) = run(&snap, Ingress::Local(POD), &gratuitous);
+    assert_eq!(v, Verdict::Drop(DropReason::ArpIgnored));
     // Malformed ARP: dropped as truncated, not answered.
     let mut short = arp_request(a.pod_mac, a.pod_mac, a.pod_ip, gw);
     short.truncate(30);
