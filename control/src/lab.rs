@@ -345,22 +345,9 @@ impl Lab {
         let public_ip = Ipv4Addr::from(u32::from(net) + u32::from(i));
         let router = Ipv4Addr::from(u32::from(net) + 254);
         let other: Ipv4Net = Ipv4Net::new(SEGMENTS[usize::from(1 - segment)].1, 24).expect("valid");
-        let ul_end = format!("{}n{i}", self.prefix);
-        let ul_fd = self.underlay.file();
-        let mtu = self.underlay_mtu;
+        self.join_underlay(&ns, &format!("{}n{i}", self.prefix), bridge, public_ip)?;
         in_ns(&ns, |nl| {
-            nl.set_up("lo")?;
-            nl.create_veth("eth0", &ul_end)?;
-            nl.move_to_netns(&ul_end, ul_fd.as_fd())?;
-            nl.set_mtu("eth0", mtu)?;
-            nl.add_address("eth0", Ipv4Net::new(public_ip, 24).expect("valid"))?;
-            nl.set_up("eth0")?;
             nl.replace_route(other, "eth0", Some(router), false)
-        })?;
-        in_ns(&self.underlay, |nl| {
-            nl.set_mtu(&ul_end, mtu)?;
-            nl.set_master(&ul_end, bridge)?;
-            nl.set_up(&ul_end)
         })?;
         sysctl(&ns, "net/ipv4/ip_forward", "1")?;
         self.nodes.push(LabNode {
@@ -792,26 +779,39 @@ impl Lab {
     /// interface is `eth0`. The namespace is deleted when dropped; its veth goes with it.
     pub fn add_outside_host(&self, octet: u8) -> Result<NetNs, LabError> {
         let ns = netns(&format!("{}-o{octet}", self.prefix))?;
-        let ul_end = format!("{}o{octet}", self.prefix);
+        self.join_underlay(
+            &ns,
+            &format!("{}o{octet}", self.prefix),
+            SEGMENTS[0].0,
+            Ipv4Addr::new(192, 168, 77, octet),
+        )?;
+        Ok(ns)
+    }
+
+    /// Joins namespace `ns` to underlay bridge `bridge` by a veth: `eth0` inside with `ip`/24
+    /// (lo and eth0 up, the underlay MTU), `ul_end` in the underlay namespace on the bridge.
+    fn join_underlay(
+        &self,
+        ns: &NetNs,
+        ul_end: &str,
+        bridge: &str,
+        ip: Ipv4Addr,
+    ) -> Result<(), LabError> {
         let ul_fd = self.underlay.file();
         let mtu = self.underlay_mtu;
-        in_ns(&ns, |nl| {
+        in_ns(ns, |nl| {
             nl.set_up("lo")?;
-            nl.create_veth("eth0", &ul_end)?;
-            nl.move_to_netns(&ul_end, ul_fd.as_fd())?;
+            nl.create_veth("eth0", ul_end)?;
+            nl.move_to_netns(ul_end, ul_fd.as_fd())?;
             nl.set_mtu("eth0", mtu)?;
-            nl.add_address(
-                "eth0",
-                Ipv4Net::new(Ipv4Addr::new(192, 168, 77, octet), 24).expect("valid"),
-            )?;
+            nl.add_address("eth0", Ipv4Net::new(ip, 24).expect("valid"))?;
             nl.set_up("eth0")
         })?;
         in_ns(&self.underlay, |nl| {
-            nl.set_mtu(&ul_end, mtu)?;
-            nl.set_master(&ul_end, SEGMENTS[0].0)?;
-            nl.set_up(&ul_end)
-        })?;
-        Ok(ns)
+            nl.set_mtu(ul_end, mtu)?;
+            nl.set_master(ul_end, bridge)?;
+            nl.set_up(ul_end)
+        })
     }
 
     /// The pod with address `ip`.

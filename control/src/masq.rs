@@ -315,6 +315,13 @@ fn iptables_cmd(iptables: &Path, table: &str) -> Command {
     c
 }
 
+/// Whether built-in chain `chain` of `table` has the jump `rule` (`iptables -C`).
+fn jump_present(iptables: &Path, table: &str, chain: &str, rule: &[&str]) -> bool {
+    let mut c = iptables_cmd(iptables, table);
+    c.arg("-C").arg(chain).args(rule);
+    run("iptables", &mut c, None).is_ok()
+}
+
 /// Writes the rules; idempotent. On a failure the chains written so far are removed again.
 pub fn apply(backend: &Backend, r: &Rules) -> Result<(), MasqError> {
     match backend {
@@ -323,16 +330,7 @@ pub fn apply(backend: &Backend, r: &Rules) -> Result<(), MasqError> {
             c.args(["-w", "5", "--noflush"]);
             run("iptables", &mut c, Some(&iptables_restore_input(r)))?;
             for (table, chain, rule) in iptables_jumps() {
-                let present = run(
-                    "iptables",
-                    iptables_cmd(iptables, table)
-                        .arg("-C")
-                        .arg(chain)
-                        .args(rule),
-                    None,
-                )
-                .is_ok();
-                if !present {
+                if !jump_present(iptables, table, chain, &rule) {
                     if let Err(e) = run(
                         "iptables",
                         iptables_cmd(iptables, table)
@@ -373,15 +371,7 @@ pub fn listing(backend: &Backend) -> String {
                         let _ = writeln!(out, "missing chain {table} {own}");
                     }
                 }
-                let jump = run(
-                    "iptables",
-                    iptables_cmd(iptables, table)
-                        .arg("-C")
-                        .arg(chain)
-                        .args(rule),
-                    None,
-                )
-                .is_ok();
+                let jump = jump_present(iptables, table, chain, &rule);
                 let _ = writeln!(out, "jump {table} {chain} -> {own}: {jump}");
             }
         }
