@@ -34,6 +34,7 @@ fi
 
 run fmt cargo fmt --all -- --check
 run clippy cargo clippy --workspace --all-targets -- -D warnings
+run doc env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 # The namespace tests run the weftd binary itself; build it first (cargo test alone need not).
 run build cargo build --workspace --bins
 run test cargo test --workspace

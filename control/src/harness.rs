@@ -378,7 +378,7 @@ pub fn run(
     Ok(())
 }
 
-/// CPU seconds (user + system) used so far by the lab's running agents, from /proc/<pid>/stat.
+/// CPU seconds (user + system) used so far by the lab's running agents, from `/proc/<pid>/stat`.
 fn agent_cpu_seconds(lab: &Lab) -> f64 {
     lab.nodes
         .iter()

@@ -28,7 +28,7 @@ enum Command {
     /// Run the node agent: get this node's subnet and its peers from the datastore (the config
     /// file, etcd or Kubernetes, in flannel's formats), create the TUN device `weft.<vni>` and
     /// bridge `weft0`, carry pod traffic in VXLAN (UDP 8472), keep the peers current, write
-    /// subnet.env, serve the `weft` CNI plugin on /run/weft/cni.sock ([cni]) and /healthz, /readyz
+    /// subnet.env, serve the `weft` CNI plugin on /run/weft/cni.sock (`[cni]`) and /healthz, /readyz
     /// and /metrics, until SIGTERM or Ctrl-C.
     ///
     /// Needs root (CAP_NET_ADMIN and CAP_NET_RAW) and /dev/net/tun. An invalid config exits
@@ -41,7 +41,7 @@ enum Command {
         /// Print the effective configuration (defaults filled in) and exit.
         #[arg(long)]
         print_config: bool,
-        /// Datastore: static (the file's [[peers]]), etcd or kubernetes (datastore.type).
+        /// Datastore: static (the file's `[[peers]]`), etcd or kubernetes (datastore.type).
         #[arg(long, value_name = "TYPE")]
         datastore: Option<String>,
         /// etcd client URLs, comma-separated (datastore.etcd.endpoints).

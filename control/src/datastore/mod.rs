@@ -445,8 +445,8 @@ pub struct PeerSync {
 }
 
 impl PeerSync {
-    /// A sync for node `own` publishing into `cell`; the cell already holds the tables of
-    /// `initial` (see [`PeerSync::initial_tables`]).
+    /// A sync for node `own` publishing into `cell` (bridge mode; see
+    /// [`PeerSync::with_inputs`] for a switch-mode node).
     pub fn new(own: OwnNode, cell: Arc<SnapshotCell>, metrics: Arc<Metrics>) -> Self {
         Self::with_inputs(Arc::new(TableInputs::new(own, cell, false)), metrics)
     }
