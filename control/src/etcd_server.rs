@@ -54,6 +54,23 @@ fn free_port(ip: Ipv4Addr) -> std::io::Result<u16> {
         .port())
 }
 
+/// Creates the server's data directory `name`: in RAM (`/dev/shm`) where the host has it, else
+/// in the temporary directory. etcd preallocates a 64 MiB WAL segment per server at start, and
+/// the tests start several at once: on a nearly full disk (a CI machine after the build) that
+/// fails with ENOSPC, while a throwaway server loses nothing by living in RAM.
+fn scratch_dir(name: &str) -> std::io::Result<PathBuf> {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        let dir = shm.join(name);
+        if std::fs::create_dir_all(&dir).is_ok() {
+            return Ok(dir);
+        }
+    }
+    let dir = std::env::temp_dir().join(name);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
 impl EtcdServer {
     /// Starts etcd on 127.0.0.1 with free ports.
     pub fn start_loopback() -> Result<EtcdServer, EtcdServerError> {
@@ -82,12 +99,12 @@ impl EtcdServer {
                 .map_err(io("pick ports"))?,
             None => ports().map_err(io("pick ports"))?,
         };
-        let dir = std::env::temp_dir().join(format!(
+        let name = format!(
             "weft-etcd-{}-{}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).map_err(io("create data dir"))?;
+        );
+        let dir = scratch_dir(&name).map_err(io("create data dir"))?;
         let log = dir.join("etcd.log");
         let mut server = EtcdServer {
             child: None,
