@@ -20,6 +20,13 @@ run() {
 
 run deps ./scripts/deps.sh
 
+# A clean run writes about 3.1 GiB under target/; say so up front rather than fail with ENOSPC.
+mkdir -p target
+free_kib=$(df -Pk target | awk 'NR == 2 { print $4 }')
+if [[ -n "${free_kib}" && "${free_kib}" -lt $((4 * 1024 * 1024)) ]]; then
+    echo "warning: only $((free_kib / 1024)) MiB free for target/; a clean run needs about 3.5 GiB (cargo clean frees old builds)"
+fi
+
 if [[ -e /proc/modules ]]; then
     # Usually built in or autoloaded; a missing one shows up as a test failure with a clear error.
     for m in vxlan tun veth bridge; do

@@ -15,8 +15,8 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use super::batch::{set_buffer, Buffer, RecvBatch};
 use super::sys;
-use super::udp::{set_buffer, Buffer, RecvBatch};
 
 /// IP protocol number of IP-in-IP.
 pub const IPPROTO_IPIP: i32 = 4;

@@ -5,6 +5,12 @@
 //! core decides and never touches a file descriptor; this module only reads, calls the core and
 //! carries out the verdict. All `unsafe` is fenced in the private `sys` module.
 //!
+//! Layers, bottom up, each importing only from those below: `sys` (syscalls, `mmsghdr` arrays);
+//! [`batch`] (receive batches, the senders' drop policy, buffer sizing); the sockets and devices
+//! ([`tun`], [`udp`], [`raw`], [`ipip`], [`packet`]); [`worker`] on top.
+//!
+//! - [`batch`]: preallocated receive slots filled by one `recvmmsg(2)`, and the one policy every
+//!   batched sender follows when the kernel takes only part of a `sendmmsg(2)`.
 //! - [`tun`]: a multi-queue, non-persistent TUN device, one queue per worker (flannel's
 //!   `flannel.1` in the role of the node's tunnel device).
 //! - [`udp`]: the VXLAN UDP socket (flannel's port 8472), one per worker with `SO_REUSEPORT` so the
@@ -25,6 +31,7 @@
 //!
 //! [`forward`]: crate::forward::forward
 
+pub mod batch;
 pub mod clock;
 pub mod ipip;
 pub mod packet;

@@ -24,8 +24,8 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use super::batch::{set_buffer, Buffer, RecvBatch};
 use super::sys;
-use super::udp::{set_buffer, Buffer, RecvBatch};
 use crate::offload::vnet::VNET_HDR_LEN;
 
 /// Bytes of the socket receive buffer a port asks for: room for a few super-frames while its

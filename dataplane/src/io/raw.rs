@@ -17,8 +17,9 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+pub use super::batch::SendReport;
+use super::batch::{send_batch_with_policy, set_buffer, Buffer};
 use super::sys::{self, SendScratch};
-use super::udp::{set_buffer, Buffer};
 
 pub use super::sys::SEND_CHUNK;
 
@@ -26,22 +27,6 @@ pub use super::sys::SEND_CHUNK;
 #[derive(Debug)]
 pub struct RawSender {
     fd: OwnedFd,
-}
-
-/// What became of a batch.
-#[derive(Debug, Default)]
-pub struct SendReport {
-    /// Datagrams the kernel accepted.
-    pub sent: usize,
-    /// Their bytes, from the IPv4 header on.
-    pub sent_bytes: usize,
-    /// Datagrams dropped because a send failed.
-    pub dropped: usize,
-    /// The last error that caused a drop.
-    pub last_error: Option<io::Error>,
-    /// Set when a [`VxlanSender`](super::udp::VxlanSender) turned GSO off because the kernel
-    /// refused a train: the error, to be reported once.
-    pub gso_disabled: Option<String>,
 }
 
 impl RawSender {
@@ -92,75 +77,6 @@ impl RawSender {
     fn flush(&self, batch: &mut SendScratch<'_>, report: &mut SendReport) {
         send_batch_with_policy(self.fd.as_fd(), batch, report, |_, _, _| {});
     }
-}
-
-/// A queue of `sendmmsg(2)` messages, as the senders' scratch arrays hold them.
-pub(crate) trait MmsgBatch {
-    /// Queued messages.
-    fn len(&self) -> usize;
-    /// `sendmmsg` from message `first` on; how many the kernel took, or message `first`'s error.
-    fn sendmmsg(&mut self, fd: BorrowedFd<'_>, first: usize) -> io::Result<usize>;
-    /// Message `i` on the wire: (datagrams, bytes from the IPv4 header on).
-    fn weigh(&self, i: usize) -> (usize, usize);
-}
-
-/// Sends everything in `batch` through `fd`, with the senders' one drop policy: a full socket
-/// buffer or device queue drops the rest of the batch; any other error drops only the message
-/// it concerns (after `refused` has seen it); `EINTR` is retried three times. Each pass either
-/// sends or drops at least one message, so it ends.
-pub(crate) fn send_batch_with_policy<B: MmsgBatch>(
-    fd: BorrowedFd<'_>,
-    batch: &mut B,
-    report: &mut SendReport,
-    mut refused: impl FnMut(&B, usize, &io::Error),
-) {
-    let drop_from = |batch: &B, from: usize, report: &mut SendReport| {
-        for i in from..batch.len() {
-            report.dropped += batch.weigh(i).0;
-        }
-    };
-    let mut next = 0;
-    let mut interrupted = 0;
-    while next < batch.len() {
-        match batch.sendmmsg(fd, next) {
-            Ok(0) => {
-                // Not documented to happen with a non-empty batch; do not loop on it.
-                drop_from(batch, next, report);
-                return;
-            }
-            Ok(k) => {
-                for i in next..(next + k).min(batch.len()) {
-                    let (datagrams, bytes) = batch.weigh(i);
-                    report.sent += datagrams;
-                    report.sent_bytes += bytes;
-                }
-                next += k;
-            }
-            // MSG_DONTWAIT makes EINTR unlikely; retry a few times, then treat it as fatal.
-            Err(e) if e.kind() == io::ErrorKind::Interrupted && interrupted < 3 => {
-                interrupted += 1;
-            }
-            Err(e) if is_congestion(&e) => {
-                // The rest of the batch would fail the same way, one syscall each.
-                drop_from(batch, next, report);
-                report.last_error = Some(e);
-                return;
-            }
-            Err(e) => {
-                // An error about this message (EMSGSIZE, ENETUNREACH, EPERM from a firewall, a
-                // refused GSO train): drop it and go on with the next.
-                refused(batch, next, &e);
-                report.dropped += batch.weigh(next).0;
-                report.last_error = Some(e);
-                next += 1;
-            }
-        }
-    }
-}
-
-/// `EAGAIN` (socket send buffer full) or `ENOBUFS` (device queue full or no memory).
-pub(crate) fn is_congestion(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
 }
 
 impl AsFd for RawSender {

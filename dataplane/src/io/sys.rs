@@ -15,7 +15,29 @@ use std::ptr;
 
 use libc::{c_int, c_void, socklen_t};
 
-use super::udp::RecvMeta;
+/// What arrived in one slot of a [`RecvBatch`](super::batch::RecvBatch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecvMeta {
+    /// Bytes written at `HEADROOM` in the slot (cut to the slot if `truncated`).
+    pub len: usize,
+    /// The sender's underlay address and port.
+    pub src: SocketAddrV4,
+    /// The datagram was larger than the slot and was cut (`MSG_TRUNC`); a worker drops it as
+    /// [`DropReason::TooBig`](crate::drop::DropReason::TooBig).
+    pub truncated: bool,
+    /// With `UDP_GRO` on ([`VxlanSocket::enable_gro`](super::udp::VxlanSocket::enable_gro)): the kernel merged datagrams of one flow,
+    /// each `segment` bytes but the last, into this one. 0 when nothing was merged.
+    pub segment: usize,
+}
+
+impl RecvMeta {
+    pub(crate) const EMPTY: RecvMeta = RecvMeta {
+        len: 0,
+        src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        truncated: false,
+        segment: 0,
+    };
+}
 
 /// Turns a negative C return value into the thread's `errno`.
 fn cvt(ret: c_int) -> io::Result<c_int> {
@@ -735,32 +757,6 @@ impl<'a> TrainBatch<'a> {
             )
         };
         Ok(cvt(ret)? as usize)
-    }
-}
-
-impl super::raw::MmsgBatch for SendScratch<'_> {
-    fn len(&self) -> usize {
-        SendScratch::len(self)
-    }
-    fn sendmmsg(&mut self, fd: BorrowedFd<'_>, first: usize) -> io::Result<usize> {
-        SendScratch::sendmmsg(self, fd, first)
-    }
-    fn weigh(&self, i: usize) -> (usize, usize) {
-        (1, self.packet_len(i))
-    }
-}
-
-impl super::raw::MmsgBatch for TrainBatch<'_> {
-    fn len(&self) -> usize {
-        TrainBatch::len(self)
-    }
-    fn sendmmsg(&mut self, fd: BorrowedFd<'_>, first: usize) -> io::Result<usize> {
-        TrainBatch::sendmmsg(self, fd, first)
-    }
-    /// Datagrams on the wire, and their bytes with the IPv4 and UDP headers the kernel adds.
-    fn weigh(&self, i: usize) -> (usize, usize) {
-        let segments = self.message_segments(i);
-        (segments, self.message_bytes(i) + segments * (20 + 8))
     }
 }
 

@@ -4,7 +4,7 @@
 //! spreads flows over the workers by a hash of the 4-tuple (`socket(7)`); since peers vary the
 //! outer source port per inner flow (RFC 7348 §5, as the kernel VXLAN driver and Weft do), one
 //! busy peer still spreads. Datagrams are received in batches with `recvmmsg(2)` into slots
-//! allocated once, each at offset [`HEADROOM`] so the core can decapsulate and answer in place. The
+//! allocated once, each at offset [`HEADROOM`](crate::forward::HEADROOM) so the core can decapsulate and answer in place. The
 //! kernel has already checked the outer IPv4 and UDP headers; the bytes start at the VXLAN header
 //! ([`Ingress::VxlanUdp`](crate::forward::Ingress::VxlanUdp)).
 //!
@@ -19,139 +19,14 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use super::raw::{send_batch_with_policy, MmsgBatch, SendReport};
+use super::batch::{send_batch_with_policy, set_buffer, Buffer, MmsgBatch, SendReport};
+pub use super::batch::{RecvBatch, RecvMeta};
 use super::sys::{self, TrainBatch};
-use super::Slots;
-use crate::forward::HEADROOM;
 
 /// A nonblocking UDP socket bound for VXLAN.
 #[derive(Debug)]
 pub struct VxlanSocket {
     sock: UdpSocket,
-}
-
-/// What arrived in one slot of a [`RecvBatch`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecvMeta {
-    /// Bytes written at [`HEADROOM`] in the slot (cut to the slot if `truncated`).
-    pub len: usize,
-    /// The sender's underlay address and port.
-    pub src: SocketAddrV4,
-    /// The datagram was larger than the slot and was cut (`MSG_TRUNC`); a worker drops it as
-    /// [`DropReason::TooBig`](crate::drop::DropReason::TooBig).
-    pub truncated: bool,
-    /// With `UDP_GRO` on ([`VxlanSocket::enable_gro`]): the kernel merged datagrams of one flow,
-    /// each `segment` bytes but the last, into this one. 0 when nothing was merged.
-    pub segment: usize,
-}
-
-impl RecvMeta {
-    const EMPTY: RecvMeta = RecvMeta {
-        len: 0,
-        src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
-        truncated: false,
-        segment: 0,
-    };
-}
-
-/// Preallocated slots and headers for [`VxlanSocket::recv_batch`].
-#[derive(Debug)]
-pub struct RecvBatch {
-    slots: Slots,
-    meta: Vec<RecvMeta>,
-    received: usize,
-    scratch: sys::RecvScratch,
-}
-
-impl RecvBatch {
-    /// Room for `n` datagrams of up to `slot_size - HEADROOM` bytes each, allocated now and never
-    /// again.
-    ///
-    /// # Panics
-    ///
-    /// If `n` is zero or `slot_size` leaves no room after [`HEADROOM`]: a configuration bug.
-    pub fn new(n: usize, slot_size: usize) -> Self {
-        assert!(n > 0, "a receive batch needs at least one slot");
-        assert!(
-            slot_size > HEADROOM,
-            "slot_size {slot_size} leaves no room after the {HEADROOM}-byte headroom"
-        );
-        RecvBatch {
-            slots: Slots::new(n, slot_size),
-            meta: vec![RecvMeta::EMPTY; n],
-            received: 0,
-            scratch: sys::RecvScratch::new(n),
-        }
-    }
-
-    /// How many datagrams a call receives at most.
-    pub fn capacity(&self) -> usize {
-        self.meta.len()
-    }
-
-    /// How many datagrams the last call received.
-    pub fn len(&self) -> usize {
-        self.received
-    }
-
-    /// Whether the last call received nothing.
-    pub fn is_empty(&self) -> bool {
-        self.received == 0
-    }
-
-    /// Datagram `i` of the last call: its description and its whole slot (the payload is at
-    /// `slot[HEADROOM..HEADROOM + meta.len]`).
-    pub fn get(&self, i: usize) -> Option<(RecvMeta, &[u8])> {
-        if i >= self.received {
-            return None;
-        }
-        Some((*self.meta.get(i)?, self.slots.slot(i)?))
-    }
-
-    /// The datagrams of the last call, with their slots writable (for the core to rewrite them in
-    /// place), as `(slot index, meta, slot)`.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, RecvMeta, &mut [u8])> + '_ {
-        self.slots
-            .iter_mut()
-            .zip(self.meta.iter())
-            .take(self.received)
-            .enumerate()
-            .map(|(i, (slot, meta))| (i, *meta, slot))
-    }
-
-    /// What arrived in slot `i` in the last call.
-    pub fn meta(&self, i: usize) -> Option<RecvMeta> {
-        if i >= self.received {
-            return None;
-        }
-        self.meta.get(i).copied()
-    }
-
-    /// Slot `i`, writable.
-    pub fn slot_mut(&mut self, i: usize) -> Option<&mut [u8]> {
-        self.slots.slot_mut(i)
-    }
-
-    /// Receives up to [`RecvBatch::capacity`] waiting datagrams from `fd` in one `recvmmsg(2)`,
-    /// without waiting; how many arrived.
-    pub(crate) fn recv_from(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
-        self.received = 0;
-        let slot_size = self.slots.slot_size();
-        let n = self.scratch.recvmmsg(
-            fd,
-            self.slots.raw_mut(),
-            slot_size,
-            HEADROOM,
-            &mut self.meta,
-        )?;
-        self.received = n;
-        Ok(n)
-    }
-
-    /// The slots, to read back what the core left in them.
-    pub fn slots(&self) -> &Slots {
-        &self.slots
-    }
 }
 
 impl VxlanSocket {
@@ -416,32 +291,10 @@ fn train_segment(seg: usize, count: usize) -> u16 {
     }
 }
 
-/// Which socket buffer to size.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Buffer {
-    Receive,
-    Send,
-}
-
-/// Sets a socket buffer to `bytes` (0: leave it): `SO_*BUFFORCE` first, which ignores the sysctl
-/// cap but needs `CAP_NET_ADMIN`, then the capped `SO_*BUF`.
-pub(crate) fn set_buffer(fd: BorrowedFd<'_>, which: Buffer, bytes: usize) -> io::Result<()> {
-    if bytes == 0 {
-        return Ok(());
-    }
-    // The kernel doubles the value and takes an int; clamp rather than overflow.
-    let value = libc::c_int::try_from(bytes.min(i32::MAX as usize / 2)).unwrap_or(i32::MAX / 2);
-    let (force, plain) = match which {
-        Buffer::Receive => (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        Buffer::Send => (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    };
-    sys::setsockopt_int(fd, libc::SOL_SOCKET, force, value)
-        .or_else(|_| sys::setsockopt_int(fd, libc::SOL_SOCKET, plain, value))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::forward::HEADROOM;
 
     #[test]
     fn batch_allocates_once_and_starts_empty() {

@@ -34,11 +34,12 @@ use std::thread::JoinHandle;
 
 use arc_swap::ArcSwap;
 
+use super::batch::{RecvBatch, SendReport};
 use super::ipip::IpipSocket;
 use super::packet::{PacketPort, PLAIN};
-use super::raw::{RawSender, SendReport};
+use super::raw::RawSender;
 use super::tun::TunQueue;
-use super::udp::{Datagram, RecvBatch, VxlanSender, VxlanSocket};
+use super::udp::{Datagram, VxlanSender, VxlanSocket};
 use super::{clock, sys, Slots};
 use crate::drop::{Counters, DropReason};
 use crate::forward::{
