@@ -87,8 +87,9 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::autodetect::AutodetectMethod;
-use crate::datastore::DatastoreKind;
 
+/// flannel's default etcd prefix (`--etcd-prefix`).
+pub const DEFAULT_ETCD_PREFIX: &str = "/coreos.com/network";
 /// Default cluster network, flannel's documented default.
 pub const DEFAULT_NETWORK: &str = "10.244.0.0/16";
 /// Default VXLAN network identifier (flannel's).
@@ -871,7 +872,7 @@ fn validate_datastore(raw: &RawDatastore) -> Result<DatastoreSection, ConfigErro
     let prefix = e
         .prefix
         .clone()
-        .unwrap_or_else(|| crate::datastore::flannel::DEFAULT_PREFIX.to_string());
+        .unwrap_or_else(|| DEFAULT_ETCD_PREFIX.to_string());
     if !prefix.starts_with('/') {
         return Err(invalid(
             "datastore.etcd.prefix",
@@ -959,6 +960,42 @@ fn validate_node_name(field: &str, name: &str) -> Result<(), ConfigError> {
         return Err(invalid(field, "must not be empty"));
     }
     Ok(())
+}
+
+/// Which datastore a node runs with (`[datastore] type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatastoreKind {
+    /// Peers listed in the config file.
+    Static,
+    /// flannel's etcd v3 layout.
+    Etcd,
+    /// flannel's Kubernetes (`--kube-subnet-mgr`) layout.
+    Kubernetes,
+}
+
+impl DatastoreKind {
+    /// The name used in the config file and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatastoreKind::Static => "static",
+            DatastoreKind::Etcd => "etcd",
+            DatastoreKind::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl std::str::FromStr for DatastoreKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "static" => Ok(DatastoreKind::Static),
+            "etcd" => Ok(DatastoreKind::Etcd),
+            "kubernetes" | "kube" => Ok(DatastoreKind::Kubernetes),
+            other => Err(format!(
+                "{other:?} is not a datastore; use \"static\", \"etcd\" or \"kubernetes\""
+            )),
+        }
+    }
 }
 
 impl Config {

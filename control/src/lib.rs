@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod ping;
+pub mod show;
 pub mod status;
 pub mod subnet_env;
 pub mod sys;

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ctl::{CountersView, NodeView, ShowReply};
+use crate::show::{CountersView, NodeView, ShowReply};
 
 /// The datastore as the agent sees it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -309,7 +309,7 @@ impl StatusReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ctl::NodeView;
+    use crate::show::NodeView;
 
     fn show() -> ShowReply {
         ShowReply {

@@ -17,7 +17,7 @@ use super::{Lease, BACKEND_VXLAN};
 use crate::config::BackendKind;
 
 /// flannel's default etcd prefix (`--etcd-prefix`).
-pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+pub const DEFAULT_PREFIX: &str = crate::config::DEFAULT_ETCD_PREFIX;
 /// flannel's VXLAN UDP port when the config names none (the kernel's default).
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 /// flannel's VNI when the config names none.

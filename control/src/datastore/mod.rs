@@ -26,6 +26,7 @@ use dataplane::snapshot::{NodeConfig, PodAddr, Port, PortKind, SnapshotCell, Tab
 use dataplane::wire::EthernetAddress;
 use ipnet::Ipv4Net;
 
+pub use crate::config::DatastoreKind;
 use crate::config::{BackendKind, Encapsulation};
 use crate::metrics::Metrics;
 
@@ -555,42 +556,6 @@ impl PeerSync {
         tracing::info!(peers = peers.len(), added, removed, "tables published");
         self.published = peers;
         true
-    }
-}
-
-/// Which datastore a node runs with (`[datastore] type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DatastoreKind {
-    /// Peers listed in the config file.
-    Static,
-    /// flannel's etcd v3 layout.
-    Etcd,
-    /// flannel's Kubernetes (`--kube-subnet-mgr`) layout.
-    Kubernetes,
-}
-
-impl DatastoreKind {
-    /// The name used in the config file and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            DatastoreKind::Static => "static",
-            DatastoreKind::Etcd => "etcd",
-            DatastoreKind::Kubernetes => "kubernetes",
-        }
-    }
-}
-
-impl std::str::FromStr for DatastoreKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "static" => Ok(DatastoreKind::Static),
-            "etcd" => Ok(DatastoreKind::Etcd),
-            "kubernetes" | "kube" => Ok(DatastoreKind::Kubernetes),
-            other => Err(format!(
-                "{other:?} is not a datastore; use \"static\", \"etcd\" or \"kubernetes\""
-            )),
-        }
     }
 }
 
