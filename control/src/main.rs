@@ -8,12 +8,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-mod bench_control;
-mod demo;
-mod harness;
-
 use clap::{Parser, Subcommand, ValueEnum};
 use control::config::{Config, Overrides};
+use control::tooling::{bench_control, demo, harness};
 
 /// Weft: a userspace pod-network dataplane, wire-compatible with flannel's VXLAN backend.
 #[derive(Debug, Parser)]

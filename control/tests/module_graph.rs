@@ -3,7 +3,8 @@
 //! Each source file is a node; a `crate::a::b`, `super::x` or `self::x` path in a file's code (its
 //! `#[cfg(test)]` part excluded) is an edge to the deepest module file the path names. The graph
 //! must be acyclic: every layer imports only from layers below it (e.g. `dataplane::io`: `sys` <-
-//! `batch` <- sockets <- `worker`; `control`: `config` <- `datastore`).
+//! `batch` <- sockets <- `worker`; `control`: `config` <- `datastore`). And `control`'s product
+//! modules never import `control::tooling` (the lab, demo and benchmarks).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -176,8 +177,10 @@ fn code_of(path: &Path) -> String {
         .join("\n")
 }
 
-/// The cycles of one crate's module graph, each as the modules around it.
-fn cycles_in(src: &Path) -> Vec<Vec<String>> {
+type Graph = BTreeMap<Vec<String>, BTreeSet<Vec<String>>>;
+
+/// One crate's module graph: each module file and the modules its code names.
+fn graph(src: &Path) -> Graph {
     let mods = modules(src);
     let mut edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
     for (m, file) in &mods {
@@ -192,12 +195,18 @@ fn cycles_in(src: &Path) -> Vec<Vec<String>> {
             }
         }
     }
+    edges
+}
+
+/// The cycles of one crate's module graph, each as the modules around it.
+fn cycles_in(src: &Path) -> Vec<Vec<String>> {
+    let edges = graph(src);
     // Tarjan-free: DFS with colours, recording each back edge's cycle.
     let mut found = Vec::new();
     let mut state: BTreeMap<Vec<String>, u8> = BTreeMap::new();
     fn dfs(
         n: &Vec<String>,
-        edges: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>,
+        edges: &Graph,
         state: &mut BTreeMap<Vec<String>, u8>,
         stack: &mut Vec<Vec<String>>,
         found: &mut Vec<Vec<String>>,
@@ -240,6 +249,30 @@ fn no_crate_has_an_import_cycle() {
         }
     }
     assert!(report.is_empty(), "import cycles:\n{}", report.join("\n"));
+}
+
+#[test]
+fn the_agent_never_imports_the_tooling() {
+    let edges = graph(&repo().join("control").join("src"));
+    let tooling = vec!["tooling".to_string()];
+    let mut report = Vec::new();
+    for (from, tos) in &edges {
+        if from.starts_with(&tooling) {
+            continue;
+        }
+        for to in tos.iter().filter(|to| to.starts_with(&tooling)) {
+            report.push(format!(
+                "crate::{} -> crate::{}",
+                from.join("::"),
+                to.join("::")
+            ));
+        }
+    }
+    assert!(
+        report.is_empty(),
+        "product modules import the lab/demo/bench tooling:\n{}",
+        report.join("\n")
+    );
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Helpers for integration tests in network namespaces. The namespaces themselves are built by
-//! `control::lab`, which the demo and the benchmark harness share; this crate adds what only tests
+//! `control::tooling::lab`, which the demo and the benchmark harness share; this crate adds what only tests
 //! need.
 #![forbid(unsafe_code)]
 
@@ -70,9 +70,9 @@ pub fn cni_path() -> Vec<PathBuf> {
 
 /// Pings `dst` from the lab pod `src` until a reply, three tries of a second each (the first
 /// packet of a pair may wait for ARP on the bridges); panics with the last result.
-pub fn ping_ok(lab: &control::lab::Lab, src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr) {
+pub fn ping_ok(lab: &control::tooling::lab::Lab, src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr) {
     let pod = lab.pod(src).expect("pod");
-    let mut last = control::lab::PingResult::Timeout;
+    let mut last = control::tooling::lab::PingResult::Timeout;
     for _ in 0..3 {
         last = pod.ping(dst, 56, false, std::time::Duration::from_secs(1));
         if last.is_reply() {
@@ -120,7 +120,7 @@ fn fill(seed: u64, offset: usize, out: &mut [u8]) {
 /// Sends `bytes` over TCP from lab pod `src` to lab pod `dst` (listening on `port`) and checks
 /// every byte as it arrives; panics on a difference, a short transfer or a stall of 20 s.
 pub fn transfer(
-    lab: &control::lab::Lab,
+    lab: &control::tooling::lab::Lab,
     src: std::net::Ipv4Addr,
     dst: std::net::Ipv4Addr,
     port: u16,

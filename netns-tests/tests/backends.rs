@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use control::ctl::request_show;
-use control::lab::{Lab, NodeKind, PingResult};
+use control::tooling::lab::{Lab, NodeKind, PingResult};
 use netns_tests::capture::{Capture, Encap, IpHeader, Packet};
 use netns_tests::{require_root, weftd_path};
 
@@ -161,7 +161,7 @@ impl Wires {
         for &t in &targets {
             let r = lab
                 .underlay()
-                .run(move || control::ping::ping(t, 8, false, Duration::from_secs(1)))
+                .run(move || control::tooling::ping::ping(t, 8, false, Duration::from_secs(1)))
                 .expect("enter underlay namespace");
             assert!(r.is_reply(), "router -> {t}: {r:?}");
         }
@@ -333,7 +333,7 @@ fn check_ipip_outer(lab: &Lab, seen: &[Vec<Packet>; 2]) {
 /// the others.
 fn check_native_routes(lab: &Lab, idx: usize, native: impl Fn(usize) -> bool) {
     let mut routes = Vec::new();
-    control::lab::in_ns(&lab.nodes[idx].ns, |nl| {
+    control::tooling::lab::in_ns(&lab.nodes[idx].ns, |nl| {
         routes = nl.routes()?;
         Ok(())
     })

@@ -13,9 +13,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use control::cni::ipam::{read_allocations, Allocation};
-use control::lab::{Lab, LabNode, LabPod, NodeKind, PingResult};
 use control::netlink::Netlink;
 use control::netns::NetNs;
+use control::tooling::lab::{Lab, LabNode, LabPod, NodeKind, PingResult};
 use netns_tests::cni::{shipped_conflist, weft_only, Attachment, Driver};
 use netns_tests::{cni_path, ns_command, require_root, weftd_path};
 use serde_json::{json, Value};

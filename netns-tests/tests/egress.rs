@@ -16,8 +16,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use control::lab::{sysctl, Lab, LabPod, NodeKind};
 use control::netns::{spawn_in_netns, NetNs};
+use control::tooling::lab::{sysctl, Lab, LabPod, NodeKind};
 use netns_tests::capture::{Capture, Encap};
 use netns_tests::{ns_command, ping_ok, require_root, weftd_path};
 
@@ -275,7 +275,7 @@ fn pods_reach_outside_with_the_node_address_and_flushed_rules_come_back() {
         );
     }
     for (src, dst) in &inner {
-        let cluster: ipnet::Ipv4Net = control::lab::NETWORK.parse().expect("valid");
+        let cluster: ipnet::Ipv4Net = control::tooling::lab::NETWORK.parse().expect("valid");
         assert!(
             cluster.contains(src) && cluster.contains(dst),
             "VXLAN carried a translated packet {src} -> {dst}"
@@ -469,7 +469,7 @@ fn a_host_without_the_firewall_tool_fails_start_up_naming_it_and_changes_nothing
     assert_eq!(forward.trim(), "0", "ip_forward changed before the refusal");
     let (tun, _) = ns_try(ns, "ip", &["link", "show", "weft.1"]);
     assert!(!tun, "weft.1 left behind");
-    let (bridge, _) = ns_try(ns, "ip", &["link", "show", control::lab::BRIDGE]);
+    let (bridge, _) = ns_try(ns, "ip", &["link", "show", control::tooling::lab::BRIDGE]);
     assert!(!bridge, "the pod bridge left behind");
     assert!(
         !lab.nodes[0].subnet_file.exists(),

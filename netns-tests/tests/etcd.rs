@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use control::ctl::request_show;
 use control::datastore::flannel;
-use control::lab::{Lab, NodeKind};
+use control::tooling::lab::{Lab, NodeKind};
 use ipnet::Ipv4Net;
 use netns_tests::{ping_ok, require_root, weftd_path};
 

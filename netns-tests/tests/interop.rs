@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use control::ctl::request_show;
-use control::lab::{Lab, NodeKind, PingResult};
+use control::tooling::lab::{Lab, NodeKind, PingResult};
 use dataplane::wire::{Ipv4Packet, Ipv4Repr};
 use netns_tests::{ping_ok, require_root, weftd_path};
 
@@ -135,12 +135,13 @@ fn df_ping_above_path_mtu_gets_frag_needed_and_unknown_subnet_is_counted() {
     // A pod whose link MTU (1500) is above the tunnel's: its node answers frag-needed with 1450.
     let mut lab = lab;
     let big = lab.add_pod(0, 3).expect("pod");
-    control::lab::in_ns(&lab.pod(big).expect("pod").ns, |nl| {
+    control::tooling::lab::in_ns(&lab.pod(big).expect("pod").ns, |nl| {
         nl.set_mtu("eth0", 1500)
     })
     .expect("mtu");
     let host_veth = lab.pod(big).expect("pod").host_veth.clone();
-    control::lab::in_ns(&lab.nodes[0].ns, move |nl| nl.set_mtu(&host_veth, 1500)).expect("mtu");
+    control::tooling::lab::in_ns(&lab.nodes[0].ns, move |nl| nl.set_mtu(&host_veth, 1500))
+        .expect("mtu");
     match lab
         .pod(big)
         .expect("pod")

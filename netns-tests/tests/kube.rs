@@ -317,7 +317,7 @@ fn kube_client_annotates_sets_condition_and_follows_nodes_through_the_api() {
 }
 
 /// Whether node `idx`'s agent programs `subnet` (route, neighbour and FDB entry).
-fn programs(lab: &control::lab::Lab, idx: usize, subnet: ipnet::Ipv4Net) -> bool {
+fn programs(lab: &control::tooling::lab::Lab, idx: usize, subnet: ipnet::Ipv4Net) -> bool {
     let show = control::ctl::request_show(&lab.nodes[idx].ctl_socket).unwrap();
     let route = show.routes.iter().any(|r| r.dst == subnet.to_string());
     let neigh = show.neighbors.iter().find(|n| n.ip == subnet.network());
@@ -326,7 +326,7 @@ fn programs(lab: &control::lab::Lab, idx: usize, subnet: ipnet::Ipv4Net) -> bool
 
 #[test]
 fn weftd_agents_in_kubernetes_mode_annotate_their_nodes_and_carry_pod_traffic() {
-    use control::lab::{Lab, LabDatastore, NodeKind, ETCD_IP};
+    use control::tooling::lab::{Lab, LabDatastore, NodeKind, ETCD_IP};
     netns_tests::require_root();
     let mut lab = Lab::new(&netns_tests::weftd_path()).unwrap();
     let api = ApiServer::start_in(

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use control::lab::{sysctl, Lab, NodeKind};
+use control::tooling::lab::{sysctl, Lab, NodeKind};
 use netns_tests::{ns_command, ping_ok, require_root, weftd_path};
 
 fn read_sysctl(lab: &Lab, idx: usize, key: &str) -> String {
@@ -54,7 +54,7 @@ fn weftd_turns_forwarding_on_and_pods_reach_each_other() {
 }
 
 /// Connects from `pod` to `to` and reads back one echoed line; the error when that fails.
-fn echo_through(pod: &control::lab::LabPod, to: SocketAddrV4) -> Result<(), String> {
+fn echo_through(pod: &control::tooling::lab::LabPod, to: SocketAddrV4) -> Result<(), String> {
     let mut s = pod
         .connect(to, Duration::from_secs(2))
         .map_err(|e| format!("connect: {e}"))?;

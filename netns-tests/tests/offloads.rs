@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use control::ctl::request_show;
-use control::lab::{Lab, NodeKind, PingResult};
+use control::tooling::lab::{Lab, NodeKind, PingResult};
 use dataplane::io::udp::{Datagram, VxlanSender};
 use netns_tests::{require_root, weftd_path, TRANSFER};
 

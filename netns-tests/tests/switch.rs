@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use control::ctl::request_show;
-use control::lab::{Lab, NodeKind};
+use control::tooling::lab::{Lab, NodeKind};
 use netns_tests::{ns_command, ping_ok, require_root, transfer, weftd_path, TRANSFER};
 
 fn switch_lab() -> Lab {

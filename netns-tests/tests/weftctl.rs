@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use control::datastore::flannel;
-use control::lab::{Lab, NodeKind};
+use control::tooling::lab::{Lab, NodeKind};
 use netns_tests::{require_root, weftd_path};
 use serde_json::Value;
 

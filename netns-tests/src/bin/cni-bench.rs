@@ -19,7 +19,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use control::lab::{Lab, NodeKind};
+use control::tooling::lab::{Lab, NodeKind};
 use netns_tests::cni::{weft_only, Attachment, Driver};
 use serde_json::json;
 

@@ -4,8 +4,8 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::tooling::lab::{Lab, NodeKind, PingResult};
 use anyhow::{bail, Context};
-use control::lab::{Lab, NodeKind, PingResult};
 
 pub static CANCELLED: AtomicBool = AtomicBool::new(false);
 
@@ -40,7 +40,7 @@ impl Step {
 
 /// Runs the demo; removes everything on return, error or Ctrl-C.
 pub fn run(seconds: u64, keep: bool) -> anyhow::Result<()> {
-    if !control::sys::is_root() {
+    if !crate::sys::is_root() {
         bail!("weftd demo needs root (it creates network namespaces, veths and TUN devices); run it with sudo");
     }
     watch_ctrl_c();
@@ -138,7 +138,7 @@ pub fn run(seconds: u64, keep: bool) -> anyhow::Result<()> {
     let step = Step::begin(6, STEPS, "each node's tables and counters (weftd show)");
     step.done("");
     for n in &lab.nodes {
-        let reply = control::ctl::request_show(&n.ctl_socket)?;
+        let reply = crate::ctl::request_show(&n.ctl_socket)?;
         println!("===== {} =====", n.name);
         print!("{}", reply.render());
     }

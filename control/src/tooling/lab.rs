@@ -25,9 +25,9 @@ use ipnet::Ipv4Net;
 
 use crate::config::vtep_mac_for;
 use crate::datastore::flannel;
-use crate::etcd_server::EtcdServer;
 use crate::netlink::Netlink;
 use crate::netns::{spawn_in_netns, NetNs};
+use crate::tooling::etcd_server::EtcdServer;
 use dataplane::wire::EthernetAddress;
 
 /// Errors while building or driving a lab.
@@ -59,7 +59,7 @@ pub enum LabError {
     },
     /// The lab's etcd failed.
     #[error("lab etcd: {0}")]
-    Etcd(#[from] crate::etcd_server::EtcdServerError),
+    Etcd(#[from] crate::tooling::etcd_server::EtcdServerError),
     /// An agent did not come up.
     #[error(
         "agent on {node} did not answer on its control socket within {secs} s; its log:\n{log}"
@@ -1104,7 +1104,7 @@ impl LabPod {
     pub fn ping(&self, dst: Ipv4Addr, payload: usize, df: bool, timeout: Duration) -> PingResult {
         match self
             .ns
-            .run(move || crate::ping::ping(dst, payload, df, timeout))
+            .run(move || crate::tooling::ping::ping(dst, payload, df, timeout))
         {
             Ok(r) => r,
             Err(e) => PingResult::Error(e.to_string()),
@@ -1112,7 +1112,7 @@ impl LabPod {
     }
 }
 
-pub use crate::ping::PingResult;
+pub use crate::tooling::ping::PingResult;
 
 /// What one TCP throughput run measured.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -17,13 +17,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::datastore::etcd;
+use crate::datastore::flannel::{self, NetworkConfig};
+use crate::datastore::{reconcile, OwnNode, PeerSync};
+use crate::etcd::{PutOptions, Txn, TxnOp};
+use crate::metrics::Metrics;
+use crate::tooling::lab::{Lab, NodeKind};
 use anyhow::{bail, Context};
-use control::datastore::etcd;
-use control::datastore::flannel::{self, NetworkConfig};
-use control::datastore::{reconcile, OwnNode, PeerSync};
-use control::etcd::{PutOptions, Txn, TxnOp};
-use control::lab::{Lab, NodeKind};
-use control::metrics::Metrics;
 use dataplane::snapshot::SnapshotCell;
 use dataplane::wire::EthernetAddress;
 use ipnet::Ipv4Net;
@@ -69,7 +69,7 @@ fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
 
 /// Runs the benchmarks and prints the figures.
 pub fn run(leases: usize, changes: usize) -> anyhow::Result<()> {
-    if !control::sys::is_root() {
+    if !crate::sys::is_root() {
         bail!("bench-control needs root (network namespaces, TUN, veths)");
     }
     if leases > 60_000 {
@@ -115,7 +115,8 @@ pub fn run(leases: usize, changes: usize) -> anyhow::Result<()> {
     // A fresh veth and bridge port drop the very first packets for a moment; a TCP SYN lost then
     // costs the 1 s initial retransmission timeout, which would be the lab's start-up, not the
     // agent's. A real node's underlay is up long before its agent starts: wait for ours too.
-    let etcd_addr = std::net::SocketAddr::from((control::lab::ETCD_IP, endpoint_port(&endpoint)?));
+    let etcd_addr =
+        std::net::SocketAddr::from((crate::tooling::lab::ETCD_IP, endpoint_port(&endpoint)?));
     let warm = Instant::now();
     while !lab.nodes[idx]
         .ns
@@ -142,7 +143,7 @@ pub fn run(leases: usize, changes: usize) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(5));
     };
     lab.wait_agent(idx, Duration::from_secs(10))?;
-    let show = control::ctl::request_show(&lab.nodes[idx].ctl_socket)?;
+    let show = crate::ctl::request_show(&lab.nodes[idx].ctl_socket)?;
     let pid = lab.nodes[idx]
         .agent
         .as_ref()
@@ -170,7 +171,7 @@ pub fn run(leases: usize, changes: usize) -> anyhow::Result<()> {
 
     // 2. Lease change -> FIB updated on a watching node.
     let endpoint_cfg = {
-        let mut c = control::config::Config::from_toml_str(
+        let mut c = crate::config::Config::from_toml_str(
             "[node]\nname = \"bench-watcher\"\n[datastore]\ntype = \"etcd\"\n",
         )?;
         c.datastore.etcd.endpoints = vec![endpoint];
@@ -211,7 +212,7 @@ pub fn run(leases: usize, changes: usize) -> anyhow::Result<()> {
 
 /// Runs a watching node's control loop in this process and times `changes` lease changes.
 fn change_latency(
-    cfg: &control::config::EtcdSection,
+    cfg: &crate::config::EtcdSection,
     prefix: &str,
     changes: usize,
 ) -> anyhow::Result<Vec<Duration>> {
@@ -226,8 +227,8 @@ fn change_latency(
         vxlan_port: 8472,
         underlay_mtu: 1500,
         tun_mtu: 1450,
-        backend: control::config::BackendKind::Vxlan,
-        encapsulation: control::config::Encapsulation::Always,
+        backend: crate::config::BackendKind::Vxlan,
+        encapsulation: crate::config::Encapsulation::Always,
         underlay: "192.168.0.0/16".parse().expect("net"),
     };
     let cell = Arc::new(SnapshotCell::new(reconcile(&own, &[]).snapshot()));

@@ -9,11 +9,11 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::netns::spawn_in_netns;
+use crate::tooling::lab::{Lab, NodeKind, PingResult};
 use anyhow::{bail, Context};
-use control::lab::{Lab, NodeKind, PingResult};
-use control::netns::spawn_in_netns;
 
-use crate::demo::CANCELLED;
+use crate::tooling::demo::CANCELLED;
 
 /// One dataplane under test.
 struct Variant {
@@ -182,10 +182,10 @@ pub fn run(
     only: &[String],
 ) -> anyhow::Result<()> {
     let selected = select_variants(only)?;
-    if !control::sys::is_root() {
+    if !crate::sys::is_root() {
         bail!("weftd bench needs root (network namespaces, veths, TUN); run it with sudo");
     }
-    crate::demo::watch_ctrl_c();
+    crate::tooling::demo::watch_ctrl_c();
     let generator = if !builtin && which("iperf3") {
         Generator::Iperf3
     } else {
