@@ -23,10 +23,12 @@
 //! and `csum_offset` 16: what the kernel itself hands a TUN reader for a TSO packet. A merge of one
 //! packet is written as it came, behind an all-zero header.
 
-use super::tcp4::{self, addrs, be16, be32, ip, tcp, Tcp4};
+use super::tcp4::{self, addrs, Tcp4};
 use super::vnet::{Gso, VnetHeader, VnetRepr, VNET_HDR_LEN};
 use super::OffloadError;
 use crate::wire::checksum;
+use crate::wire::ipv4::Ipv4Packet;
+use crate::wire::tcp::{self, flags, TcpPacket};
 
 /// Bytes a [`Coalescer`] buffer needs: a virtio-net header and the largest IPv4 packet.
 pub const SUPER_FRAME_BUF: usize = VNET_HDR_LEN + 65_535;
@@ -81,12 +83,12 @@ pub struct Coalescer<B> {
 /// Checks a packet may take part in a merge at all; returns its layout.
 fn eligible(pkt: &[u8]) -> Option<Tcp4> {
     let t = Tcp4::parse(pkt).ok()?;
-    let flags = pkt[t.ip_len + tcp::FLAGS];
-    let forbidden = tcp::SYN | tcp::RST | tcp::URG | tcp::FIN | tcp::CWR;
+    let f = t.tcp(pkt).flags();
+    let forbidden = flags::SYN | flags::RST | flags::URG | flags::FIN | flags::CWR;
     let ok = t.ip_len == 20
-        && be16(pkt, ip::FLAGS_FRAG) & ip::DF != 0
-        && flags & forbidden == 0
-        && flags & tcp::ACK_FLAG != 0
+        && t.ip(pkt).dont_frag()
+        && f & forbidden == 0
+        && f & flags::ACK != 0
         && t.payload_len() > 0
         && checksum::data(&pkt[..t.ip_len]) == 0xffff;
     ok.then_some(t)
@@ -110,22 +112,22 @@ impl Head {
             ip_len: t.ip_len,
             hdr_len: t.hdr_len(),
             gso_size: payload,
-            next_seq: be32(pkt, t.ip_len + tcp::SEQ).wrapping_add(payload as u32),
+            next_seq: t.tcp(pkt).seq_number().wrapping_add(payload as u32),
             packets: 1,
             packet_bytes: t.total,
-            closed: pkt[t.ip_len + tcp::FLAGS] & tcp::PSH != 0,
+            closed: t.tcp(pkt).flags() & flags::PSH != 0,
         }
     }
 
     /// The head once `pkt` (laid out as `t`) is appended.
     fn appended(self, pkt: &[u8], t: &Tcp4) -> Head {
         let payload = t.payload_len();
-        let flags = pkt[t.ip_len + tcp::FLAGS];
+        let tcp = t.tcp(pkt);
         Head {
-            next_seq: be32(pkt, t.ip_len + tcp::SEQ).wrapping_add(payload as u32),
+            next_seq: tcp.seq_number().wrapping_add(payload as u32),
             packets: self.packets + 1,
             packet_bytes: self.packet_bytes + t.total,
-            closed: flags & tcp::PSH != 0 || payload < self.gso_size,
+            closed: tcp.flags() & flags::PSH != 0 || payload < self.gso_size,
             ..self
         }
     }
@@ -135,26 +137,35 @@ impl Head {
 /// whose headers are `held`: the rules of the module doc, but the checksum's.
 fn continues(held: &[u8], head: &Head, len: usize, pkt: &[u8], t: &Tcp4) -> bool {
     let th = head.ip_len;
-    head.hdr_len == t.hdr_len()
-        && !head.closed
-        && be32(pkt, t.ip_len + tcp::SEQ) == head.next_seq
+    if head.hdr_len != t.hdr_len() || head.closed {
+        return false;
+    }
+    let (held_ip, pkt_ip) = (Ipv4Packet::new_unchecked(&held[..th]), t.ip(pkt));
+    let (held_tcp, pkt_tcp) = (
+        TcpPacket::new_unchecked(&held[th..head.hdr_len]),
+        TcpPacket::new_unchecked(&pkt[th..head.hdr_len]),
+    );
+    pkt_tcp.seq_number() == head.next_seq
         && t.payload_len() <= head.gso_size
         && len + t.payload_len() <= 65_535
-        && held[ip::TOS] == pkt[ip::TOS]
-        && held[ip::TTL] == pkt[ip::TTL]
-        && held[ip::SRC..ip::DST + 4] == pkt[ip::SRC..ip::DST + 4]
-        // Ports, then the ACK number.
-        && held[th..th + 4] == pkt[th..th + 4]
-        && held[th + tcp::ACK..th + tcp::ACK + 4] == pkt[th + tcp::ACK..th + tcp::ACK + 4]
-        && (held[th + tcp::FLAGS] ^ pkt[th + tcp::FLAGS]) & !tcp::PSH == 0
-        // Options.
-        && held[th + tcp::MIN_LEN..head.hdr_len] == pkt[th + tcp::MIN_LEN..head.hdr_len]
+        && held_ip.tos() == pkt_ip.tos()
+        && held_ip.ttl() == pkt_ip.ttl()
+        && held_ip.src_addr() == pkt_ip.src_addr()
+        && held_ip.dst_addr() == pkt_ip.dst_addr()
+        && held_tcp.src_port() == pkt_tcp.src_port()
+        && held_tcp.dst_port() == pkt_tcp.dst_port()
+        && held_tcp.ack_number() == pkt_tcp.ack_number()
+        && (held_tcp.flags() ^ pkt_tcp.flags()) & !flags::PSH == 0
+        && held_tcp.options() == pkt_tcp.options()
 }
 
 /// Carries the latest window into the held headers, and PSH if `pkt` pushes.
 fn update_held(held: &mut [u8], th: usize, pkt: &[u8]) {
-    held[th + 14..th + 16].copy_from_slice(&pkt[th + 14..th + 16]);
-    held[th + tcp::FLAGS] |= pkt[th + tcp::FLAGS] & tcp::PSH;
+    let from = TcpPacket::new_unchecked(&pkt[th..]);
+    let (window, push) = (from.window_len(), from.flags() & flags::PSH);
+    let mut to = TcpPacket::new_unchecked(&mut held[th..]);
+    to.set_window_len(window);
+    to.set_flags(to.flags() | push);
 }
 
 /// Makes the held headers those of the `len`-byte super-frame `head` describes (total length,
@@ -165,12 +176,12 @@ fn finish_headers(held: &mut [u8], head: &Head, len: usize) -> VnetRepr {
         return VnetRepr::NONE;
     }
     // len <= 65535, checked on every append.
-    held[ip::TOTAL_LEN..ip::TOTAL_LEN + 2].copy_from_slice(&(len as u16).to_be_bytes());
-    tcp4::fill_ip_checksum(&mut held[..head.ip_len]);
+    let mut ip = Ipv4Packet::new_unchecked(&mut held[..head.ip_len]);
+    ip.set_total_len(len as u16);
+    ip.fill_checksum();
     let (src, dst) = addrs(held);
     let partial = checksum::fold(tcp4::pseudo(src, dst, len - head.ip_len));
-    let c = head.ip_len + tcp::CHECKSUM;
-    held[c..c + 2].copy_from_slice(&partial.to_be_bytes());
+    TcpPacket::new_unchecked(&mut held[head.ip_len..head.hdr_len]).set_checksum(partial);
     // Header lengths and gso_size are bounded by the 65535-byte packet.
     VnetRepr {
         needs_csum: true,
@@ -179,7 +190,7 @@ fn finish_headers(held: &mut [u8], head: &Head, len: usize) -> VnetRepr {
         hdr_len: head.hdr_len as u16,
         gso_size: head.gso_size as u16,
         csum_start: head.ip_len as u16,
-        csum_offset: tcp::CHECKSUM as u16,
+        csum_offset: tcp::field::CHECKSUM.start as u16,
     }
 }
 
@@ -422,7 +433,7 @@ mod tests {
 
     #[test]
     fn merges_one_flow_and_stops_where_the_kernel_would() {
-        let segs = segments(tcp::ACK_FLAG | tcp::PSH);
+        let segs = segments(flags::ACK | flags::PSH);
         let mut c = Coalescer::new(vec![0u8; SUPER_FRAME_BUF]);
         assert_eq!(c.push(&segs[0]), Push::Started);
         assert_eq!(c.push(&segs[2]), Push::Rejected, "out of order");
@@ -439,7 +450,7 @@ mod tests {
         assert_eq!((vnet.csum_start, vnet.csum_offset), (20, 16));
         let pkt = &m.bytes[VNET_HDR_LEN..];
         assert_eq!(pkt.len(), 52 + 340);
-        assert_eq!(pkt[20 + tcp::FLAGS], tcp::ACK_FLAG | tcp::PSH);
+        assert_eq!(pkt[20 + tcp::field::FLAGS], flags::ACK | flags::PSH);
         assert_eq!(checksum::data(&pkt[..20]), 0xffff, "IP header checksum");
         assert!(c.is_empty());
         // A pure ACK never starts a merge; a lone segment comes back unchanged behind zeros.
@@ -454,9 +465,9 @@ mod tests {
 
     #[test]
     fn corrupt_or_fin_segments_do_not_merge() {
-        let segs = segments(tcp::ACK_FLAG);
+        let segs = segments(flags::ACK);
         let mut other = segs[1].clone();
-        other[20 + tcp::ACK + 3] ^= 1;
+        other[20 + tcp::field::ACK_NUM.start + 3] ^= 1;
         let mut c = Coalescer::new(vec![0u8; SUPER_FRAME_BUF]);
         assert_eq!(c.push(&segs[0]), Push::Started);
         assert_eq!(
@@ -464,7 +475,7 @@ mod tests {
             Push::Rejected,
             "the checksum no longer matches"
         );
-        let fin = segments(tcp::ACK_FLAG | tcp::FIN);
+        let fin = segments(flags::ACK | flags::FIN);
         assert_eq!(c.push(&fin[3]), Push::Rejected);
         assert_eq!(
             coalesce_tcp4(&[&segs[0]], &mut [0u8; 10]),

@@ -20,10 +20,13 @@
 //! `hdr_len` from the kernel is only a hint (`skb_headlen`, not always the header length), so it
 //! is recomputed from the IPv4 IHL and TCP data offset, as wireguard-go does.
 
-use super::tcp4::{self, addrs, be16, be32, ip, tcp, udp, Tcp4, PROTO_UDP};
+use super::tcp4::{addrs, Tcp4};
 use super::vnet::{Gso, VnetRepr};
 use super::OffloadError;
 use crate::wire::checksum;
+use crate::wire::ipv4::{self, protocol, Ipv4Packet};
+use crate::wire::tcp::{self, flags, TcpPacket};
+use crate::wire::udp::{self, UdpPacket};
 use core::ops::Range;
 
 /// The segments of one IPv4/TCP or IPv4/UDP super-frame, emitted one at a time into caller
@@ -53,22 +56,34 @@ pub struct Ipv4Segments<'a> {
 /// [`Ipv4Segments::ip_base`] and [`Ipv4Segments::l4_base`]. Each segment then adds only the
 /// fields it changes (RFC 1624: a ones'-complement sum can be taken in any order and grouping).
 fn header_sums(frame: &[u8], t: &Tcp4, udp: bool) -> (u32, u32) {
-    let word = |at: usize| u32::from(be16(frame, at));
+    let word = |at: usize| u32::from(checksum::word(frame, at));
     let ip_hdr = checksum::accumulate(0, &frame[..t.ip_len]);
     // Ones' complement: subtracting a word is adding its complement.
     let minus = |acc: u32, w: u32| checksum::combine(acc, u32::from(!(w as u16)));
-    let ip_base = [ip::TOTAL_LEN, ip::IDENT, ip::CHECKSUM]
-        .into_iter()
-        .fold(ip_hdr, |acc, at| minus(acc, word(at)));
+    let ip_base = [
+        ipv4::field::LENGTH.start,
+        ipv4::field::IDENT.start,
+        ipv4::field::CHECKSUM.start,
+    ]
+    .into_iter()
+    .fold(ip_hdr, |acc, at| minus(acc, word(at)));
     let (src, dst) = addrs(frame);
     let th = t.ip_len;
     let l4 = &frame[th..t.hdr_len()];
     let (proto, skip): (u8, &[usize]) = if udp {
-        (PROTO_UDP, &[udp::LEN, udp::CHECKSUM])
+        (
+            protocol::UDP,
+            &[udp::field::LENGTH.start, udp::field::CHECKSUM.start],
+        )
     } else {
         (
-            tcp4::PROTO_TCP,
-            &[tcp::SEQ, tcp::SEQ + 2, tcp::DATA_OFF, tcp::CHECKSUM],
+            protocol::TCP,
+            &[
+                tcp::field::SEQ_NUM.start,
+                tcp::field::SEQ_NUM.start + 2,
+                tcp::field::OFF_FLAGS.start,
+                tcp::field::CHECKSUM.start,
+            ],
         )
     };
     let acc = checksum::accumulate(checksum::pseudo_header_v4(src, dst, proto, 0), l4);
@@ -200,60 +215,53 @@ impl<'a> Ipv4Segments<'a> {
         let hl = self.t.hdr_len();
         let (first, last) = (index == 0, index + 1 == self.count);
         head.copy_from_slice(&self.frame[..hl]);
-        let put = |head: &mut [u8], at: usize, v: u16| {
-            head[at..at + 2].copy_from_slice(&v.to_be_bytes());
-        };
+        let (ip_head, l4_head) = head.split_at_mut(ip_len);
 
         // hl + n <= the super-frame's total length, a u16.
         let seg_len = (hl + n) as u16;
-        put(head, ip::TOTAL_LEN, seg_len);
-        let id = be16(self.frame, ip::IDENT).wrapping_add(index as u16);
-        put(head, ip::IDENT, id);
+        let id = self.t.ip(self.frame).ident().wrapping_add(index as u16);
+        let mut ip = Ipv4Packet::new_unchecked(ip_head);
+        ip.set_total_len(seg_len);
+        ip.set_ident(id);
         let ip_sum = [seg_len, id]
             .into_iter()
             .fold(self.ip_base, |acc, w| checksum::combine(acc, u32::from(w)));
-        put(head, ip::CHECKSUM, !checksum::fold(ip_sum));
+        ip.set_checksum(!checksum::fold(ip_sum));
 
-        let th = ip_len;
         // tcp_len + n <= the super-frame's total length, a u16.
         let l4_len = (tcp_len + n) as u16;
         // The pseudo-header's length, then the fields this segment changes.
         let mut words = [l4_len, 0, 0, 0];
-        let changed = if self.udp {
-            put(head, th + udp::LEN, l4_len);
+        if self.udp {
+            let mut udp = UdpPacket::new_unchecked(l4_head);
+            udp.set_len(l4_len);
             words[1] = l4_len;
-            &words[..2]
+            let sum = words[..2]
+                .iter()
+                .fold(self.l4_base, |acc, &w| checksum::combine(acc, u32::from(w)));
+            let c = !checksum::fold(checksum::combine(sum, payload_sum));
+            // RFC 768: zero means "no checksum".
+            udp.set_checksum(if c == 0 { 0xffff } else { c });
         } else {
-            let seq = be32(self.frame, th + tcp::SEQ).wrapping_add(offset as u32);
-            head[th + tcp::SEQ..th + tcp::SEQ + 4].copy_from_slice(&seq.to_be_bytes());
-            let mut flags = head[th + tcp::FLAGS];
+            let mut tcp = TcpPacket::new_unchecked(l4_head);
+            let seq = tcp.seq_number().wrapping_add(offset as u32);
+            tcp.set_seq_number(seq);
+            let mut f = tcp.flags();
             if !last {
-                flags &= !(tcp::FIN | tcp::PSH);
+                f &= !(flags::FIN | flags::PSH);
             }
             if !first {
-                flags &= !tcp::CWR;
+                f &= !flags::CWR;
             }
-            head[th + tcp::FLAGS] = flags;
+            tcp.set_flags(f);
             words[1] = (seq >> 16) as u16;
             words[2] = seq as u16;
-            words[3] = be16(head, th + tcp::DATA_OFF);
-            &words[..]
-        };
-        let sum = changed
-            .iter()
-            .fold(self.l4_base, |acc, &w| checksum::combine(acc, u32::from(w)));
-        let mut c = !checksum::fold(checksum::combine(sum, payload_sum));
-        if self.udp && c == 0 {
-            // RFC 768: zero means "no checksum".
-            c = 0xffff;
+            words[3] = tcp.offset_flags_word();
+            let sum = words
+                .iter()
+                .fold(self.l4_base, |acc, &w| checksum::combine(acc, u32::from(w)));
+            tcp.set_checksum(!checksum::fold(checksum::combine(sum, payload_sum)));
         }
-        let field = th
-            + if self.udp {
-                udp::CHECKSUM
-            } else {
-                tcp::CHECKSUM
-            };
-        put(head, field, c);
     }
 }
 
@@ -291,7 +299,9 @@ pub fn complete_checksum(
         return Err(OffloadError::ChecksumOutOfRange);
     }
     let mut c = !checksum::fold(checksum::accumulate(0, &pkt[start..]));
-    if c == 0 && pkt.get(ip::PROTOCOL) == Some(&17) {
+    let udp = pkt.len() >= ipv4::HEADER_LEN
+        && Ipv4Packet::new_unchecked(&pkt[..]).protocol() == protocol::UDP;
+    if c == 0 && udp {
         c = 0xffff;
     }
     pkt[field..field + 2].copy_from_slice(&c.to_be_bytes());
@@ -312,7 +322,7 @@ pub(crate) mod tests {
             0x45, 0x00, 0, 0, 0x12, 0x34, 0x40, 0x00, 64, 6, 0, 0, 10, 244, 1, 5, 10, 244, 2, 5,
         ];
         p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        tcp4::fill_ip_checksum(&mut p[..20]);
+        Ipv4Packet::new_unchecked(&mut p[..20]).fill_checksum();
         p.extend_from_slice(&[
             0x9c, 0x40, 0x23, 0x28, // ports 40000 -> 9000
             0xff, 0xff, 0xff, 0x00, // seq (wraps within the frame)
@@ -323,7 +333,11 @@ pub(crate) mod tests {
         ]);
         p.extend_from_slice(payload);
         let (src, dst) = addrs(&p);
-        let c = checksum::fold(tcp4::pseudo(src, dst, tcp_len + payload.len()));
+        let c = checksum::fold(crate::offload::tcp4::pseudo(
+            src,
+            dst,
+            tcp_len + payload.len(),
+        ));
         p[36..38].copy_from_slice(&c.to_be_bytes());
         p
     }
@@ -343,7 +357,7 @@ pub(crate) mod tests {
     #[test]
     fn three_segments_from_a_fixture() {
         let payload: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
-        let frame = super_frame(&payload, tcp::ACK_FLAG | tcp::PSH | tcp::CWR);
+        let frame = super_frame(&payload, flags::ACK | flags::PSH | flags::CWR);
         let mut scratch = [0u8; 2000];
         let mut segs = Vec::new();
         let n = segment_tcp4(&frame, &tso(1000), &mut scratch, |s| segs.push(s.to_vec()))
@@ -372,7 +386,7 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_bad_frames_without_panicking() {
-        let frame = super_frame(&[1, 2, 3], tcp::ACK_FLAG);
+        let frame = super_frame(&[1, 2, 3], flags::ACK);
         let mut scratch = [0u8; 100];
         let mut zero = tso(0);
         assert_eq!(
@@ -402,7 +416,7 @@ pub(crate) mod tests {
     #[test]
     fn completes_a_partial_checksum() {
         let payload = b"partial checksum";
-        let mut frame = super_frame(payload, tcp::ACK_FLAG | tcp::PSH);
+        let mut frame = super_frame(payload, flags::ACK | flags::PSH);
         complete_checksum(&mut frame, 20, 16).expect("in range");
         let (ip4, rest) = etherparse::Ipv4Header::from_slice(&frame).expect("ipv4");
         let (th, data) = etherparse::TcpHeader::from_slice(rest).expect("tcp");

@@ -106,6 +106,17 @@ pub fn checksum(data: &[u8]) -> u16 {
     !self::data(data)
 }
 
+/// The big-endian 16-bit word of `data` at byte `at`, as the checksum sums it: for incremental
+/// updates that add or take out one field of a header.
+///
+/// # Panics
+///
+/// If `at + 2` is past `data`: callers name a field of a checked header.
+#[inline]
+pub fn word(data: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([data[at], data[at + 1]])
+}
+
 /// The ones'-complement sum of the IPv4 pseudo-header used by UDP and TCP (RFC 768, RFC 793).
 #[inline]
 pub fn pseudo_header_v4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, length: u16) -> u32 {

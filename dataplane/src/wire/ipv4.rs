@@ -36,7 +36,7 @@ pub mod protocol {
     pub const UDP: u8 = 17;
 }
 
-mod field {
+pub(crate) mod field {
     use core::ops::Range;
 
     pub const VER_IHL: usize = 0;

@@ -15,6 +15,7 @@ pub mod ethernet;
 pub mod icmpv4;
 pub mod ipip;
 pub mod ipv4;
+pub mod tcp;
 pub mod udp;
 pub mod vxlan;
 
@@ -25,6 +26,7 @@ pub use arp::{ArpOperation, ArpPacket, ArpRepr};
 pub use ethernet::{EtherType, EthernetFrame, EthernetRepr};
 pub use icmpv4::{Icmpv4Packet, Icmpv4Repr};
 pub use ipv4::{Ipv4Packet, Ipv4Repr};
+pub use tcp::TcpPacket;
 pub use udp::{UdpPacket, UdpRepr};
 pub use vxlan::{VxlanPacket, VxlanRepr};
 

@@ -22,7 +22,7 @@ use super::{Error, Result};
 /// Length of the UDP header.
 pub const HEADER_LEN: usize = 8;
 
-mod field {
+pub(crate) mod field {
     use core::ops::Range;
 
     pub const SRC_PORT: Range<usize> = 0..2;
