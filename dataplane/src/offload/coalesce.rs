@@ -27,7 +27,7 @@ use super::tcp4::{self, addrs, Tcp4};
 use super::vnet::{Gso, VnetHeader, VnetRepr, VNET_HDR_LEN};
 use super::OffloadError;
 use crate::wire::checksum;
-use crate::wire::ipv4::Ipv4Packet;
+use crate::wire::ipv4::{field as ip, Ipv4Packet};
 use crate::wire::tcp::{self, flags, TcpPacket};
 
 /// Bytes a [`Coalescer`] buffer needs: a virtio-net header and the largest IPv4 packet.
@@ -140,23 +140,24 @@ fn continues(held: &[u8], head: &Head, len: usize, pkt: &[u8], t: &Tcp4) -> bool
     if head.hdr_len != t.hdr_len() || head.closed {
         return false;
     }
-    let (held_ip, pkt_ip) = (Ipv4Packet::new_unchecked(&held[..th]), t.ip(pkt));
-    let (held_tcp, pkt_tcp) = (
-        TcpPacket::new_unchecked(&held[th..head.hdr_len]),
-        TcpPacket::new_unchecked(&pkt[th..head.hdr_len]),
+    // Compared as byte ranges of wire's fields, of lengths known at compile time, so each is one
+    // or two integer comparisons.
+    let (ports, ack) = (
+        th + tcp::field::SRC_PORT.start..th + tcp::field::DST_PORT.end,
+        th + tcp::field::ACK_NUM.start..th + tcp::field::ACK_NUM.end,
     );
-    pkt_tcp.seq_number() == head.next_seq
+    const ADDRS: core::ops::Range<usize> = ip::SRC_ADDR.start..ip::DST_ADDR.end;
+    TcpPacket::new_unchecked(&pkt[th..]).seq_number() == head.next_seq
         && t.payload_len() <= head.gso_size
         && len + t.payload_len() <= 65_535
-        && held_ip.tos() == pkt_ip.tos()
-        && held_ip.ttl() == pkt_ip.ttl()
-        && held_ip.src_addr() == pkt_ip.src_addr()
-        && held_ip.dst_addr() == pkt_ip.dst_addr()
-        && held_tcp.src_port() == pkt_tcp.src_port()
-        && held_tcp.dst_port() == pkt_tcp.dst_port()
-        && held_tcp.ack_number() == pkt_tcp.ack_number()
-        && (held_tcp.flags() ^ pkt_tcp.flags()) & !flags::PSH == 0
-        && held_tcp.options() == pkt_tcp.options()
+        && held[ip::TOS] == pkt[ip::TOS]
+        && held[ip::TTL] == pkt[ip::TTL]
+        && held[ADDRS] == pkt[ADDRS]
+        && held[ports.clone()] == pkt[ports]
+        && held[ack.clone()] == pkt[ack]
+        && (held[th + tcp::field::FLAGS] ^ pkt[th + tcp::field::FLAGS]) & !flags::PSH == 0
+        // Options.
+        && held[th + tcp::HEADER_LEN..head.hdr_len] == pkt[th + tcp::HEADER_LEN..head.hdr_len]
 }
 
 /// Carries the latest window into the held headers, and PSH if `pkt` pushes.
