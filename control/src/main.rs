@@ -142,6 +142,10 @@ enum Command {
         /// same-node-bridge, same-node-switch); all when not given.
         #[arg(long, value_name = "LIST", value_delimiter = ',')]
         variants: Vec<String>,
+        /// Also run every Weft variant with this other weftd binary (an older build, say),
+        /// alternating with this one round by round, and print this binary / baseline ratios.
+        #[arg(long, value_name = "WEFTD")]
+        baseline: Option<PathBuf>,
     },
     /// Control-plane benchmarks: a real etcd holding `--leases` flannel leases and a `weftd run`
     /// agent on it in a lab namespace (start to ready, resident memory), then `--changes` lease
@@ -244,6 +248,7 @@ fn main() -> ExitCode {
             no_gro,
             no_tun_offload,
             variants,
+            baseline,
         } => report(harness::run(
             rounds,
             seconds,
@@ -257,6 +262,7 @@ fn main() -> ExitCode {
                 tun_offload: !no_tun_offload,
             },
             &variants,
+            baseline.as_deref(),
         )),
         Command::BenchControl { leases, changes } => report(bench_control::run(leases, changes)),
         Command::Show { socket, output } => match control::ctl::request_show(&socket) {

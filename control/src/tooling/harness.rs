@@ -18,7 +18,9 @@ use crate::tooling::demo::CANCELLED;
 /// One dataplane under test.
 struct Variant {
     key: &'static str,
-    name: &'static str,
+    name: String,
+    /// Run with the `--baseline` binary rather than this one.
+    baseline: bool,
     kind: NodeKind,
     lab: Lab,
     src: Ipv4Addr,
@@ -180,8 +182,14 @@ pub fn run(
     builtin: bool,
     knobs: &WeftKnobs,
     only: &[String],
+    baseline: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let selected = select_variants(only)?;
+    if let Some(b) = baseline {
+        if !b.is_file() {
+            bail!("--baseline {}: no such weftd binary", b.display());
+        }
+    }
     if !crate::sys::is_root() {
         bail!("weftd bench needs root (network namespaces, veths, TUN); run it with sudo");
     }
@@ -202,17 +210,35 @@ pub fn run(
         }
     );
     let mut variants = Vec::new();
-    for VariantSpec {
-        key,
-        name,
-        kind,
-        backend,
-        switch,
-        same_node,
-    } in selected
+    // With --baseline, every Weft variant also runs with that binary, right after this one's, in
+    // every round: old and new alternate under the same host noise.
+    let runs = selected.into_iter().flat_map(|spec| {
+        let twice = baseline.is_some() && spec.kind == NodeKind::Weft;
+        std::iter::once((spec, false)).chain(twice.then_some((spec, true)))
+    });
+    for (
+        VariantSpec {
+            key,
+            name,
+            kind,
+            backend,
+            switch,
+            same_node,
+        },
+        is_baseline,
+    ) in runs
     {
+        let name = if is_baseline {
+            format!("{name} (baseline)")
+        } else {
+            name.to_string()
+        };
         eprintln!("[setup] {name} ...");
-        let mut lab = Lab::new(&weftd)?;
+        let binary = match baseline {
+            Some(b) if is_baseline => b.to_path_buf(),
+            _ => weftd.clone(),
+        };
+        let mut lab = Lab::new(&binary)?;
         lab.workers = knobs.workers;
         lab.dataplane_extra = knobs.dataplane_lines();
         lab.backend = backend.to_string();
@@ -240,6 +266,7 @@ pub fn run(
         variants.push(Variant {
             key,
             name,
+            baseline: is_baseline,
             kind,
             lab,
             src,
@@ -348,7 +375,19 @@ pub fn run(
         );
     }
     // The pairs the switch is judged by, when both were measured.
-    let by_key = |k: &str| variants.iter().find(|v| v.key == k);
+    let by_key = |k: &str| variants.iter().find(|v| v.key == k && !v.baseline);
+    for b in variants.iter().filter(|v| v.baseline) {
+        if let Some(a) = by_key(b.key) {
+            println!(
+                "\n{}, this binary / baseline: TCP 1 stream {:.2}x, {STREAMS} streams {:.2}x, RTT p50 {:+.0} µs, CPU per GB {:.2}x",
+                a.name,
+                median(&a.gbps) / median(&b.gbps),
+                median(&a.gbps4) / median(&b.gbps4),
+                median(&a.rtt_us) - median(&b.rtt_us),
+                median(&a.cpu_s_per_gb) / median(&b.cpu_s_per_gb),
+            );
+        }
+    }
     for (what, a, b) in [
         (
             "cross-node, Weft switch mode / bridge mode",
