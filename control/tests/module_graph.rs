@@ -132,9 +132,9 @@ fn resolve(
     at: &[String],
     path: &[String],
 ) -> Option<Vec<String>> {
+    // `crate` starts at the root; `self` and `super` at this module (`super` then pops).
     let mut base: Vec<String> = match path.first()?.as_str() {
         "crate" => Vec::new(),
-        "self" => at.to_vec(),
         _ => at.to_vec(),
     };
     let mut rest = &path[1..];
@@ -201,7 +201,7 @@ fn graph(src: &Path) -> Graph {
 /// The cycles of one crate's module graph, each as the modules around it.
 fn cycles_in(src: &Path) -> Vec<Vec<String>> {
     let edges = graph(src);
-    // Tarjan-free: DFS with colours, recording each back edge's cycle.
+    // Depth-first search with colours (1: on the stack, 2: done); each back edge is a cycle.
     let mut found = Vec::new();
     let mut state: BTreeMap<Vec<String>, u8> = BTreeMap::new();
     fn dfs(
@@ -288,5 +288,42 @@ fn the_checker_sees_grouped_and_relative_paths() {
             "super::d::G",
             "crate::io::udp::X"
         ]
+    );
+}
+
+#[test]
+fn the_checker_reports_a_cycle_it_is_shown() {
+    let dir = std::env::temp_dir().join(format!("weft-module-graph-{}", std::process::id()));
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("io")).expect("create a scratch crate");
+    let write = |p: &str, text: &str| std::fs::write(src.join(p), text).expect("write");
+    write(
+        "lib.rs",
+        "pub mod config;\npub mod datastore;\npub mod io;\n",
+    );
+    write(
+        "config.rs",
+        "use crate::datastore::Kind; // the old mistake\n",
+    );
+    write(
+        "datastore.rs",
+        "use crate::config::Config;\npub enum Kind {}\n",
+    );
+    write("io/mod.rs", "pub mod sys;\npub mod udp;\n");
+    write("io/sys.rs", "use super::udp::{Meta, Other};\n");
+    write(
+        "io/udp.rs",
+        "use super::sys;\n#[cfg(test)]\nmod tests { use crate::config::X; }\n",
+    );
+    let found = cycles_in(&src);
+    std::fs::remove_dir_all(&dir).expect("remove the scratch crate");
+    let found: Vec<String> = found.iter().map(|c| c.join(" -> ")).collect();
+    assert_eq!(
+        found,
+        [
+            "crate::config -> crate::datastore -> crate::config",
+            "crate::io::sys -> crate::io::udp -> crate::io::sys",
+        ],
+        "the scratch crate's two cycles, and no edge from comments or #[cfg(test)] code"
     );
 }

@@ -60,22 +60,7 @@ pub fn pod_mac(ip: Ipv4Addr) -> EthernetAddress {
 }
 
 fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id
-        .as_bytes()
-        .iter()
-        .chain(b"/")
-        .chain(ifname.as_bytes())
-    {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^= h >> 31;
-    h
+    crate::config::stable_hash(&[container_id.as_bytes(), b"/", ifname.as_bytes()])
 }
 
 /// What to build for one pod.

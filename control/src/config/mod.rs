@@ -327,6 +327,23 @@ pub struct Config {
     pub peers: Vec<PeerConfig>,
 }
 
+/// FNV-1a 64 over the concatenation of `parts`, then the splitmix64 finaliser: a hash that is
+/// the same in every build and process, for names derived from names (VTEP MACs, pod veths).
+/// Changing it changes every node's VTEP MAC and every pod's host veth name.
+pub(crate) fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    h
+}
+
 /// The VTEP MAC of node `node_name`: a locally administered unicast MAC derived from a hash of the
 /// name.
 ///
@@ -337,17 +354,7 @@ pub struct Config {
 /// (FNV-1a 64 over `"weft-vtep:" + name`, then the splitmix64 finaliser) is part of the wire
 /// contract: changing it changes every node's MAC.
 pub fn vtep_mac_for(node_name: &str) -> EthernetAddress {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in b"weft-vtep:".iter().chain(node_name.as_bytes()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^= h >> 31;
-    let b = h.to_be_bytes();
+    let b = stable_hash(&[b"weft-vtep:", node_name.as_bytes()]).to_be_bytes();
     // Locally administered (bit 1 set), unicast (bit 0 clear).
     EthernetAddress([(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]])
 }

@@ -147,7 +147,7 @@ fn continues(held: &[u8], head: &Head, len: usize, pkt: &[u8], t: &Tcp4) -> bool
         th + tcp::field::ACK_NUM.start..th + tcp::field::ACK_NUM.end,
     );
     const ADDRS: core::ops::Range<usize> = ip::SRC_ADDR.start..ip::DST_ADDR.end;
-    TcpPacket::new_unchecked(&pkt[th..]).seq_number() == head.next_seq
+    t.tcp(pkt).seq_number() == head.next_seq
         && t.payload_len() <= head.gso_size
         && len + t.payload_len() <= 65_535
         && held[ip::TOS] == pkt[ip::TOS]
@@ -198,8 +198,7 @@ fn finish_headers(held: &mut [u8], head: &Head, len: usize) -> VnetRepr {
 /// Whether the TCP checksum of `pkt` (laid out as `t`) is valid, summed where it lies.
 fn checksum_valid(pkt: &[u8], t: &Tcp4) -> bool {
     let (src, dst) = addrs(pkt);
-    let acc = tcp4::pseudo(src, dst, t.total - t.ip_len);
-    checksum::fold(checksum::accumulate(acc, &pkt[t.ip_len..t.total])) == 0xffff
+    t.tcp(pkt).verify_checksum(src, dst)
 }
 
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
