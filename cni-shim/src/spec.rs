@@ -397,6 +397,71 @@ pub struct NetConf {
     pub dns: Option<Value>,
     /// GC's `cni.dev/valid-attachments`.
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// `runtimeConfig.bandwidth`: the `bandwidth` capability, when the conflist gives it to weft
+    /// and the pod has limits (Kubernetes' `kubernetes.io/ingress-bandwidth` and
+    /// `egress-bandwidth` annotations).
+    pub bandwidth: Option<Bandwidth>,
+}
+
+/// The `bandwidth` capability, as the runtime passes it in `runtimeConfig` and as the
+/// `bandwidth` plugin reads it: rates in bits per second, bursts in bits. Ingress is into the
+/// pod, egress out of it. A direction with rate and burst 0 (or absent) is not limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Bandwidth {
+    /// Into the pod, bits per second.
+    #[serde(default)]
+    pub ingress_rate: u64,
+    /// Into the pod, bucket size in bits.
+    #[serde(default)]
+    pub ingress_burst: u64,
+    /// Out of the pod, bits per second.
+    #[serde(default)]
+    pub egress_rate: u64,
+    /// Out of the pod, bucket size in bits.
+    #[serde(default)]
+    pub egress_burst: u64,
+}
+
+impl Bandwidth {
+    /// The lowest rate taken, bits per second.
+    pub const MIN_RATE: u64 = 1_000;
+
+    /// Whether neither direction is limited.
+    pub fn is_unlimited(&self) -> bool {
+        self.ingress_rate == 0 && self.egress_rate == 0
+    }
+
+    /// Checks the pairs as the `bandwidth` plugin does (a rate needs a burst, a burst a rate);
+    /// the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        for (dir, rate, burst) in [
+            ("ingress", self.ingress_rate, self.ingress_burst),
+            ("egress", self.egress_rate, self.egress_burst),
+        ] {
+            match (rate, burst) {
+                (0, 0) => {}
+                (0, _) => {
+                    return Err(format!(
+                        "runtimeConfig.bandwidth.{dir}Burst is set but {dir}Rate is not; a burst needs a rate in bits per second"
+                    ))
+                }
+                (_, 0) => {
+                    return Err(format!(
+                        "runtimeConfig.bandwidth.{dir}Rate is set but {dir}Burst is not; a rate needs a burst in bits"
+                    ))
+                }
+                (r, _) if r < Self::MIN_RATE => {
+                    return Err(format!(
+                        "runtimeConfig.bandwidth.{dir}Rate: {r} is below {} bits per second",
+                        Self::MIN_RATE
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The keys of a plugin configuration weft reads or lets through: the spec's (`type`, `name`,
@@ -521,6 +586,18 @@ impl NetConf {
                 })?,
             ),
         };
+        let bandwidth = match obj.get("runtimeConfig").and_then(|r| r.get("bandwidth")) {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let bw: Bandwidth = serde_json::from_value(v.clone()).map_err(|e| {
+                    invalid_config(format!(
+                        "runtimeConfig.bandwidth: {e}; expected {{\"ingressRate\", \"ingressBurst\", \"egressRate\", \"egressBurst\"}} as non-negative integers (bits per second, bits)"
+                    ))
+                })?;
+                bw.validate().map_err(invalid_config)?;
+                (!bw.is_unlimited()).then_some(bw)
+            }
+        };
         Ok(NetConf {
             cni_version,
             name,
@@ -528,6 +605,7 @@ impl NetConf {
             prev_result,
             dns,
             valid_attachments,
+            bandwidth,
         })
     }
 }
@@ -976,6 +1054,49 @@ mod tests {
                 ifname: "eth0".into()
             }])
         );
+    }
+
+    #[test]
+    fn the_bandwidth_capability_is_read_and_checked() {
+        let conf = |bw: &str| {
+            format!(
+                r#"{{"cniVersion":"1.0.0","name":"weft","type":"weft","capabilities":{{"bandwidth":true}},"runtimeConfig":{{"bandwidth":{bw}}}}}"#
+            )
+        };
+        let c = NetConf::parse(&conf(
+            r#"{"ingressRate":8000000,"ingressBurst":1000000,"egressRate":4000000,"egressBurst":500000}"#,
+        ))
+        .expect("limits");
+        assert_eq!(
+            c.bandwidth,
+            Some(Bandwidth {
+                ingress_rate: 8_000_000,
+                ingress_burst: 1_000_000,
+                egress_rate: 4_000_000,
+                egress_burst: 500_000,
+            })
+        );
+        // One direction only, and no limits at all (kubelet passes zeros for a pod without).
+        let c = NetConf::parse(&conf(r#"{"egressRate":4000000,"egressBurst":500000}"#))
+            .expect("egress only");
+        assert_eq!(c.bandwidth.map(|b| b.ingress_rate), Some(0));
+        let c = NetConf::parse(&conf(r#"{"ingressRate":0,"ingressBurst":0}"#)).expect("zeros");
+        assert_eq!(c.bandwidth, None);
+        for (bw, needle) in [
+            (r#"{"ingressRate":8000000}"#, "ingressBurst"),
+            (r#"{"egressBurst":5}"#, "egressRate"),
+            (r#"{"ingressRate":10,"ingressBurst":10}"#, "below 1000"),
+            (r#"{"ingressRate":-1,"ingressBurst":10}"#, "non-negative"),
+            (
+                r#"{"ingresRate":1000000,"ingressBurst":10}"#,
+                "unknown field",
+            ),
+        ] {
+            let e = NetConf::parse(&conf(bw)).expect_err(bw);
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bw}");
+            assert!(e.msg.contains("runtimeConfig.bandwidth"), "{bw}: {}", e.msg);
+            assert!(e.msg.contains(needle), "{bw}: {}", e.msg);
+        }
     }
 
     #[test]

@@ -80,6 +80,9 @@ drop_reasons! {
     Spoofed => "spoofed",
     /// ARP or broadcast frames from a pod port beyond its rate limit.
     RateLimited => "rate_limited",
+    /// Frames to or from a pod beyond its bandwidth limit (the CNI `bandwidth` capability), in
+    /// switch mode.
+    BandwidthLimited => "bandwidth_limited",
     /// The caller's buffer has too little headroom for the outer headers (a bug in the I/O shell).
     NoHeadroom => "no_headroom",
     /// The I/O shell could not carry out the verdict: a write to a local port or a send into the

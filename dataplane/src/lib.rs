@@ -8,6 +8,7 @@
 //! - [`forward`]: the forwarding decision as a pure function of bytes, a snapshot and the time.
 //! - [`drop`](mod@drop): why a packet was dropped, as a `Copy` enum indexing per-worker counters.
 //! - [`offload`]: TUN offloads: the virtio-net header, TCP segmentation and coalescing.
+//! - [`police`]: per-pod bandwidth limits (the CNI `bandwidth` capability) as shared token buckets.
 //!
 //! - [`io`]: the thin I/O shell around the core: TUN queues, batched UDP receive and raw send,
 //!   and the worker loop. Its `sys` module holds the crate's only `unsafe` code.
@@ -23,6 +24,7 @@ pub mod forward;
 pub mod io;
 pub mod neigh;
 pub mod offload;
+pub mod police;
 pub mod snapshot;
 pub mod time;
 pub mod wire;

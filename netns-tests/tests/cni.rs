@@ -432,6 +432,11 @@ fn weft_conf(socket: &Path, version: &str) -> Vec<u8> {
         .expect("JSON")
 }
 
+fn bandwidth_conf(socket: &Path, bandwidth: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({"cniVersion": "1.0.0", "name": "weft", "type": "weft", "socket": socket.display().to_string(), "runtimeConfig": {"bandwidth": bandwidth}}))
+        .expect("JSON")
+}
+
 /// Every bad input of the issue gets the spec's error code and a message naming what is wrong,
 /// and leaves nothing behind; plus DEL idempotency, STATUS, GC, CHECK catching a broken pod, the
 /// result shapes of 0.3.1 and 1.1.0 through the real plugin, and a /29 running out of addresses.
@@ -560,6 +565,23 @@ fn bad_input_gets_spec_errors_and_leaks_nothing() {
             vec!["cniVersion: missing"],
         ),
         (full_env("GC"), conf.clone(), 7, vec!["valid-attachments"]),
+        // The bandwidth capability given to weft: malformed, and on a bridge-mode node (where
+        // the bandwidth plugin shapes pods, not weft).
+        (
+            full_env("ADD"),
+            bandwidth_conf(sock, json!({"ingressRate": 1_000_000})),
+            7,
+            vec!["runtimeConfig.bandwidth", "ingressBurst"],
+        ),
+        (
+            full_env("ADD"),
+            bandwidth_conf(
+                sock,
+                json!({"ingressRate": 1_000_000, "ingressBurst": 100_000}),
+            ),
+            7,
+            vec!["runtimeConfig.bandwidth", "switch mode", "bridge mode"],
+        ),
     ];
     for (env, stdin, code, words) in cases {
         expect(d.exec_raw("weft", &env, &stdin), code, &words);

@@ -95,6 +95,10 @@ pub struct Allocation {
     pub key: Key,
     /// The host end of the pod's veth, so DEL and GC find it.
     pub host_veth: String,
+    /// The pod's bandwidth limits (switch mode), so a restarted agent re-applies them when it
+    /// re-adopts the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<cni_shim::spec::Bandwidth>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -226,6 +230,18 @@ impl Ipam {
         key: &Key,
         host_veth: &str,
     ) -> Result<Allocation, IpamError> {
+        self.allocate_limited(subnet, key, host_veth, None)
+    }
+
+    /// Like [`Ipam::allocate`], recording the pod's bandwidth limits with the address. A key
+    /// that already holds an address keeps it, and the limits it was recorded with.
+    pub fn allocate_limited(
+        &mut self,
+        subnet: Ipv4Net,
+        key: &Key,
+        host_veth: &str,
+        bandwidth: Option<cni_shim::spec::Bandwidth>,
+    ) -> Result<Allocation, IpamError> {
         if let Some(a) = self.get(key) {
             return Ok(a.clone());
         }
@@ -248,6 +264,7 @@ impl Ipam {
             ip,
             key: key.clone(),
             host_veth: host_veth.to_string(),
+            bandwidth,
         };
         let mut next = self.state.clone();
         next.last = Some(ip);

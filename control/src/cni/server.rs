@@ -35,6 +35,7 @@ use crate::netlink::{Netlink, NetlinkError};
 use crate::netns::{NetNs, NetNsError};
 use dataplane::io::packet::PacketPort;
 use dataplane::io::worker::WorkerShared;
+use dataplane::police::PortLimits;
 use dataplane::PortId;
 
 /// What the CNI server needs to know about the node. The agent fills it from its config today;
@@ -419,8 +420,15 @@ impl Handler {
         }
         plumbing::detach(nl, &host_veth)
             .map_err(|e| CniError::new(code::PLUMBING, e.to_string()))?;
+        if conf.bandwidth.is_some() && self.ctx.switch.is_none() {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                "runtimeConfig.bandwidth: weft enforces pod bandwidth only in switch mode ([dataplane] pod_ports = \"switch\"); this node runs bridge mode",
+            )
+            .details("in bridge mode chain the bandwidth plugin after weft and give it, not weft, the bandwidth capability (deploy/10-weft-bridge.conflist)"));
+        }
         let alloc = ipam
-            .allocate(self.ctx.subnet, &key, &host_veth)
+            .allocate_limited(self.ctx.subnet, &key, &host_veth, conf.bandwidth)
             .map_err(ipam_error)?;
         let plan = self.plan(&key, host_veth, alloc.ip);
         if let Err(e) = plumbing::attach(nl, &ns, &plan) {
@@ -431,7 +439,7 @@ impl Handler {
             return Err(plumb_error(netns_path, e));
         }
         if let Some(sw) = &self.ctx.switch {
-            if let Err(e) = publish(sw, ports, &plan, alloc.ip, true) {
+            if let Err(e) = publish(sw, ports, &plan, alloc.ip, conf.bandwidth.as_ref(), true) {
                 let _ = plumbing::detach(nl, &plan.host_veth);
                 if let Err(re) = ipam.release(&key) {
                     tracing::error!("rollback: cannot release {}: {re}", alloc.ip);
@@ -584,6 +592,7 @@ fn publish(
     ports: &mut std::collections::BTreeMap<String, PortId>,
     plan: &PodPlan,
     ip: Ipv4Addr,
+    bandwidth: Option<&cni_shim::spec::Bandwidth>,
     wait: bool,
 ) -> Result<PortId, String> {
     let port = sw
@@ -592,8 +601,16 @@ fn publish(
         .ok_or_else(|| "no free switch port id (65535 pods on one node?)".to_string())?;
     let sock = PacketPort::open(&plan.host_veth, dataplane::io::packet::DEFAULT_RCVBUF)
         .map_err(|e| e.to_string())?;
+    let limits = bandwidth.and_then(|b| {
+        PortLimits::new(&dataplane::police::Bandwidth {
+            ingress_rate: b.ingress_rate,
+            ingress_burst: b.ingress_burst,
+            egress_rate: b.egress_rate,
+            egress_burst: b.egress_burst,
+        })
+    });
     let mut socks = (*sw.workers.pod_ports()).clone();
-    socks.insert(port, Arc::new(sock));
+    socks.insert_limited(port, Arc::new(sock), limits.map(Arc::new));
     sw.workers.set_pod_ports(socks);
     sw.inputs.add_pod(PodEntry {
         port,
@@ -654,7 +671,14 @@ fn adopt(work: &mut Work, sw: &SwitchPorts, ctx: &CniContext) {
             bridge: ctx.bridge.clone(),
             switch: true,
         };
-        match publish(sw, &mut work.ports, &plan, a.ip, false) {
+        match publish(
+            sw,
+            &mut work.ports,
+            &plan,
+            a.ip,
+            a.bandwidth.as_ref(),
+            false,
+        ) {
             Ok(_) => adopted += 1,
             Err(e) => {
                 tracing::warn!(veth = %a.host_veth, ip = %a.ip, "switch mode: cannot re-adopt the pod: {e}")

@@ -49,6 +49,7 @@ use crate::offload::{
     complete_checksum, Coalescer, GatherCoalescer, Gso, Ipv4Segments, Push, VnetRepr, MAX_HDR_LEN,
     SUPER_FRAME_BUF, VNET_HDR_LEN,
 };
+use crate::police::PortLimits;
 use crate::snapshot::{Snapshot, SnapshotCell};
 use crate::time::{Duration, Instant};
 use crate::wire::ipv4::Ipv4Packet;
@@ -135,7 +136,14 @@ impl WorkerConfig {
 /// sends to it.
 #[derive(Debug, Clone, Default)]
 pub struct PodPorts {
-    ports: Vec<Option<Arc<PacketPort>>>,
+    ports: Vec<Option<PodPort>>,
+}
+
+/// One pod port: its socket and its bandwidth limits, if the pod has any.
+#[derive(Debug, Clone)]
+struct PodPort {
+    sock: Arc<PacketPort>,
+    limits: Option<Arc<PortLimits>>,
 }
 
 impl PodPorts {
@@ -146,21 +154,39 @@ impl PodPorts {
 
     /// The socket of port `id`.
     pub fn get(&self, id: PortId) -> Option<&Arc<PacketPort>> {
-        self.ports.get(usize::from(id.0))?.as_ref()
+        Some(&self.ports.get(usize::from(id.0))?.as_ref()?.sock)
     }
 
-    /// Sets port `id`'s socket.
+    /// The bandwidth limits of port `id`, when it has any.
+    pub fn limits(&self, id: PortId) -> Option<&Arc<PortLimits>> {
+        self.ports.get(usize::from(id.0))?.as_ref()?.limits.as_ref()
+    }
+
+    /// Sets port `id`'s socket, with no bandwidth limits.
     pub fn insert(&mut self, id: PortId, port: Arc<PacketPort>) {
+        self.insert_limited(id, port, None);
+    }
+
+    /// Sets port `id`'s socket and its bandwidth limits.
+    pub fn insert_limited(
+        &mut self,
+        id: PortId,
+        port: Arc<PacketPort>,
+        limits: Option<Arc<PortLimits>>,
+    ) {
         let i = usize::from(id.0);
         if self.ports.len() <= i {
             self.ports.resize(i + 1, None);
         }
-        self.ports[i] = Some(port);
+        self.ports[i] = Some(PodPort { sock: port, limits });
     }
 
     /// Removes port `id`; its socket closes when the last worker lets go of it.
     pub fn remove(&mut self, id: PortId) -> Option<Arc<PacketPort>> {
-        self.ports.get_mut(usize::from(id.0)).and_then(Option::take)
+        self.ports
+            .get_mut(usize::from(id.0))
+            .and_then(Option::take)
+            .map(|p| p.sock)
     }
 
     /// The ports, in id order.
@@ -168,7 +194,7 @@ impl PodPorts {
         self.ports
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| Some((PortId(i as u16), p.as_ref()?)))
+            .filter_map(|(i, p)| Some((PortId(i as u16), &p.as_ref()?.sock)))
     }
 
     /// How many ports there are.
@@ -495,6 +521,7 @@ pub fn run_worker(
         pod_pending: Vec::with_capacity(cfg.tun_slots.max(cfg.batch)),
         pods: shared.pod_ports(),
         budgets: Vec::new(),
+        now: clock::now(),
         coalescer: (offload && cfg.coalesce).then(|| Coalescer::new(vec![0u8; SUPER_FRAME_BUF])),
         gather: (offload && cfg.coalesce).then(Box::default),
         heads: if offload {
@@ -582,6 +609,7 @@ pub fn run_worker(
             continue;
         }
         let now = clock::now();
+        w.now = now;
         let mut moved = false;
         if tun_ready || udp_ready || pods_ready {
             let snap = shared.cell.load();
@@ -763,6 +791,8 @@ struct Worker<'a> {
     pods: Arc<PodPorts>,
     /// Per pod port (by id): the ARP and broadcast budget, refilled at [`BROADCAST_RATE`].
     budgets: Vec<Budget>,
+    /// The time of the current wakeup, for the pod ports' bandwidth limits.
+    now: Instant,
     /// Merges TCP segments bound for the TUN, on a queue with offloads and `coalesce` on.
     coalescer: Option<Coalescer<Vec<u8>>>,
     /// Merges the segments of one UDP GRO datagram bound for the TUN without copying their
@@ -1114,6 +1144,17 @@ impl Worker<'_> {
                 self.counters.drop(DropReason::OffloadMalformed);
                 continue;
             };
+            if let Some(limit) = self.pods.limits(pid).and_then(|l| l.egress.as_ref()) {
+                if !limit.admit(now, frame_len) {
+                    let segments = match vnet.gso {
+                        Gso::None => 1,
+                        _ => super_frame_segments(&vnet, frame_len),
+                    };
+                    self.counters.rx_local.add(frame_len);
+                    self.counters.drops[DropReason::BandwidthLimited.index()] += segments as u64;
+                    continue;
+                }
+            }
             match vnet.gso {
                 Gso::None => {
                     let Some(slot) = rx.slot_mut(i) else { break };
@@ -1226,11 +1267,14 @@ impl Worker<'_> {
                         let mut hdr = [0u8; VNET_HDR_LEN];
                         hdr.copy_from_slice(&slot[HEADROOM..frame_at]);
                         let frame = &slot[frame_at..frame_at + frame_len];
+                        let segments = super_frame_segments(&vnet, frame_len);
+                        if !self.admit_to_pod(to, frame_len, segments) {
+                            continue;
+                        }
                         let sent = self
                             .pods
                             .get(to)
                             .is_some_and(|p| matches!(p.send_batch(&hdr, &[frame]), Ok(1)));
-                        let segments = super_frame_segments(&vnet, frame_len);
                         if sent {
                             self.counters.tx_local.packets += segments as u64;
                             self.counters.tx_local.bytes += frame_len as u64;
@@ -1505,6 +1549,9 @@ impl Worker<'_> {
     /// Sends one frame gathered from `pieces` (virtio-net header first) to pod port `port` and
     /// counts `packets` packets of `bytes` bytes as sent or dropped.
     fn send_to_pod(&mut self, port: PortId, pieces: &[&[u8]], packets: usize, bytes: usize) {
+        if !self.admit_to_pod(port, bytes, packets) {
+            return;
+        }
         let sent = self
             .pods
             .get(port)
@@ -1515,6 +1562,21 @@ impl Worker<'_> {
         } else {
             self.counters.drops[DropReason::IoError.index()] += packets as u64;
         }
+    }
+
+    /// Whether pod port `port`'s ingress limit lets `bytes` more through now; if not, counts
+    /// `packets` drops.
+    #[inline]
+    fn admit_to_pod(&mut self, port: PortId, bytes: usize, packets: usize) -> bool {
+        let ok = self
+            .pods
+            .limits(port)
+            .and_then(|l| l.ingress.as_ref())
+            .is_none_or(|p| p.admit(self.now, bytes));
+        if !ok {
+            self.counters.drops[DropReason::BandwidthLimited.index()] += packets as u64;
+        }
+        ok
     }
 
     /// Receives one batch of IP-in-IP datagrams (outer IPv4 header included) and forwards it.
@@ -1644,12 +1706,14 @@ impl Worker<'_> {
                         if self.pods.get(port).is_some()
                             && self.pod_pending.len() < self.pod_pending.capacity() =>
                     {
-                        self.pod_pending.push(PodSend {
-                            port,
-                            slot: slot_index,
-                            start,
-                            len,
-                        });
+                        if self.admit_to_pod(port, len, 1) {
+                            self.pod_pending.push(PodSend {
+                                port,
+                                slot: slot_index,
+                                start,
+                                len,
+                            });
+                        }
                     }
                     _ => self.counters.drop(DropReason::IoError),
                 }
