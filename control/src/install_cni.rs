@@ -26,9 +26,13 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-/// The shipped network configuration list (`deploy/10-weft.conflist`), built in so the binary
-/// alone can install it.
+/// The shipped network configuration list for switch mode, the default (`deploy/10-weft.conflist`:
+/// weft with the `bandwidth` capability, then portmap), built in so the binary alone can install
+/// it.
 pub const SHIPPED_CONFLIST: &str = include_str!("../../deploy/10-weft.conflist");
+/// The shipped list for bridge mode (`deploy/10-weft-bridge.conflist`: weft, portmap, and the
+/// `bandwidth` plugin, which shapes pods on the bridge with tc).
+pub const SHIPPED_BRIDGE_CONFLIST: &str = include_str!("../../deploy/10-weft-bridge.conflist");
 /// The file name the conflist is installed as.
 pub const CONFLIST_NAME: &str = "10-weft.conflist";
 /// The plugin's file name (the `type` in the conflist).
@@ -86,8 +90,11 @@ pub enum InstallError {
 pub struct InstallPlan {
     /// The `weft` plugin binary to copy.
     pub plugin: PathBuf,
-    /// The conflist to copy; `None` installs [`SHIPPED_CONFLIST`].
+    /// The conflist to copy; `None` installs [`SHIPPED_CONFLIST`], or with `bridge`
+    /// [`SHIPPED_BRIDGE_CONFLIST`].
     pub conflist: Option<PathBuf>,
+    /// The built-in list is for bridge mode (`[dataplane] pod_ports = "bridge"`).
+    pub bridge: bool,
     /// Plugin directory.
     pub bin_dir: PathBuf,
     /// Network configuration directory.
@@ -177,6 +184,18 @@ pub fn check_conflist(text: &str) -> Result<Value, String> {
             "plugins: {weft} entries of type \"weft\"; exactly one is needed"
         ));
     }
+    let claims = |p: &Value| p.pointer("/capabilities/bandwidth") == Some(&Value::Bool(true));
+    let weft_claims = plugins.first().is_some_and(claims);
+    if weft_claims
+        && plugins
+            .iter()
+            .any(|p| p.get("type") == Some(&"bandwidth".into()))
+    {
+        return Err("plugins: weft has the bandwidth capability and the bandwidth plugin is chained too; \
+            switch mode (the default) shapes pods in weft, so drop the bandwidth plugin; bridge mode \
+            shapes them with the plugin, so drop weft's capability (deploy/10-weft-bridge.conflist)"
+            .into());
+    }
     Ok(list)
 }
 
@@ -202,6 +221,10 @@ pub fn install(plan: &InstallPlan) -> Result<InstallReport, InstallError> {
                 path: path.clone(),
                 source,
             })?,
+        ),
+        None if plan.bridge => (
+            "built-in (bridge mode)".to_string(),
+            SHIPPED_BRIDGE_CONFLIST.to_string(),
         ),
         None => ("built-in".to_string(), SHIPPED_CONFLIST.to_string()),
     };
@@ -292,9 +315,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_shipped_conflist_is_valid() {
+    fn the_shipped_conflists_are_valid() {
         let list = check_conflist(SHIPPED_CONFLIST).expect("valid");
         assert_eq!(list["plugins"][0]["type"], "weft");
+        assert_eq!(list["plugins"][0]["capabilities"]["bandwidth"], true);
+        let list = check_conflist(SHIPPED_BRIDGE_CONFLIST).expect("valid");
+        assert_eq!(list["plugins"][2]["type"], "bandwidth");
     }
 
     #[test]
@@ -310,6 +336,10 @@ mod tests {
             (
                 r#"{"name":"n","cniVersion":"1.0.0","plugins":[]}"#,
                 "plugins: empty",
+            ),
+            (
+                r#"{"name":"n","cniVersion":"1.0.0","plugins":[{"type":"weft","capabilities":{"bandwidth":true}},{"type":"bandwidth","capabilities":{"bandwidth":true}}]}"#,
+                "drop the bandwidth plugin",
             ),
             (
                 r#"{"name":"n","cniVersion":"9.9.9","plugins":[{"type":"weft"}]}"#,

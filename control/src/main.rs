@@ -79,9 +79,14 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         plugin: Option<PathBuf>,
         /// The conflist to install as 10-weft.conflist [default: the built-in copy of
-        /// deploy/10-weft.conflist: weft + portmap + bandwidth, socket /run/weft/cni.sock].
+        /// deploy/10-weft.conflist, for switch mode: weft (which takes the bandwidth capability)
+        /// + portmap, socket /run/weft/cni.sock].
         #[arg(long, value_name = "FILE")]
         conflist: Option<PathBuf>,
+        /// Install the built-in list for bridge mode (`pod_ports = "bridge"`) instead:
+        /// deploy/10-weft-bridge.conflist, weft + portmap + the bandwidth plugin.
+        #[arg(long, conflicts_with = "conflist")]
+        bridge: bool,
         /// The runtime's CNI plugin directory.
         #[arg(long, value_name = "DIR", default_value = control::install_cni::DEFAULT_BIN_DIR)]
         bin_dir: PathBuf,
@@ -228,11 +233,13 @@ fn main() -> ExitCode {
         Command::InstallCni {
             plugin,
             conflist,
+            bridge,
             bin_dir,
             conf_dir,
         } => report(install_cni(control::install_cni::InstallPlan {
             plugin: plugin.unwrap_or_else(control::install_cni::default_plugin),
             conflist,
+            bridge,
             bin_dir,
             conf_dir,
         })),

@@ -376,7 +376,15 @@ impl Driver {
 /// The shipped conflist (`deploy/10-weft.conflist`) with the weft plugin's `socket` set to
 /// `socket`.
 pub fn shipped_conflist(socket: &Path) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/10-weft.conflist");
+    shipped_conflist_named("10-weft.conflist", socket)
+}
+
+/// The shipped list `deploy/<name>` (`10-weft.conflist` for switch mode,
+/// `10-weft-bridge.conflist` for bridge mode) with weft's socket set to `socket`.
+pub fn shipped_conflist_named(name: &str, socket: &Path) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(name);
     let text =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let mut list: Value = serde_json::from_str(&text)

@@ -16,7 +16,7 @@ use control::cni::ipam::{read_allocations, Allocation};
 use control::netlink::Netlink;
 use control::netns::NetNs;
 use control::tooling::lab::{Lab, LabNode, LabPod, NodeKind, PingResult};
-use netns_tests::cni::{shipped_conflist, weft_only, Attachment, Driver};
+use netns_tests::cni::{shipped_conflist_named, weft_only, Attachment, Driver};
 use netns_tests::{cni_path, ns_command, require_root, weftd_path};
 use serde_json::{json, Value};
 
@@ -132,15 +132,38 @@ fn check_list(d: &Driver, list: &Value, att: &Attachment, result: &Value) {
     }
 }
 
-/// Everything the first test bullet asks, on two Weft nodes with the shipped conflist.
+/// Everything the first test bullet asks, on two Weft nodes in bridge mode with the
+/// shipped bridge-mode conflist (weft, portmap, the bandwidth plugin).
 #[test]
-fn conflist_with_portmap_and_bandwidth_across_two_nodes() {
-    let lab = lab_with(&[(1, None), (2, None)]);
+fn bridge_conflist_with_portmap_and_bandwidth_across_two_nodes() {
+    shipped_list_across_two_nodes(false);
+}
+
+/// The same in switch mode, the default, with the default conflist: weft takes the bandwidth
+/// capability itself, portmap's hostPort reaches a pod through the switch.
+#[test]
+fn default_conflist_in_switch_mode_with_portmap_and_bandwidth() {
+    shipped_list_across_two_nodes(true);
+}
+
+fn shipped_list_across_two_nodes(switch: bool) {
+    require_root();
+    let mut lab = Lab::new(&weftd_path()).expect("lab");
+    lab.workers = 1;
+    lab.switch = switch;
+    lab.add_node(1, NodeKind::Weft).expect("node-1");
+    lab.add_node(2, NodeKind::Weft).expect("node-2");
+    lab.start().expect("agents start");
     let (n1, n2) = (&lab.nodes[0], &lab.nodes[1]);
     let (d1, d2) = (driver(n1), driver(n2));
+    let name = if switch {
+        "10-weft.conflist"
+    } else {
+        "10-weft-bridge.conflist"
+    };
     let (list1, list2) = (
-        shipped_conflist(&n1.cni_socket),
-        shipped_conflist(&n2.cni_socket),
+        shipped_conflist_named(name, &n1.cni_socket),
+        shipped_conflist_named(name, &n2.cni_socket),
     );
     d1.status(&weft_only(&n1.cni_socket, "1.1.0"))
         .expect("STATUS: node 1 ready");
@@ -169,7 +192,8 @@ fn conflist_with_portmap_and_bandwidth_across_two_nodes() {
         ns_a.path().display().to_string()
     );
     assert_eq!(res_a["ips"][0]["interface"], 1);
-    assert_eq!(res_a["ips"][0]["gateway"], "10.244.1.1");
+    let gateway = if switch { "169.254.1.1" } else { "10.244.1.1" };
+    assert_eq!(res_a["ips"][0]["gateway"], gateway);
     assert!(
         res_a["ips"][0].get("version").is_none(),
         "1.0.0 has no ips[].version"
@@ -183,7 +207,9 @@ fn conflist_with_portmap_and_bandwidth_across_two_nodes() {
     let host_a = host_a.to_string();
     // Hairpin on the pod's bridge port, so the pod reaches itself through a Service address.
     let detail = ns_command(&n1.ns, "ip", &["-d", "link", "show", "dev", &host_a]);
-    assert!(detail.contains("hairpin on"), "{host_a}: {detail}");
+    if !switch {
+        assert!(detail.contains("hairpin on"), "{host_a}: {detail}");
+    }
 
     // The pod side: eth0 with the address, MTU 1450, default route via the gateway.
     let pod_links = links(&ns_a);
@@ -230,14 +256,29 @@ fn conflist_with_portmap_and_bandwidth_across_two_nodes() {
     echo_through(c, "hostPort 30080 -> pod a:8080");
     server.join().expect("server");
 
-    // The bandwidth plugin shaped pod b's host veth: tbf for ingress, an ingress qdisc
-    // redirecting to its ifb device for egress.
     let qdisc = ns_command(&n2.ns, "tc", &["qdisc", "show", "dev", &host_b]);
-    assert!(qdisc.contains("tbf"), "no tbf on {host_b}: {qdisc}");
-    assert!(
-        qdisc.contains("ingress"),
-        "no ingress qdisc on {host_b}: {qdisc}"
-    );
+    if switch {
+        // Weft polices pod b's port itself (netns-tests/tests/switch.rs measures it); no tc.
+        assert!(!qdisc.contains("tbf"), "tbf on {host_b}: {qdisc}");
+        let allocs = allocations(n2);
+        let b = allocs
+            .iter()
+            .find(|a| a.ip == ip_b)
+            .expect("b's allocation");
+        assert_eq!(
+            b.bandwidth.map(|bw| (bw.ingress_rate, bw.egress_rate)),
+            Some((8_000_000, 8_000_000)),
+            "{allocs:?}"
+        );
+    } else {
+        // The bandwidth plugin shaped pod b's host veth: tbf for ingress, an ingress qdisc
+        // redirecting to its ifb device for egress.
+        assert!(qdisc.contains("tbf"), "no tbf on {host_b}: {qdisc}");
+        assert!(
+            qdisc.contains("ingress"),
+            "no ingress qdisc on {host_b}: {qdisc}"
+        );
+    }
 
     // CHECK, then DEL twice.
     check_list(&d1, &list1, &att_a, &res_a);

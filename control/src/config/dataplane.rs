@@ -68,11 +68,11 @@ pub struct DataplaneSection {
 pub enum PodPortMode {
     /// Pod veths join the kernel bridge `dataplane.bridge` (flannel's `cni0` model); the kernel
     /// switches same-node traffic and routes the rest into the TUN.
-    #[default]
     Bridge,
     /// Pod veths are ports of Weft's switch (AF_PACKET sockets): every pod frame passes through
     /// Weft; no bridge. Pods get a /32 and a default route via 169.254.1.1, which Weft answers
-    /// (Calico's routed model).
+    /// (Calico's routed model). The default.
+    #[default]
     Switch,
 }
 
@@ -135,8 +135,8 @@ pub(super) fn validate(raw: &RawDataplane, vni: u32) -> Result<DataplaneSection,
         uso: raw.uso.unwrap_or(true),
         busy_poll_us,
         pod_ports: match raw.pod_ports.as_deref() {
-            None | Some("bridge") => PodPortMode::Bridge,
-            Some("switch") => PodPortMode::Switch,
+            Some("bridge") => PodPortMode::Bridge,
+            None | Some("switch") => PodPortMode::Switch,
             Some(v) => {
                 return Err(invalid(
                     "dataplane.pod_ports",

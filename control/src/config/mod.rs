@@ -36,8 +36,8 @@
 //! gro = true                   # default: let the kernel merge received VXLAN datagrams (UDP GRO)
 //! uso = true                   # default: take pods' UDP GSO sends as one TUN read (USO, Linux 6.2)
 //! busy_poll_us = 200           # default 200: keep polling this long after traffic; 0 = always sleep
-//! pod_ports = "bridge"         # default: pods on the kernel bridge; "switch": pod veths are ports
-//!                              # of Weft's own switch (AF_PACKET), no bridge
+//! pod_ports = "switch"         # default: pod veths are ports of Weft's own switch (AF_PACKET),
+//!                              # no bridge; "bridge": pods on the kernel bridge
 //!
 //! [datastore]
 //! type = "static"              # default; or "etcd", "kubernetes" (flannel's two layouts)

@@ -425,7 +425,7 @@ impl Lab {
             if self.switch {
                 format!("pod_ports = \"switch\"\n{}", self.dataplane_extra.trim_end())
             } else {
-                self.dataplane_extra.trim_end().to_string()
+                format!("pod_ports = \"bridge\"\n{}", self.dataplane_extra.trim_end())
             },
         );
         let _ = writeln!(
