@@ -167,5 +167,29 @@ fn benches(c: &mut Criterion) {
     );
 }
 
-criterion_group!(switch, benches);
+/// A pod's bandwidth limit per frame: one compare-and-swap on a bucket that always has tokens
+/// (the pass path), and on one that is empty (the drop path: a load, no store).
+fn police(c: &mut Criterion) {
+    use dataplane::police::Policer;
+    let mut g = c.benchmark_group("police");
+    g.throughput(Throughput::Elements(1));
+    // 1 Tbit/s with a huge burst: every 1500-byte frame passes.
+    let open = Policer::new(1_000_000_000_000, u64::MAX / 2).expect("limited");
+    let mut t = 0u64;
+    g.bench_function("admit_pass_1500", |b| {
+        b.iter(|| {
+            t += 1;
+            black_box(open.admit(Instant::from_micros(black_box(t)), 1_500))
+        })
+    });
+    // 1 kbit/s, emptied once: every frame is refused.
+    let shut = Policer::new(1_000, 8).expect("limited");
+    assert!(shut.admit(Instant::from_micros(0), 1_000_000));
+    g.bench_function("admit_drop_1500", |b| {
+        b.iter(|| black_box(shut.admit(Instant::from_micros(black_box(1)), 1_500)))
+    });
+    g.finish();
+}
+
+criterion_group!(switch, benches, police);
 criterion_main!(switch);
