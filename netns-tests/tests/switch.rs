@@ -31,6 +31,18 @@ fn switch_lab() -> Lab {
     lab
 }
 
+/// Two Weft nodes in switch mode, two workers each, agents started, no pods.
+fn two_switch_nodes() -> Lab {
+    require_root();
+    let mut lab = Lab::new(&weftd_path()).expect("lab");
+    lab.switch = true;
+    lab.workers = 2;
+    lab.add_node(1, NodeKind::Weft).expect("node-1");
+    lab.add_node(2, NodeKind::Weft).expect("node-2");
+    lab.start().expect("agents start");
+    lab
+}
+
 fn drops(lab: &Lab, idx: usize, reason: &str) -> u64 {
     let show = request_show(&lab.nodes[idx].ctl_socket).expect("show");
     show.counters.drops.get(reason).copied().unwrap_or(0)
@@ -324,13 +336,7 @@ fn churn(socket: &std::path::Path, n: usize) -> usize {
 /// the note, not a pass/fail bound).
 #[test]
 fn a_node_with_110_pods_reaches_them_all() {
-    require_root();
-    let mut lab = Lab::new(&weftd_path()).expect("lab");
-    lab.switch = true;
-    lab.workers = 2;
-    lab.add_node(1, NodeKind::Weft).expect("node-1");
-    lab.add_node(2, NodeKind::Weft).expect("node-2");
-    lab.start().expect("agents start");
+    let mut lab = two_switch_nodes();
     let far = lab.add_pod(1, 2).expect("pod on node-2");
     let rss = |lab: &Lab| -> u64 {
         let pid = lab.nodes[0].agent.as_ref().expect("agent").id();
@@ -425,13 +431,7 @@ fn rate_mbit(
 fn pod_bandwidth_limits_are_enforced_by_the_switch() {
     use netns_tests::cni::{Attachment, Driver};
     use serde_json::json;
-    require_root();
-    let mut lab = Lab::new(&weftd_path()).expect("lab");
-    lab.switch = true;
-    lab.workers = 2;
-    lab.add_node(1, NodeKind::Weft).expect("node-1");
-    lab.add_node(2, NodeKind::Weft).expect("node-2");
-    lab.start().expect("agents start");
+    let mut lab = two_switch_nodes();
     let q = lab.add_pod(0, 2).expect("pod q (unlimited, node-1)");
     let r = lab.add_pod(1, 2).expect("pod r (unlimited, node-2)");
 
