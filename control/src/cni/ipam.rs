@@ -234,7 +234,8 @@ impl Ipam {
     }
 
     /// Like [`Ipam::allocate`], recording the pod's bandwidth limits with the address. A key
-    /// that already holds an address keeps it, and the limits it was recorded with.
+    /// that already holds an address keeps it; limits other than those recorded replace them
+    /// (a repeated ADD with new annotations), persisted before this returns.
     pub fn allocate_limited(
         &mut self,
         subnet: Ipv4Net,
@@ -243,7 +244,19 @@ impl Ipam {
         bandwidth: Option<cni_shim::spec::Bandwidth>,
     ) -> Result<Allocation, IpamError> {
         if let Some(a) = self.get(key) {
-            return Ok(a.clone());
+            if a.bandwidth == bandwidth {
+                return Ok(a.clone());
+            }
+            let updated = Allocation {
+                bandwidth,
+                ..a.clone()
+            };
+            let mut next = self.state.clone();
+            next.allocations.retain(|x| &x.key != key);
+            next.last = Some(updated.ip);
+            next.allocations.push(updated.clone());
+            self.commit(next, Some(updated.clone()), None)?;
+            return Ok(updated);
         }
         let used: HashSet<Ipv4Addr> = self.state.allocations.iter().map(|a| a.ip).collect();
         let candidates: Vec<Ipv4Addr> = usable(subnet).collect();
@@ -459,6 +472,8 @@ fn load(dir: &Path) -> Result<(State, u64), IpamError> {
         }
         match (record.add, record.release) {
             (Some(a), None) => {
+                // An add for a key already held replaces its record (new bandwidth limits).
+                state.allocations.retain(|x| x.key != a.key);
                 state.last = Some(a.ip);
                 state.allocations.push(a);
             }
@@ -567,6 +582,34 @@ mod tests {
             5,
             "a failed allocation leaves nothing"
         );
+    }
+
+    #[test]
+    fn new_bandwidth_limits_replace_the_recorded_ones_and_survive_a_reopen() {
+        let dir = TempDir::new("bw");
+        let subnet = net("10.244.1.0/24");
+        let bw = |rate| cni_shim::spec::Bandwidth {
+            ingress_rate: rate,
+            ingress_burst: 1_000,
+            ..Default::default()
+        };
+        let ip = {
+            let mut ipam = Ipam::open(&dir.0).expect("open");
+            let a = ipam
+                .allocate_limited(subnet, &key(1), "v1", Some(bw(1_000_000)))
+                .expect("alloc");
+            let b = ipam
+                .allocate_limited(subnet, &key(1), "v1", Some(bw(2_000_000)))
+                .expect("again, new limits");
+            assert_eq!(a.ip, b.ip, "same key, same address");
+            assert_eq!(b.bandwidth, Some(bw(2_000_000)));
+            assert_eq!(ipam.allocations().len(), 1);
+            a.ip
+        };
+        let ipam = Ipam::open(&dir.0).expect("reopen");
+        assert_eq!(ipam.allocations().len(), 1, "{:?}", ipam.allocations());
+        assert_eq!(ipam.allocations()[0].ip, ip);
+        assert_eq!(ipam.allocations()[0].bandwidth, Some(bw(2_000_000)));
     }
 
     #[test]
