@@ -2,11 +2,11 @@
 //!
 //! # What this module promises
 //!
-//! - A [`Bandwidth`] is the CNI `bandwidth` capability as runtimes pass it
-//!   (`runtimeConfig.bandwidth`): `ingressRate`/`egressRate` in bits per second and
-//!   `ingressBurst`/`egressBurst` in bits. Ingress is traffic *into* the pod, egress traffic *from*
-//!   it, as for the `bandwidth` plugin (whose tbf on the host veth and ifb cannot see frames an
-//!   AF_PACKET port reads before tc ingress and sends past the qdisc).
+//! - The limits are the CNI `bandwidth` capability as runtimes pass it
+//!   (`runtimeConfig.bandwidth`, parsed and checked by the CNI side): `ingressRate`/`egressRate`
+//!   in bits per second and `ingressBurst`/`egressBurst` in bits. Ingress is traffic *into* the
+//!   pod, egress traffic *from* it, as for the `bandwidth` plugin (whose tbf on the host veth and
+//!   ifb cannot see frames an AF_PACKET port reads before tc ingress and sends past the qdisc).
 //! - A [`Policer`] is a token bucket of `burst` bits filled at `rate`, kept as one atomic
 //!   theoretical arrival time (the GCRA form of a token bucket): any worker may charge it with one
 //!   compare-and-swap and no lock. A frame that finds too few tokens is dropped, not queued: Weft's
@@ -23,31 +23,6 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::time::Instant;
-
-/// The `bandwidth` capability: rates in bits per second, bursts in bits; 0 is "no limit" for a
-/// direction (rate and burst are set together).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
-pub struct Bandwidth {
-    /// Into the pod: bits per second.
-    pub ingress_rate: u64,
-    /// Into the pod: bucket size in bits.
-    pub ingress_burst: u64,
-    /// From the pod: bits per second.
-    pub egress_rate: u64,
-    /// From the pod: bucket size in bits.
-    pub egress_burst: u64,
-}
-
-impl Bandwidth {
-    /// Whether neither direction is limited.
-    pub fn is_unlimited(&self) -> bool {
-        self.ingress_rate == 0 && self.egress_rate == 0
-    }
-}
-
-/// The lowest rate a policer takes, in bits per second (a lower one is raised to it): below it
-/// the bucket's nanosecond arithmetic loses its meaning.
-pub const MIN_RATE: u64 = 1_000;
 
 /// A token bucket of `burst` bits filled at `rate` bits per second, shared by every worker.
 #[derive(Debug)]
@@ -70,7 +45,6 @@ impl Policer {
         if rate == 0 {
             return None;
         }
-        let rate = rate.max(MIN_RATE);
         let depth_ns =
             u64::try_from(u128::from(burst) * 1_000_000_000 / u128::from(rate)).unwrap_or(u64::MAX);
         Some(Policer {
@@ -129,26 +103,14 @@ pub struct PortLimits {
 }
 
 impl PortLimits {
-    /// The policers for `bw`; `None` when it limits nothing.
-    pub fn new(bw: &Bandwidth) -> Option<PortLimits> {
+    /// The policers for `(rate, burst)` into and out of the pod (bits per second, bits; a rate
+    /// of 0 is no limit); `None` when neither direction is limited.
+    pub fn new(ingress: (u64, u64), egress: (u64, u64)) -> Option<PortLimits> {
         let limits = PortLimits {
-            ingress: Policer::new(bw.ingress_rate, bw.ingress_burst),
-            egress: Policer::new(bw.egress_rate, bw.egress_burst),
+            ingress: Policer::new(ingress.0, ingress.1),
+            egress: Policer::new(egress.0, egress.1),
         };
         (limits.ingress.is_some() || limits.egress.is_some()).then_some(limits)
-    }
-
-    /// The limits as configured.
-    pub fn bandwidth(&self) -> Bandwidth {
-        let pair = |p: &Option<Policer>| p.as_ref().map_or((0, 0), |p| (p.rate(), p.burst()));
-        let (ingress_rate, ingress_burst) = pair(&self.ingress);
-        let (egress_rate, egress_burst) = pair(&self.egress);
-        Bandwidth {
-            ingress_rate,
-            ingress_burst,
-            egress_rate,
-            egress_burst,
-        }
     }
 }
 
@@ -225,14 +187,10 @@ mod tests {
 
     #[test]
     fn port_limits_keep_what_they_were_given() {
-        let bw = Bandwidth {
-            ingress_rate: 1_000_000,
-            ingress_burst: 100_000,
-            ..Bandwidth::default()
-        };
-        let limits = PortLimits::new(&bw).expect("limits");
-        assert_eq!(limits.bandwidth(), bw);
+        let limits = PortLimits::new((1_000_000, 100_000), (0, 0)).expect("limits");
+        let ingress = limits.ingress.as_ref().expect("ingress limited");
+        assert_eq!((ingress.rate(), ingress.burst()), (1_000_000, 100_000));
         assert!(limits.egress.is_none());
-        assert!(PortLimits::new(&Bandwidth::default()).is_none());
+        assert!(PortLimits::new((0, 0), (0, 0)).is_none());
     }
 }

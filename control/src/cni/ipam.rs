@@ -253,7 +253,6 @@ impl Ipam {
             };
             let mut next = self.state.clone();
             next.allocations.retain(|x| &x.key != key);
-            next.last = Some(updated.ip);
             next.allocations.push(updated.clone());
             self.commit(next, Some(updated.clone()), None)?;
             return Ok(updated);
@@ -472,9 +471,13 @@ fn load(dir: &Path) -> Result<(State, u64), IpamError> {
         }
         match (record.add, record.release) {
             (Some(a), None) => {
-                // An add for a key already held replaces its record (new bandwidth limits).
+                // An add for a key already held replaces its record (new bandwidth limits)
+                // and hands out nothing, so the round-robin cursor stays.
+                let held = state.allocations.len();
                 state.allocations.retain(|x| x.key != a.key);
-                state.last = Some(a.ip);
+                if state.allocations.len() == held {
+                    state.last = Some(a.ip);
+                }
                 state.allocations.push(a);
             }
             (None, Some(k)) => state.allocations.retain(|a| a.key != k),

@@ -602,12 +602,10 @@ fn publish(
     let sock = PacketPort::open(&plan.host_veth, dataplane::io::packet::DEFAULT_RCVBUF)
         .map_err(|e| e.to_string())?;
     let limits = bandwidth.and_then(|b| {
-        PortLimits::new(&dataplane::police::Bandwidth {
-            ingress_rate: b.ingress_rate,
-            ingress_burst: b.ingress_burst,
-            egress_rate: b.egress_rate,
-            egress_burst: b.egress_burst,
-        })
+        PortLimits::new(
+            (b.ingress_rate, b.ingress_burst),
+            (b.egress_rate, b.egress_burst),
+        )
     });
     let mut socks = (*sw.workers.pod_ports()).clone();
     socks.insert_limited(port, Arc::new(sock), limits.map(Arc::new));
