@@ -50,7 +50,7 @@ fn snapshot() -> Snapshot {
             Port {
                 kind: PortKind::L2 {
                     mac: GATEWAY_MAC,
-                    pod: Some(PodAddr { ip, mac }),
+                    pod: Some(PodAddr::new(ip, mac)),
                 },
                 mtu: 1450,
             },

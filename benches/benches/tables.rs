@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dataplane::fdb::{Fdb, FdbEntry};
 use dataplane::fib::{CompiledFib, Fib, NextHop};
-use dataplane::neigh::{NeighborAnswer, NeighborTable};
+use dataplane::neigh::{LearntNeighbors, NeighborTable};
 use dataplane::time::Instant;
 use dataplane::wire::EthernetAddress;
 use dataplane::PortId;
@@ -182,12 +182,11 @@ fn neigh_and_fdb_lookup(c: &mut Criterion) {
     let ips: Vec<Ipv4Addr> = (0..BATCH)
         .map(|_| Ipv4Addr::from(0x0a00_0000 | (rng.below(5_000) << 8)))
         .collect();
-    let now = Instant::from_secs(1);
     group.bench_function("neigh_then_fdb/5000", |b| {
         b.iter(|| {
             let mut found = 0usize;
             for &ip in &ips {
-                if let NeighborAnswer::Found(mac) = neigh.lookup(black_box(ip), now) {
+                if let Some(mac) = neigh.lookup(black_box(ip)) {
                     found += usize::from(fdb.lookup(mac).is_some());
                 }
             }
@@ -197,5 +196,37 @@ fn neigh_and_fdb_lookup(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fib_lookup, fib_compile, neigh_and_fdb_lookup);
+/// The learnt table as a worker uses it for a pod's floating addresses: a lookup for a packet
+/// to one (8 learnt), and a confirmation from a packet sent by one (an entry already there).
+fn learnt_neighbours(c: &mut Criterion) {
+    let mut group = c.benchmark_group("learnt");
+    group.throughput(Throughput::Elements(1));
+    let learnt = LearntNeighbors::default();
+    let now = Instant::from_secs(1);
+    let mac = EthernetAddress([0x02, 0, 0, 0, 0, 1]);
+    for i in 0..8u8 {
+        learnt.confirm(
+            Ipv4Addr::new(10, 244, 1, 200 + i),
+            PortId(u16::from(i) + 1),
+            mac,
+            now,
+        );
+    }
+    let vip = Ipv4Addr::new(10, 244, 1, 207);
+    group.bench_function("lookup/8", |b| {
+        b.iter(|| learnt.lookup(black_box(vip), now))
+    });
+    group.bench_function("confirm_refresh/8", |b| {
+        b.iter(|| learnt.confirm(black_box(vip), PortId(8), mac, now))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    fib_lookup,
+    fib_compile,
+    neigh_and_fdb_lookup,
+    learnt_neighbours
+);
 criterion_main!(benches);

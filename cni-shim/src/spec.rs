@@ -11,6 +11,7 @@
 
 use std::fmt;
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -401,6 +402,44 @@ pub struct NetConf {
     /// and the pod has limits (Kubernetes' `kubernetes.io/ingress-bandwidth` and
     /// `egress-bandwidth` annotations).
     pub bandwidth: Option<Bandwidth>,
+    /// Further source prefixes the pod may send from, beyond its own address (Calico's
+    /// `allowedSourcePrefixes`, for a floating VIP such as keepalived's): the union of the
+    /// network's `allowedSourcePrefixes` and the attachment's `args.cni.allowedSourcePrefixes`
+    /// (Multus passes a pod's `cni-args` there). Weft's plugin only; empty for other plugins.
+    pub allowed_sources: Vec<Ipv4Net>,
+}
+
+/// The most allowed source prefixes one attachment may have (they are checked inline on every
+/// frame from the pod).
+pub const MAX_ALLOWED_SOURCES: usize = 8;
+
+/// Reads a list of IPv4 prefixes (`"10.0.0.5/32"`, or a bare address for its /32) at `key`.
+fn allowed_sources(value: Option<&Value>, key: &str) -> Result<Vec<Ipv4Net>, CniError> {
+    let list = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(other) => {
+            return Err(invalid_config(format!(
+                "{key}: {other} is not a list of IPv4 prefixes like [\"10.244.1.200/32\"]"
+            )))
+        }
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let text = v.as_str().ok_or_else(|| {
+                invalid_config(format!("{key}[{i}]: {v} is not a string like \"10.244.1.200/32\""))
+            })?;
+            text.parse::<Ipv4Net>()
+                .or_else(|_| text.parse::<std::net::Ipv4Addr>().map(Ipv4Net::from))
+                .map(|n| n.trunc())
+                .map_err(|_| {
+                    invalid_config(format!(
+                        "{key}[{i}]: {text:?} is not an IPv4 prefix like \"10.244.1.200/32\" or an IPv4 address"
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// The `bandwidth` capability, as the runtime passes it in `runtimeConfig` and as the
@@ -469,8 +508,9 @@ impl Bandwidth {
 /// `cni.dev/valid-attachments`, and weft's own `socket`. Any other key is refused by name rather
 /// than ignored: a Calico- or flannel-style `ipam`, `mtu` or `policy` section would otherwise
 /// look honoured while doing nothing.
-pub const KNOWN_KEYS: [&str; 10] = [
+pub const KNOWN_KEYS: [&str; 11] = [
     "type",
+    "allowedSourcePrefixes",
     "socket",
     "name",
     "cniVersion",
@@ -522,7 +562,26 @@ impl NetConf {
         {
             return Err(invalid_config(unknown_key(key)));
         }
-        Self::from_value_any_plugin(value)
+        let mut conf = Self::from_value_any_plugin(value)?;
+        let mut sources =
+            allowed_sources(value.get("allowedSourcePrefixes"), "allowedSourcePrefixes")?;
+        let from_args = value
+            .get("args")
+            .and_then(|a| a.get("cni"))
+            .and_then(|c| c.get("allowedSourcePrefixes"));
+        for n in allowed_sources(from_args, "args.cni.allowedSourcePrefixes")? {
+            if !sources.contains(&n) {
+                sources.push(n);
+            }
+        }
+        if sources.len() > MAX_ALLOWED_SOURCES {
+            return Err(invalid_config(format!(
+                "allowedSourcePrefixes: {} prefixes (network and args.cni together); at most {MAX_ALLOWED_SOURCES} are allowed per pod",
+                sources.len()
+            )));
+        }
+        conf.allowed_sources = sources;
+        Ok(conf)
     }
 
     /// Like [`NetConf::from_value`] for another plugin's entry of a conflist: the common fields
@@ -606,6 +665,7 @@ impl NetConf {
             dns,
             valid_attachments,
             bandwidth,
+            allowed_sources: Vec::new(),
         })
     }
 }
@@ -1096,6 +1156,61 @@ mod tests {
             assert_eq!(e.code, code::INVALID_CONFIG, "{bw}");
             assert!(e.msg.contains("runtimeConfig.bandwidth"), "{bw}: {}", e.msg);
             assert!(e.msg.contains(needle), "{bw}: {}", e.msg);
+        }
+    }
+
+    #[test]
+    fn allowed_source_prefixes_come_from_the_network_and_the_attachment() {
+        let conf = |top: &str, args: &str| {
+            format!(r#"{{"cniVersion":"1.0.0","name":"weft","type":"weft"{top}{args}}}"#)
+        };
+        let net = |s: &str| s.parse::<Ipv4Net>().expect("prefix");
+        let c = NetConf::parse(&conf("", "")).expect("none");
+        assert!(c.allowed_sources.is_empty());
+        // The network's, then the attachment's (Multus cni-args), a bare address as its /32,
+        // host bits cleared, repeats dropped.
+        let c = NetConf::parse(&conf(
+            r#","allowedSourcePrefixes":["10.244.1.200/32","192.168.9.7/24"]"#,
+            r#","args":{"cni":{"allowedSourcePrefixes":["10.244.1.201","10.244.1.200/32"]}}"#,
+        ))
+        .expect("both");
+        assert_eq!(
+            c.allowed_sources,
+            [
+                net("10.244.1.200/32"),
+                net("192.168.9.0/24"),
+                net("10.244.1.201/32")
+            ]
+        );
+        let nine: Vec<String> = (0..9).map(|i| format!("\"10.0.0.{i}\"")).collect();
+        let nine = format!(r#","allowedSourcePrefixes":[{}]"#, nine.join(","));
+        for (top, args, needle) in [
+            (
+                r#","allowedSourcePrefixes":"10.0.0.1/32""#,
+                "",
+                "allowedSourcePrefixes: ",
+            ),
+            (
+                r#","allowedSourcePrefixes":[7]"#,
+                "",
+                "allowedSourcePrefixes[0]",
+            ),
+            (
+                "",
+                r#","args":{"cni":{"allowedSourcePrefixes":["10.0.0.1/32","fd00::1/128"]}}"#,
+                "args.cni.allowedSourcePrefixes[1]",
+            ),
+            (
+                "",
+                r#","args":{"cni":{"allowedSourcePrefixes":["10.0.0.1/33"]}}"#,
+                "IPv4 prefix",
+            ),
+            (nine.as_str(), "", "at most 8"),
+        ] {
+            let text = conf(top, args);
+            let e = NetConf::parse(&text).expect_err(&text);
+            assert_eq!(e.code, code::INVALID_CONFIG, "{text}");
+            assert!(e.msg.contains(needle), "{text}: {}", e.msg);
         }
     }
 

@@ -246,10 +246,11 @@ impl Agent {
             )
             .snapshot(),
         ));
-        let inputs = Arc::new(crate::datastore::TableInputs::new(
+        let inputs = Arc::new(crate::datastore::TableInputs::with_aging(
             own,
             cell.clone(),
             switch,
+            cfg.dataplane.neigh_aging(),
         ));
         let mut sync = PeerSync::with_inputs(inputs.clone(), metrics.clone());
         // Kernel routes for peers reached without encapsulation.

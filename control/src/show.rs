@@ -181,16 +181,23 @@ pub fn tables_view(
             }
         })
         .collect();
-    let neighbors = snap
+    let mut neighbors: Vec<NeighView> = snap
         .neigh
         .iter()
         .map(|(ip, n)| NeighView {
             ip,
             dev: dev_of(n.port),
             lladdr: n.mac.to_string(),
-            state: snap.neigh.state_name(ip, now).to_string(),
+            state: "PERMANENT".to_string(),
         })
         .collect();
+    neighbors.extend(snap.learnt.entries(now).into_iter().map(|e| NeighView {
+        ip: e.ip,
+        dev: dev_of(Some(e.port)),
+        lladdr: e.mac.to_string(),
+        state: e.state.to_string(),
+    }));
+    neighbors.sort_by_key(|n| n.ip);
     let fdb = snap
         .fdb
         .iter()

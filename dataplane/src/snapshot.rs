@@ -14,7 +14,7 @@ use ipnet::Ipv4Net;
 
 use crate::fdb::{Fdb, FdbEntry};
 use crate::fib::{CompiledFib, Fib, NextHop};
-use crate::neigh::NeighborTable;
+use crate::neigh::{LearntNeighbors, NeighborTable};
 use crate::wire::udp::UdpChecksum;
 use crate::wire::{vxlan, EthernetAddress};
 use crate::PortId;
@@ -43,6 +43,84 @@ pub struct PodAddr {
     pub ip: Ipv4Addr,
     /// The MAC of the pod's `eth0`.
     pub mac: EthernetAddress,
+    /// Further source addresses the pod may send from (Calico's `allowedSourcePrefixes`, for a
+    /// floating VIP); where one of them is, is learnt from the wire.
+    pub extra: SourcePrefixes,
+}
+
+impl PodAddr {
+    /// A pod that sends only from `ip`.
+    pub fn new(ip: Ipv4Addr, mac: EthernetAddress) -> Self {
+        PodAddr {
+            ip,
+            mac,
+            extra: SourcePrefixes::NONE,
+        }
+    }
+}
+
+/// A pod's allowed extra source prefixes: at most [`SourcePrefixes::MAX`], inline, so a port
+/// stays `Copy` and the anti-spoofing check reads no heap.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct SourcePrefixes {
+    /// `(network, mask)` as host-order integers; the first `len` are used.
+    nets: [(u32, u32); SourcePrefixes::MAX],
+    len: u8,
+}
+
+impl SourcePrefixes {
+    /// The most prefixes one pod may have.
+    pub const MAX: usize = 8;
+
+    /// No extra prefixes.
+    pub const NONE: SourcePrefixes = SourcePrefixes {
+        nets: [(0, 0); SourcePrefixes::MAX],
+        len: 0,
+    };
+
+    /// The set of `prefixes`; `None` when there are more than [`SourcePrefixes::MAX`].
+    pub fn new(prefixes: &[Ipv4Net]) -> Option<Self> {
+        if prefixes.len() > Self::MAX {
+            return None;
+        }
+        let mut s = Self::NONE;
+        for (slot, p) in s.nets.iter_mut().zip(prefixes) {
+            let p = p.trunc();
+            *slot = (u32::from(p.network()), u32::from(p.netmask()));
+        }
+        s.len = prefixes.len() as u8;
+        Some(s)
+    }
+
+    /// True when `ip` is inside one of the prefixes.
+    #[inline]
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let ip = u32::from(ip);
+        self.nets[..usize::from(self.len)]
+            .iter()
+            .any(|&(net, mask)| ip & mask == net)
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The prefixes.
+    pub fn iter(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
+        self.nets[..usize::from(self.len)]
+            .iter()
+            .map(|&(net, mask)| {
+                Ipv4Net::new(Ipv4Addr::from(net), mask.count_ones() as u8)
+                    .expect("a mask has at most 32 bits")
+            })
+    }
+}
+
+impl core::fmt::Debug for SourcePrefixes {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
 }
 
 /// A local port as the forwarding core sees it.
@@ -117,6 +195,8 @@ pub struct Tables {
     pub neigh: NeighborTable,
     /// MAC to VTEP or local port.
     pub fdb: Fdb,
+    /// The neighbours the workers learn, shared by every snapshot compiled from these tables.
+    pub learnt: Arc<LearntNeighbors>,
     ports: Vec<Option<Port>>,
 }
 
@@ -128,6 +208,7 @@ impl Tables {
             fib: Fib::new(),
             neigh: NeighborTable::new(),
             fdb: Fdb::new(),
+            learnt: Arc::new(LearntNeighbors::default()),
             ports: Vec::new(),
         }
     }
@@ -185,11 +266,21 @@ impl Tables {
 
     /// Compiles the tables into a snapshot for the workers.
     pub fn snapshot(&self) -> Snapshot {
+        let mut learnable: Vec<SourcePrefixes> = self
+            .ports()
+            .filter_map(|(_, p)| match p.kind {
+                PortKind::L2 { pod: Some(pod), .. } if !pod.extra.is_empty() => Some(pod.extra),
+                _ => None,
+            })
+            .collect();
+        learnable.dedup();
         Snapshot {
             node: self.node,
             fib: self.fib.compile(),
             neigh: self.neigh.clone(),
             fdb: self.fdb.clone(),
+            learnt: Arc::clone(&self.learnt),
+            learnable,
             ports: self.ports.clone(),
         }
     }
@@ -206,6 +297,11 @@ pub struct Snapshot {
     pub neigh: NeighborTable,
     /// MAC to VTEP or local port.
     pub fdb: Fdb,
+    /// The neighbours the workers learn (shared, not a copy).
+    pub learnt: Arc<LearntNeighbors>,
+    /// The allowed extra source prefixes of the pods: the only addresses worth looking up in
+    /// `learnt`. Empty on a node where no pod has any, so the lookup costs nothing there.
+    learnable: Vec<SourcePrefixes>,
     ports: Vec<Option<Port>>,
 }
 
@@ -214,6 +310,12 @@ impl Snapshot {
     #[inline]
     pub fn port(&self, id: PortId) -> Option<&Port> {
         self.ports.get(usize::from(id.0)).and_then(Option::as_ref)
+    }
+
+    /// True when `ip` is inside some pod's allowed extra source prefixes, so it may be learnt.
+    #[inline]
+    pub fn learnable(&self, ip: Ipv4Addr) -> bool {
+        !self.learnable.is_empty() && self.learnable.iter().any(|s| s.contains(ip))
     }
 }
 

@@ -13,8 +13,8 @@ use dataplane::forward::{
     forward, ipip_super_frame, Action, Encap, Ingress, Verdict, HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
 };
 use dataplane::offload::{Gso, VnetRepr, VNET_HDR_LEN};
-use dataplane::snapshot::{NodeConfig, PodAddr, Port, PortKind, Snapshot, Tables};
-use dataplane::time::Instant;
+use dataplane::snapshot::{NodeConfig, PodAddr, Port, PortKind, Snapshot, SourcePrefixes, Tables};
+use dataplane::time::{Duration, Instant};
 use dataplane::wire::{checksum, EthernetAddress};
 use dataplane::PortId;
 use etherparse::{Icmpv4Type, NetSlice, SlicedPacket, TransportSlice};
@@ -68,10 +68,7 @@ fn tables(me: &Node, peer: &Node, mode: Mode) -> Snapshot {
         Port {
             kind: PortKind::L2 {
                 mac: POD_PORT_MAC,
-                pod: Some(PodAddr {
-                    ip: me.pod_ip,
-                    mac: me.pod_mac,
-                }),
+                pod: Some(PodAddr::new(me.pod_ip, me.pod_mac)),
             },
             mtu: 1450,
         },
@@ -786,5 +783,169 @@ fn a_gro_merged_ipip_datagram_becomes_one_tso_write() {
     assert_eq!(
         ipip_super_frame(&snap_b, &mut eb, HEADROOM, elsewhere.len(), TUN),
         Err(DropReason::TooBig)
+    );
+}
+
+/// Node A in switch mode with two pods that may both send from `extra` (a VIP they pass
+/// between them, as keepalived does), and node B as a VXLAN peer.
+fn vip_tables(extra: &str) -> (Tables, [(PortId, Ipv4Addr, EthernetAddress); 2]) {
+    let (a, b) = (node(1), node(2));
+    let mut t = Tables::new(NodeConfig::flannel_defaults(
+        a.vtep_mac,
+        a.underlay,
+        a.subnet.network(),
+    ));
+    t.set_port(
+        TUN,
+        Port {
+            kind: PortKind::L3,
+            mtu: 1450,
+        },
+    );
+    t.fib.insert(a.subnet, NextHop::Blackhole);
+    let extra = SourcePrefixes::new(&[extra.parse().expect("prefix")]).expect("one prefix");
+    let pods = [
+        (POD, a.pod_ip, a.pod_mac),
+        (
+            PortId(2),
+            Ipv4Addr::new(10, 244, 1, 3),
+            EthernetAddress([0x02, 0, 0, 0, 1, 3]),
+        ),
+    ];
+    for (port, ip, mac) in pods {
+        t.set_port(
+            port,
+            Port {
+                kind: PortKind::L2 {
+                    mac: POD_PORT_MAC,
+                    pod: Some(PodAddr { ip, mac, extra }),
+                },
+                mtu: 1450,
+            },
+        );
+        t.fib.insert(Ipv4Net::from(ip), NextHop::Local { port });
+        t.neigh.insert_permanent(ip, mac, Some(port));
+    }
+    t.add_vxlan_peer(b.subnet, b.underlay, b.vtep_mac);
+    (t, pods)
+}
+
+/// Where a packet from the overlay to `dst` goes on node A at `now`: the port and the
+/// Ethernet destination, or the drop reason.
+fn from_overlay_to(
+    snap: &Snapshot,
+    dst: Ipv4Addr,
+    now: Instant,
+) -> Result<(PortId, [u8; 6]), DropReason> {
+    let (a, b) = (node(1), node(2));
+    let inner = udp_packet(b.pod_ip, dst, 64, 100, false);
+    let mut frame = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+    frame.extend(ethernet(b.vtep_mac, a.vtep_mac, 0x0800, &inner));
+    let mut buf = buffer(&frame);
+    match forward(
+        snap,
+        Ingress::VxlanUdp { src: b.underlay },
+        &mut buf,
+        HEADROOM,
+        frame.len(),
+        now,
+    ) {
+        Verdict::Forward(Action::Deliver { port, start, .. }) => {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&buf[start..start + 6]);
+            Ok((port, mac))
+        }
+        Verdict::Drop(reason) => Err(reason),
+        other => panic!("unexpected verdict {other:?}"),
+    }
+}
+
+#[test]
+fn a_floating_address_is_learnt_from_the_pod_that_announces_it_and_ages_out() {
+    let (tables, [(p1, ip1, mac1), (p2, _, mac2)]) = vip_tables("10.244.1.200/32");
+    let snap = tables.snapshot();
+    let vip = Ipv4Addr::new(10, 244, 1, 200);
+    let b = node(2);
+    // Nobody has announced it: the subnet's blackhole.
+    assert_eq!(from_overlay_to(&snap, vip, NOW), Err(DropReason::Blackhole));
+    // Pod 1 sends from the VIP: allowed, forwarded, and the VIP is learnt on its port.
+    let from_vip = ethernet(
+        mac1,
+        POD_PORT_MAC,
+        0x0800,
+        &udp_packet(vip, b.pod_ip, 64, 100, false),
+    );
+    let (v, _) = run(&snap, Ingress::Local(p1), &from_vip);
+    assert!(
+        matches!(v, Verdict::Forward(Action::Transmit { .. })),
+        "{v:?}"
+    );
+    assert_eq!(from_overlay_to(&snap, vip, NOW), Ok((p1, mac1.0)));
+    // Pod 2 takes the VIP over with a gratuitous ARP: not answered, but learnt; a snapshot
+    // published meanwhile shares the learnt table.
+    let garp = arp_request(mac2, mac2, vip, vip);
+    let (v, _) = run(&snap, Ingress::Local(p2), &garp);
+    assert_eq!(v, Verdict::Drop(DropReason::ArpIgnored));
+    let republished = tables.snapshot();
+    assert_eq!(from_overlay_to(&republished, vip, NOW), Ok((p2, mac2.0)));
+    let learnt = snap.learnt.entries(NOW);
+    assert_eq!(learnt.len(), 1);
+    assert_eq!((learnt[0].port, learnt[0].state), (p2, "REACHABLE"));
+    // Other addresses are still spoofing.
+    let forged = ethernet(
+        mac2,
+        POD_PORT_MAC,
+        0x0800,
+        &udp_packet(Ipv4Addr::new(10, 244, 1, 201), b.pod_ip, 64, 100, false),
+    );
+    assert_eq!(
+        run(&snap, Ingress::Local(p2), &forged).0,
+        Verdict::Drop(DropReason::Spoofed)
+    );
+    // Pods on the node reach the VIP too (routed, so one TTL less).
+    let to_vip = ethernet(
+        mac1,
+        POD_PORT_MAC,
+        0x0800,
+        &udp_packet(ip1, vip, 64, 100, false),
+    );
+    let (v, _) = run(&snap, Ingress::Local(p1), &to_vip);
+    assert!(
+        matches!(v, Verdict::Forward(Action::Deliver { port, .. }) if port == p2),
+        "{v:?}"
+    );
+    // Silent for 30 s: stale but used; 90 s: gone, and the blackhole again.
+    let stale = NOW + Duration::from_secs(30);
+    assert_eq!(snap.learnt.entries(stale)[0].state, "STALE");
+    assert_eq!(from_overlay_to(&snap, vip, stale), Ok((p2, mac2.0)));
+    let gone = NOW + Duration::from_secs(90);
+    assert_eq!(
+        from_overlay_to(&snap, vip, gone),
+        Err(DropReason::Blackhole)
+    );
+    assert!(snap.learnt.entries(gone).is_empty());
+}
+
+#[test]
+fn a_learnt_address_never_takes_a_pods_own_address() {
+    // The allowed prefix covers pod 1's own address: pod 2 may announce it, but traffic to it
+    // still goes to pod 1, whose /32 route is permanent.
+    let (t, [(p1, ip1, mac1), (p2, _, mac2)]) = vip_tables("10.244.1.0/24");
+    let snap = t.snapshot();
+    let garp = arp_request(mac2, mac2, ip1, ip1);
+    assert_eq!(
+        run(&snap, Ingress::Local(p2), &garp).0,
+        Verdict::Drop(DropReason::ArpIgnored)
+    );
+    assert_eq!(from_overlay_to(&snap, ip1, NOW), Ok((p1, mac1.0)));
+    // And a node whose pods have no extra prefixes never looks at the learnt table.
+    let plain = tables(&node(1), &node(2), Mode::Vxlan);
+    plain
+        .learnt
+        .confirm(Ipv4Addr::new(10, 244, 1, 9), POD, mac1, NOW);
+    assert_eq!(
+        from_overlay_to(&plain, Ipv4Addr::new(10, 244, 1, 9), NOW).map(|(port, _)| port),
+        Ok(TUN),
+        "the subnet's route, not the learnt entry"
     );
 }

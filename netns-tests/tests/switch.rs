@@ -427,6 +427,31 @@ fn rate_mbit(
 /// runtime-like driver: Weft polices the pod's port both ways at the rate asked (the `bandwidth`
 /// plugin's tbf and ifb cannot see AF_PACKET traffic), counts what it drops, leaves other pods
 /// alone, and keeps the limits across an agent restart.
+/// ADDs `att` (whose netns is `ns`) through the real `weft` plugin with conflist `list`; returns
+/// the pod and the ADD result.
+fn attach(
+    d: &netns_tests::cni::Driver,
+    list: &serde_json::Value,
+    att: &netns_tests::cni::Attachment,
+    ns: control::netns::NetNs,
+) -> (control::tooling::lab::LabPod, serde_json::Value) {
+    let res = d.add(list, att).unwrap_or_else(|e| panic!("{e}"));
+    let ip: Ipv4Addr = res["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .expect("address");
+    let pod = control::tooling::lab::LabPod {
+        ns,
+        ip,
+        host_veth: res["interfaces"][0]["name"]
+            .as_str()
+            .expect("host veth")
+            .to_string(),
+    };
+    (pod, res)
+}
+
 #[test]
 fn pod_bandwidth_limits_are_enforced_by_the_switch() {
     use netns_tests::cni::{Attachment, Driver};
@@ -456,20 +481,7 @@ fn pod_bandwidth_limits_are_enforced_by_the_switch() {
         "bandwidth",
         json!({"ingressRate": RATE, "ingressBurst": BURST, "egressRate": RATE, "egressBurst": BURST}),
     );
-    let res = d.add(&list, &att).unwrap_or_else(|e| panic!("{e}"));
-    let p_ip: Ipv4Addr = res["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .expect("address");
-    let p = control::tooling::lab::LabPod {
-        ns: ns_p,
-        ip: p_ip,
-        host_veth: res["interfaces"][0]["name"]
-            .as_str()
-            .expect("host veth")
-            .to_string(),
-    };
+    let (p, res) = attach(&d, &list, &att, ns_p);
     // No tc anywhere: the limit lives in the switch.
     let qdisc = ns_command(
         &lab.nodes[0].ns,
@@ -530,5 +542,148 @@ fn pod_bandwidth_limits_are_enforced_by_the_switch() {
     );
 
     d.del(&list, &att, Some(&res))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// `weftd show`'s neighbour line for `ip` on node `idx`: (device, state), if listed.
+fn neighbour(lab: &Lab, idx: usize, ip: Ipv4Addr) -> Option<(String, String)> {
+    let show = request_show(&lab.nodes[idx].ctl_socket).expect("show");
+    show.neighbors
+        .into_iter()
+        .find(|n| n.ip == ip)
+        .map(|n| (n.dev, n.state))
+}
+
+/// Pings `dst` from `pod` until a reply or `within`.
+fn reaches(pod: &control::tooling::lab::LabPod, dst: Ipv4Addr, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if pod
+            .ping(dst, 56, false, Duration::from_millis(300))
+            .is_reply()
+        {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+#[test]
+fn a_floating_address_follows_the_pod_that_announces_it_and_ages_out() {
+    use netns_tests::cni::{Attachment, Driver};
+    use serde_json::json;
+    require_root();
+    let mut lab = Lab::new(&weftd_path()).expect("lab");
+    lab.switch = true;
+    lab.workers = 2;
+    // Short aging, so the test sees an entry go: 1 s REACHABLE, 1 s more STALE.
+    lab.dataplane_extra = "neigh_reachable_ms = 1000\nneigh_stale_ms = 1000\n".to_string();
+    lab.add_node(1, NodeKind::Weft).expect("node-1");
+    lab.add_node(2, NodeKind::Weft).expect("node-2");
+    lab.start().expect("agents start");
+    let q = lab.add_pod(0, 2).expect("pod q (node-1, no extra sources)");
+    let r = lab.add_pod(1, 2).expect("pod r (node-2)");
+    let vip = Ipv4Addr::from(u32::from(lab.nodes[0].subnet.network()) + 200);
+    let socket = lab.nodes[0].cni_socket.display().to_string();
+
+    // Two pods that may both hold the VIP, as a keepalived pair: p1 through the network's
+    // allowedSourcePrefixes, p2 through the attachment's args.cni (Multus' cni-args).
+    let d = Driver::new(lab.nodes[0].ns.path(), netns_tests::cni_path());
+    let list1 = json!({"cniVersion": "1.0.0", "name": "weft", "plugins": [
+        {"type": "weft", "socket": socket, "allowedSourcePrefixes": [format!("{vip}/32")]}]});
+    let list2 = json!({"cniVersion": "1.0.0", "name": "weft", "plugins": [
+        {"type": "weft", "socket": socket, "args": {"cni": {"allowedSourcePrefixes": [vip.to_string()]}}}]});
+    let ns1 = lab.empty_pod_ns("vip1").expect("pod ns");
+    let att1 = Attachment::new("vip-1", ns1.path());
+    let (p1, res1) = attach(&d, &list1, &att1, ns1);
+    let ns2 = lab.empty_pod_ns("vip2").expect("pod ns");
+    let att2 = Attachment::new("vip-2", ns2.path());
+    let (p2, res2) = attach(&d, &list2, &att2, ns2);
+    let announce = |pod: &control::tooling::lab::LabPod| {
+        ns_command(
+            &pod.ns,
+            "ip",
+            &["addr", "add", &format!("{vip}/32"), "dev", "eth0"],
+        );
+        let mac = mac_of(&pod.ns);
+        send_raw(&pod.ns, 1, move |_| arp_request(mac, vip, vip));
+    };
+    let (q_pod, r_pod) = (lab.pod(q).expect("q"), lab.pod(r).expect("r"));
+
+    // Nobody holds it yet.
+    assert!(!reaches(q_pod, vip, Duration::from_millis(600)));
+    assert_eq!(neighbour(&lab, 0, vip), None);
+
+    // p1 announces it: same node and remote node reach it, and weftd show lists it.
+    announce(&p1);
+    assert!(
+        reaches(q_pod, vip, Duration::from_secs(2)),
+        "q -> VIP on p1"
+    );
+    assert!(
+        reaches(r_pod, vip, Duration::from_secs(2)),
+        "r (node-2) -> VIP on p1"
+    );
+    assert_eq!(
+        neighbour(&lab, 0, vip),
+        Some((p1.host_veth.clone(), "REACHABLE".to_string()))
+    );
+
+    // Failover: p1 lets go, p2 takes it with a gratuitous ARP; traffic follows at once.
+    ns_command(
+        &p1.ns,
+        "ip",
+        &["addr", "del", &format!("{vip}/32"), "dev", "eth0"],
+    );
+    announce(&p2);
+    assert!(
+        reaches(q_pod, vip, Duration::from_secs(2)),
+        "q -> VIP on p2"
+    );
+    assert!(
+        reaches(r_pod, vip, Duration::from_secs(2)),
+        "r -> VIP on p2"
+    );
+    assert_eq!(
+        neighbour(&lab, 0, vip).map(|(dev, _)| dev),
+        Some(p2.host_veth.clone())
+    );
+
+    // Quiet for longer than reachable + stale: gone, and the VIP unreachable until announced.
+    std::thread::sleep(Duration::from_millis(2300));
+    assert_eq!(neighbour(&lab, 0, vip), None, "the learnt entry aged out");
+    assert!(!reaches(q_pod, vip, Duration::from_millis(300)));
+
+    // A pod without the prefix sending from the VIP is spoofing.
+    let spoofed = drops(&lab, 0, "spoofed");
+    let mac_q = mac_of(&q_pod.ns);
+    send_raw(&q_pod.ns, 10, move |_| {
+        udp_frame(mac_q, vip, Ipv4Addr::new(10, 244, 2, 2))
+    });
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while drops(&lab, 0, "spoofed") < spoofed + 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(drops(&lab, 0, "spoofed") >= spoofed + 10);
+
+    // The allowance is recorded with the address: after a SIGKILL and restart, p2's next
+    // announcement is honoured again.
+    lab.stop_agent(0, libc::SIGKILL);
+    lab.start_agent(0).expect("restart node-1's agent");
+    lab.wait_agent(0, Duration::from_secs(20))
+        .expect("agent up");
+    let mac2 = mac_of(&p2.ns);
+    send_raw(&p2.ns, 1, move |_| arp_request(mac2, vip, vip));
+    let q_pod = lab.pod(q).expect("q");
+    assert!(
+        reaches(q_pod, vip, Duration::from_secs(3)),
+        "q -> VIP after a restart"
+    );
+
+    d.del(&list1, &att1, Some(&res1))
+        .unwrap_or_else(|e| panic!("{e}"));
+    d.del(&list2, &att2, Some(&res2))
         .unwrap_or_else(|e| panic!("{e}"));
 }

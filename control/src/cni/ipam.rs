@@ -99,6 +99,29 @@ pub struct Allocation {
     /// re-adopts the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<cni_shim::spec::Bandwidth>,
+    /// The further source prefixes the pod may send from (`allowedSourcePrefixes`), re-applied
+    /// at re-adoption like the limits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_sources: Vec<Ipv4Net>,
+}
+
+/// What an ADD asks of the pod's port beyond an address, recorded with the allocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortOptions {
+    /// Bandwidth limits (switch mode).
+    pub bandwidth: Option<cni_shim::spec::Bandwidth>,
+    /// Allowed extra source prefixes.
+    pub allowed_sources: Vec<Ipv4Net>,
+}
+
+impl Allocation {
+    /// The port options recorded with the address.
+    pub fn options(&self) -> PortOptions {
+        PortOptions {
+            bandwidth: self.bandwidth,
+            allowed_sources: self.allowed_sources.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -230,25 +253,30 @@ impl Ipam {
         key: &Key,
         host_veth: &str,
     ) -> Result<Allocation, IpamError> {
-        self.allocate_limited(subnet, key, host_veth, None)
+        self.allocate_with(subnet, key, host_veth, PortOptions::default())
     }
 
-    /// Like [`Ipam::allocate`], recording the pod's bandwidth limits with the address. A key
-    /// that already holds an address keeps it; limits other than those recorded replace them
-    /// (a repeated ADD with new annotations), persisted before this returns.
-    pub fn allocate_limited(
+    /// Like [`Ipam::allocate`], recording the pod's port options with the address. A key that
+    /// already holds an address keeps it; options other than those recorded replace them (a
+    /// repeated ADD with new annotations), persisted before this returns.
+    pub fn allocate_with(
         &mut self,
         subnet: Ipv4Net,
         key: &Key,
         host_veth: &str,
-        bandwidth: Option<cni_shim::spec::Bandwidth>,
+        options: PortOptions,
     ) -> Result<Allocation, IpamError> {
+        let PortOptions {
+            bandwidth,
+            allowed_sources,
+        } = options;
         if let Some(a) = self.get(key) {
-            if a.bandwidth == bandwidth {
+            if a.bandwidth == bandwidth && a.allowed_sources == allowed_sources {
                 return Ok(a.clone());
             }
             let updated = Allocation {
                 bandwidth,
+                allowed_sources,
                 ..a.clone()
             };
             let mut next = self.state.clone();
@@ -277,6 +305,7 @@ impl Ipam {
             key: key.clone(),
             host_veth: host_veth.to_string(),
             bandwidth,
+            allowed_sources,
         };
         let mut next = self.state.clone();
         next.last = Some(ip);
@@ -588,7 +617,7 @@ mod tests {
     }
 
     #[test]
-    fn new_bandwidth_limits_replace_the_recorded_ones_and_survive_a_reopen() {
+    fn new_port_options_replace_the_recorded_ones_and_survive_a_reopen() {
         let dir = TempDir::new("bw");
         let subnet = net("10.244.1.0/24");
         let bw = |rate| cni_shim::spec::Bandwidth {
@@ -599,13 +628,19 @@ mod tests {
         let ip = {
             let mut ipam = Ipam::open(&dir.0).expect("open");
             let a = ipam
-                .allocate_limited(subnet, &key(1), "v1", Some(bw(1_000_000)))
+                .allocate_with(subnet, &key(1), "v1", opts(Some(bw(1_000_000)), &[]))
                 .expect("alloc");
             let b = ipam
-                .allocate_limited(subnet, &key(1), "v1", Some(bw(2_000_000)))
-                .expect("again, new limits");
+                .allocate_with(
+                    subnet,
+                    &key(1),
+                    "v1",
+                    opts(Some(bw(2_000_000)), &["10.244.1.200/32"]),
+                )
+                .expect("again, new limits and sources");
             assert_eq!(a.ip, b.ip, "same key, same address");
             assert_eq!(b.bandwidth, Some(bw(2_000_000)));
+            assert_eq!(b.allowed_sources, [net("10.244.1.200/32")]);
             assert_eq!(ipam.allocations().len(), 1);
             a.ip
         };
@@ -613,6 +648,17 @@ mod tests {
         assert_eq!(ipam.allocations().len(), 1, "{:?}", ipam.allocations());
         assert_eq!(ipam.allocations()[0].ip, ip);
         assert_eq!(ipam.allocations()[0].bandwidth, Some(bw(2_000_000)));
+        assert_eq!(
+            ipam.allocations()[0].allowed_sources,
+            [net("10.244.1.200/32")]
+        );
+    }
+
+    fn opts(bandwidth: Option<cni_shim::spec::Bandwidth>, sources: &[&str]) -> PortOptions {
+        PortOptions {
+            bandwidth,
+            allowed_sources: sources.iter().map(|s| net(s)).collect(),
+        }
     }
 
     #[test]

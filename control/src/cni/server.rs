@@ -28,7 +28,7 @@ use cni_shim::spec::{
 use cni_shim::wire::{self, Reply, Request};
 use ipnet::Ipv4Net;
 
-use super::ipam::{Ipam, IpamError, Key};
+use super::ipam::{Ipam, IpamError, Key, PortOptions};
 use super::plumbing::{self, PlumbError, PodPlan};
 use crate::datastore::{PodEntry, TableInputs};
 use crate::netlink::{Netlink, NetlinkError};
@@ -36,7 +36,11 @@ use crate::netns::{NetNs, NetNsError};
 use dataplane::io::packet::PacketPort;
 use dataplane::io::worker::WorkerShared;
 use dataplane::police::PortLimits;
+use dataplane::snapshot::SourcePrefixes;
 use dataplane::PortId;
+
+// The plugin refuses more prefixes than the dataplane holds inline.
+const _: () = assert!(cni_shim::spec::MAX_ALLOWED_SOURCES == SourcePrefixes::MAX);
 
 /// What the CNI server needs to know about the node. The agent fills it from its config today;
 /// with a datastore the subnet comes from the node's lease.
@@ -427,8 +431,12 @@ impl Handler {
             )
             .details("in bridge mode chain the bandwidth plugin after weft and give it, not weft, the bandwidth capability (deploy/10-weft-bridge.conflist)"));
         }
+        let options = PortOptions {
+            bandwidth: conf.bandwidth,
+            allowed_sources: conf.allowed_sources.clone(),
+        };
         let alloc = ipam
-            .allocate_limited(self.ctx.subnet, &key, &host_veth, conf.bandwidth)
+            .allocate_with(self.ctx.subnet, &key, &host_veth, options.clone())
             .map_err(ipam_error)?;
         let plan = self.plan(&key, host_veth, alloc.ip);
         if let Err(e) = plumbing::attach(nl, &ns, &plan) {
@@ -439,7 +447,7 @@ impl Handler {
             return Err(plumb_error(netns_path, e));
         }
         if let Some(sw) = &self.ctx.switch {
-            if let Err(e) = publish(sw, ports, &plan, alloc.ip, conf.bandwidth.as_ref(), true) {
+            if let Err(e) = publish(sw, ports, &plan, alloc.ip, &options, true) {
                 let _ = plumbing::detach(nl, &plan.host_veth);
                 if let Err(re) = ipam.release(&key) {
                     tracing::error!("rollback: cannot release {}: {re}", alloc.ip);
@@ -592,16 +600,23 @@ fn publish(
     ports: &mut std::collections::BTreeMap<String, PortId>,
     plan: &PodPlan,
     ip: Ipv4Addr,
-    bandwidth: Option<&cni_shim::spec::Bandwidth>,
+    options: &PortOptions,
     wait: bool,
 ) -> Result<PortId, String> {
+    let extra = SourcePrefixes::new(&options.allowed_sources).ok_or_else(|| {
+        format!(
+            "{} allowed source prefixes; at most {} per pod",
+            options.allowed_sources.len(),
+            SourcePrefixes::MAX
+        )
+    })?;
     let port = sw
         .inputs
         .free_port()
         .ok_or_else(|| "no free switch port id (65535 pods on one node?)".to_string())?;
     let sock = PacketPort::open(&plan.host_veth, dataplane::io::packet::DEFAULT_RCVBUF)
         .map_err(|e| e.to_string())?;
-    let limits = bandwidth.and_then(|b| {
+    let limits = options.bandwidth.and_then(|b| {
         PortLimits::new(
             (b.ingress_rate, b.ingress_burst),
             (b.egress_rate, b.egress_burst),
@@ -616,6 +631,7 @@ fn publish(
         mac: plan.container_mac,
         port_mac: plumbing::SWITCH_GATEWAY_MAC,
         mtu: u16::try_from(plan.mtu).unwrap_or(u16::MAX),
+        extra,
     });
     ports.insert(plan.host_veth.clone(), port);
     if wait && !sw.workers.sync(PORT_LIVE_TIMEOUT) {
@@ -643,6 +659,8 @@ fn unpublish(
     socks.remove(port);
     sw.workers.set_pod_ports(socks);
     let _ = sw.workers.sync(PORT_LIVE_TIMEOUT);
+    // A worker on an older snapshot may have learnt on the port meanwhile; the id is reused.
+    sw.inputs.learnt().forget_port(port);
 }
 
 /// Switch mode at start: re-attaches the pods an earlier run left (an allocation whose host veth
@@ -669,14 +687,7 @@ fn adopt(work: &mut Work, sw: &SwitchPorts, ctx: &CniContext) {
             bridge: ctx.bridge.clone(),
             switch: true,
         };
-        match publish(
-            sw,
-            &mut work.ports,
-            &plan,
-            a.ip,
-            a.bandwidth.as_ref(),
-            false,
-        ) {
+        match publish(sw, &mut work.ports, &plan, a.ip, &a.options(), false) {
             Ok(_) => adopted += 1,
             Err(e) => {
                 tracing::warn!(veth = %a.host_veth, ip = %a.ip, "switch mode: cannot re-adopt the pod: {e}")

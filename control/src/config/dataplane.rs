@@ -29,6 +29,10 @@ pub(super) struct RawDataplane {
     pub(super) busy_poll_us: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) pod_ports: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) neigh_reachable_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) neigh_stale_ms: Option<i64>,
 }
 
 /// `[dataplane]`: the local forwarding engine.
@@ -61,6 +65,12 @@ pub struct DataplaneSection {
     pub busy_poll_us: u32,
     /// How pods attach: to the kernel bridge, or as ports of Weft's switch.
     pub pod_ports: PodPortMode,
+    /// Milliseconds a learnt neighbour (a pod's floating address, switch mode) stays
+    /// `REACHABLE` after it was last announced; Linux's `base_reachable_time_ms`. Default 30000.
+    pub neigh_reachable_ms: u32,
+    /// Milliseconds it then stays `STALE` (still used) before it is gone; Linux's
+    /// `gc_stale_time`. Default 60000.
+    pub neigh_stale_ms: u32,
 }
 
 /// `[dataplane] pod_ports`.
@@ -88,6 +98,23 @@ impl PodPortMode {
 
 /// Default of `[dataplane] busy_poll_us`.
 pub const DEFAULT_BUSY_POLL_US: u32 = 200;
+
+/// Default of `[dataplane] neigh_reachable_ms` (Linux's `base_reachable_time_ms`).
+pub const DEFAULT_NEIGH_REACHABLE_MS: u32 = 30_000;
+
+/// Default of `[dataplane] neigh_stale_ms` (Linux's `gc_stale_time`, 60 s).
+pub const DEFAULT_NEIGH_STALE_MS: u32 = 60_000;
+
+impl DataplaneSection {
+    /// How learnt neighbours age.
+    pub fn neigh_aging(&self) -> dataplane::neigh::Aging {
+        use dataplane::time::Duration;
+        dataplane::neigh::Aging {
+            reachable: Duration::from_millis(u64::from(self.neigh_reachable_ms)),
+            gc_stale: Duration::from_millis(u64::from(self.neigh_stale_ms)),
+        }
+    }
+}
 
 /// Validates `[dataplane]`; the bridge must not take the name of the TUN of VNI `vni`.
 pub(super) fn validate(raw: &RawDataplane, vni: u32) -> Result<DataplaneSection, ConfigError> {
@@ -125,7 +152,22 @@ pub(super) fn validate(raw: &RawDataplane, vni: u32) -> Result<DataplaneSection,
                 )
             })?,
     };
+    let millis = |key: &str, v: Option<i64>, default: u32| -> Result<u32, ConfigError> {
+        Ok(in_range(key, v.unwrap_or(i64::from(default)), 100, 3_600_000)? as u32)
+    };
+    let neigh_reachable_ms = millis(
+        "dataplane.neigh_reachable_ms",
+        raw.neigh_reachable_ms,
+        DEFAULT_NEIGH_REACHABLE_MS,
+    )?;
+    let neigh_stale_ms = millis(
+        "dataplane.neigh_stale_ms",
+        raw.neigh_stale_ms,
+        DEFAULT_NEIGH_STALE_MS,
+    )?;
     let dataplane = DataplaneSection {
+        neigh_reachable_ms,
+        neigh_stale_ms,
         workers,
         bridge,
         control_socket,
@@ -160,6 +202,8 @@ impl From<&DataplaneSection> for RawDataplane {
             uso: Some(s.uso),
             busy_poll_us: Some(i64::from(s.busy_poll_us)),
             pod_ports: Some(s.pod_ports.name().to_string()),
+            neigh_reachable_ms: Some(i64::from(s.neigh_reachable_ms)),
+            neigh_stale_ms: Some(i64::from(s.neigh_stale_ms)),
         }
     }
 }

@@ -38,6 +38,8 @@
 //! busy_poll_us = 200           # default 200: keep polling this long after traffic; 0 = always sleep
 //! pod_ports = "switch"         # default: pod veths are ports of Weft's own switch (AF_PACKET),
 //!                              # no bridge; "bridge": pods on the kernel bridge
+//! neigh_reachable_ms = 30000   # default: a learnt floating address is REACHABLE this long...
+//! neigh_stale_ms = 60000       # default: ...then STALE this long more, then gone
 //!
 //! [datastore]
 //! type = "static"              # default; or "etcd", "kubernetes" (flannel's two layouts)

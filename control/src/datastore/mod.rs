@@ -22,7 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use dataplane::fib::NextHop;
-use dataplane::snapshot::{NodeConfig, PodAddr, Port, PortKind, SnapshotCell, Tables};
+use dataplane::neigh::{Aging, LearntNeighbors};
+use dataplane::snapshot::{
+    NodeConfig, PodAddr, Port, PortKind, SnapshotCell, SourcePrefixes, Tables,
+};
 use dataplane::wire::EthernetAddress;
 use ipnet::Ipv4Net;
 
@@ -259,6 +262,8 @@ pub struct PodEntry {
     pub port_mac: EthernetAddress,
     /// The port's MTU.
     pub mtu: u16,
+    /// The further source prefixes the pod may send from (`allowedSourcePrefixes`).
+    pub extra: SourcePrefixes,
 }
 
 /// [`reconcile`], with the pods of a switch-mode node (`Some`, possibly empty) or none (bridge
@@ -295,6 +300,7 @@ pub fn reconcile_with_pods(
                         pod: Some(PodAddr {
                             ip: p.ip,
                             mac: p.mac,
+                            extra: p.extra,
                         }),
                     },
                     mtu: p.mtu,
@@ -315,6 +321,8 @@ pub fn reconcile_with_pods(
 pub struct TableInputs {
     own: OwnNode,
     cell: Arc<SnapshotCell>,
+    /// What the workers learn; outlives every rebuild of the tables.
+    learnt: Arc<LearntNeighbors>,
     state: Mutex<InputState>,
 }
 
@@ -328,9 +336,18 @@ struct InputState {
 impl TableInputs {
     /// Inputs for node `own` publishing into `cell`; `switch` for a switch-mode node.
     pub fn new(own: OwnNode, cell: Arc<SnapshotCell>, switch: bool) -> Self {
+        Self::with_aging(own, cell, switch, Aging::default())
+    }
+
+    /// Like [`TableInputs::new`], learnt neighbours aging by `aging`.
+    pub fn with_aging(own: OwnNode, cell: Arc<SnapshotCell>, switch: bool, aging: Aging) -> Self {
         TableInputs {
             own,
             cell,
+            learnt: Arc::new(LearntNeighbors::new(
+                aging,
+                LearntNeighbors::DEFAULT_CAPACITY,
+            )),
             state: Mutex::new(InputState {
                 peers: Vec::new(),
                 pods: switch.then(BTreeMap::new),
@@ -345,7 +362,8 @@ impl TableInputs {
     }
 
     fn publish(&self, st: &InputState) -> Tables {
-        let tables = reconcile_with_pods(&self.own, &st.peers, st.pods.as_ref());
+        let mut tables = reconcile_with_pods(&self.own, &st.peers, st.pods.as_ref());
+        tables.learnt = Arc::clone(&self.learnt);
         self.cell.publish(tables.snapshot());
         tables
     }
@@ -371,7 +389,13 @@ impl TableInputs {
         let mut st = self.lock();
         let gone = st.pods.as_mut()?.remove(&port)?;
         self.publish(&st);
+        self.learnt.forget_port(port);
         Some(gone)
+    }
+
+    /// The neighbours the workers learn.
+    pub fn learnt(&self) -> &LearntNeighbors {
+        &self.learnt
     }
 
     /// The attached pods (switch mode).

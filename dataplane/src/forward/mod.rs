@@ -228,7 +228,12 @@ fn from_l2(
         // An ARP probe's sender is 0.0.0.0 (RFC 5227); it is not answered below either.
         if let Some(ip) = sender {
             if ip != pod.ip && !(ethertype == EtherType::Arp && ip.is_unspecified()) {
-                return Verdict::Drop(DropReason::Spoofed);
+                if !pod.extra.contains(ip) {
+                    return Verdict::Drop(DropReason::Spoofed);
+                }
+                // One of the pod's extra addresses (a VIP): it is here now. A gratuitous ARP
+                // announces it; any packet from it confirms it.
+                snap.learnt.confirm(ip, port_id, src, now);
             }
         }
     }
@@ -454,7 +459,14 @@ fn route(
     let Some(route) = snap.fib.lookup(hdr.dst) else {
         return fail(buf, DropReason::NoRoute, IcmpError::NetUnreachable);
     };
-    let next_hop = route.next_hop;
+    let mut next_hop = route.next_hop;
+    // An address a pod announced (one of its allowed extra sources) is reached on the port it
+    // was learnt on, unless a pod has it as its own address (a /32 route of its own).
+    if route.prefix.prefix_len() < 32 && snap.learnable(hdr.dst) {
+        if let Some((port, _)) = snap.learnt.lookup(hdr.dst, now) {
+            next_hop = NextHop::Local { port };
+        }
+    }
     let egress = match next_hop {
         NextHop::Local { port } => match snap.port(port) {
             Some(&p) => Some((port, p)),
@@ -511,9 +523,8 @@ fn route(
         // Resolved above: local next hops have returned through `deliver`.
         NextHop::Local { .. } => Verdict::Drop(DropReason::NoRoute),
         NextHop::Vxlan { gateway } => {
-            let dst_mac = match snap.neigh.lookup(gateway, now) {
-                NeighborAnswer::Found(mac) | NeighborAnswer::Stale(mac) => mac,
-                NeighborAnswer::NotFound => return Verdict::Drop(DropReason::NeighborMissing),
+            let Some(dst_mac) = snap.neigh.lookup(gateway) else {
+                return Verdict::Drop(DropReason::NeighborMissing);
             };
             let vtep = match snap.fdb.lookup(dst_mac) {
                 Some(FdbEntry::Remote { vtep }) => vtep,
@@ -582,9 +593,14 @@ fn deliver(
         PortKind::L3 => Verdict::Forward(Action::Deliver { port, start, len }),
         PortKind::L2 { mac, .. } => {
             let dst = Ipv4Packet::new_unchecked(&buf[start..start + len]).dst_addr();
-            let dst_mac = match snap.neigh.lookup(dst, now) {
-                NeighborAnswer::Found(m) | NeighborAnswer::Stale(m) => m,
-                NeighborAnswer::NotFound => return Verdict::Drop(DropReason::NeighborMissing),
+            let learnt = || match snap.learnt.lookup(dst, now) {
+                Some((p, NeighborAnswer::Found(m) | NeighborAnswer::Stale(m))) if p == port => {
+                    Some(m)
+                }
+                _ => None,
+            };
+            let Some(dst_mac) = snap.neigh.lookup(dst).or_else(learnt) else {
+                return Verdict::Drop(DropReason::NeighborMissing);
             };
             let Some(eth_start) = start.checked_sub(ethernet::HEADER_LEN) else {
                 return Verdict::Drop(DropReason::NoHeadroom);
