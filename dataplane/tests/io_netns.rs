@@ -601,7 +601,7 @@ fn raw_sender_keeps_the_flow_source_port_and_batches_past_one_chunk() {
             next_hop,
             start,
             len,
-            encap: Encap::Vxlan { src_port },
+            encap: Encap::Vxlan { src_port, .. },
         }) = verdict
         else {
             panic!("flow {k}: expected a VXLAN transmit, got {verdict:?}");

@@ -141,7 +141,7 @@ fn weft_encapsulates_like_the_kernel() {
                 next_hop,
                 start,
                 len,
-                encap: Encap::Vxlan { src_port },
+                encap: Encap::Vxlan { src_port, .. },
             }) = v
             else {
                 panic!("{name}: not transmitted: {v:?}");

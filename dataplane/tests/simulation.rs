@@ -188,11 +188,12 @@ fn a_to_b(mode: Mode, from: PortId, frame: &[u8], via_socket: bool) -> (Verdict,
     assert_eq!(outer.header().source_addr(), a.underlay);
     assert_eq!(outer.header().destination_addr(), b.underlay);
     match (mode, encap) {
-        (Mode::Vxlan, Encap::Vxlan { src_port }) => {
+        (Mode::Vxlan, Encap::Vxlan { src_port, dst_port }) => {
             let Some(TransportSlice::Udp(udp)) = sliced.transport else {
                 panic!("outer is not UDP")
             };
             assert_eq!(udp.destination_port(), 8472);
+            assert_eq!(dst_port, 8472, "the verdict names the port the header says");
             assert_eq!(udp.source_port(), src_port);
             assert!((32768..61000).contains(&src_port));
             let vx = udp.payload();

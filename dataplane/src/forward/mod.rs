@@ -68,6 +68,9 @@ pub enum Encap {
     Vxlan {
         /// The flow's UDP source port.
         src_port: u16,
+        /// The UDP destination port the outer header names (the node's VXLAN port), so a shell
+        /// addresses its socket send without reading the header back.
+        dst_port: u16,
     },
     /// IP-in-IP (protocol 4); the bytes start at the outer IPv4 header.
     Ipip,
@@ -351,6 +354,11 @@ pub fn ipip_super_frame(
     let Some(mtu) = snap.port(port).map(|p| usize::from(p.mtu)) else {
         return Ok(None);
     };
+    // Within the port's MTU plus an outer header: a plain datagram, the normal path's (the
+    // test every IP-in-IP datagram meets, so it comes before any parsing).
+    if len <= mtu + ipip::OVERHEAD {
+        return Ok(None);
+    }
     let Some(pkt) = start.checked_add(len).and_then(|end| buf.get(start..end)) else {
         return Err(DropReason::Truncated);
     };
@@ -546,7 +554,10 @@ fn route(
                     next_hop: vtep,
                     start: s,
                     len: l,
-                    encap: Encap::Vxlan { src_port },
+                    encap: Encap::Vxlan {
+                        src_port,
+                        dst_port: snap.node.vxlan_port,
+                    },
                 }),
                 Err(reason) => Verdict::Drop(reason),
             }

@@ -677,15 +677,6 @@ const HEAD_PREFIX_MAX: usize = 8 + 14;
 /// Bytes per gathered segment's headers: the prefix, then IPv4 and TCP headers with options.
 const HEAD_STRIDE: usize = HEAD_PREFIX_MAX + MAX_HDR_LEN;
 
-/// Where a VXLAN packet the core encapsulated goes: `next_hop`, at the destination port of the
-/// outer UDP header the core wrote (`outer` starts at the outer IPv4 header).
-fn vxlan_dst(next_hop: Ipv4Addr, outer: &[u8]) -> SocketAddrV4 {
-    let dport = outer
-        .get(22..24)
-        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-    SocketAddrV4::new(next_hop, dport)
-}
-
 /// A merged (UDP GRO) datagram: where it came from, its slot, its segment size and length.
 #[derive(Debug, Clone, Copy)]
 struct Merged {
@@ -828,8 +819,7 @@ impl Worker<'_> {
                 }
             }
         }
-        self.flush(slots);
-        self.flush_coalesced();
+        self.end_batch(slots);
         match fatal {
             Some(e) => Err(e),
             None => Ok(n),
@@ -955,8 +945,7 @@ impl Worker<'_> {
                 }
             }
         }
-        self.flush(slots);
-        self.flush_coalesced();
+        self.end_batch(slots);
         match fatal {
             Some(e) => Err(e),
             None => Ok(n),
@@ -1026,18 +1015,18 @@ impl Worker<'_> {
                 next_hop,
                 start,
                 len,
-                encap: Encap::Vxlan { src_port },
+                encap: Encap::Vxlan { src_port, dst_port },
             }) if !segs.is_done()
                 && start + len == ip_at + seg_len
                 && ip_at
                     .checked_sub(start + VXLAN_UDP_PAYLOAD_OFFSET)
                     .is_some_and(|p| p <= HEAD_PREFIX_MAX) =>
             {
-                Some((next_hop, start, src_port))
+                Some((SocketAddrV4::new(next_hop, dst_port), start, src_port))
             }
             _ => None,
         };
-        let Some((next_hop, start, flow)) = gathered else {
+        let Some((dst, start, flow)) = gathered else {
             self.carry_out(verdict, i, slot);
             *next += 1;
             return SuperFrame::Done;
@@ -1046,7 +1035,6 @@ impl Worker<'_> {
         self.flush(slots);
         *next = 0;
         let first = slots.bytes(i, start, ip_at + seg_len - start);
-        let dst = vxlan_dst(next_hop, first);
         let Some(first) = first.get(VXLAN_UDP_PAYLOAD_OFFSET..) else {
             return SuperFrame::Done;
         };
@@ -1289,8 +1277,7 @@ impl Worker<'_> {
                 }
             }
         }
-        self.flush(rx.slots());
-        self.flush_coalesced();
+        self.end_batch(rx.slots());
         n
     }
 
@@ -1350,8 +1337,7 @@ impl Worker<'_> {
                 off += len;
             }
         }
-        self.flush(rx.slots());
-        self.flush_coalesced();
+        self.end_batch(rx.slots());
         n
     }
 
@@ -1592,9 +1578,6 @@ impl Worker<'_> {
             Ok(n) => n,
             Err(_) => return 0,
         };
-        let tun_mtu = snap
-            .port(self.tun_port)
-            .map_or(usize::MAX - 20, |p| usize::from(p.mtu));
         for i in 0..n {
             let Some(meta) = rx.meta(i) else { break };
             self.counters.rx_underlay.add(meta.len);
@@ -1603,25 +1586,21 @@ impl Worker<'_> {
                 continue;
             }
             let Some(slot) = rx.slot_mut(i) else { break };
-            // Above the tunnel MTU plus an outer header: only a merged datagram can be.
-            if meta.len > tun_mtu + 20 {
-                match ipip_super_frame(snap, slot, HEADROOM, meta.len, self.tun_port) {
-                    Ok(Some(f)) => {
-                        self.write_super_frame(slot, f);
-                        continue;
-                    }
-                    Ok(None) => {}
-                    Err(reason) => {
-                        self.counters.drop(reason);
-                        continue;
-                    }
+            match ipip_super_frame(snap, slot, HEADROOM, meta.len, self.tun_port) {
+                Ok(Some(f)) => {
+                    self.write_super_frame(slot, f);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(reason) => {
+                    self.counters.drop(reason);
+                    continue;
                 }
             }
             let verdict = forward(snap, Ingress::Underlay, slot, HEADROOM, meta.len, now);
             self.carry_out(verdict, i, slot);
         }
-        self.flush(rx.slots());
-        self.flush_coalesced();
+        self.end_batch(rx.slots());
         n
     }
 
@@ -1740,6 +1719,13 @@ impl Worker<'_> {
         }
     }
 
+    /// The end of every drain: what the batch holds for the underlay and the pod ports leaves,
+    /// then what the coalescers hold for the TUN.
+    fn end_batch(&mut self, slots: &Slots) {
+        self.flush(slots);
+        self.flush_coalesced();
+    }
+
     /// Sends the batch's underlay transmits and counts the outcome: VXLAN through the UDP
     /// sender (same-flow runs as GSO trains), anything else through the raw socket, each with
     /// `sendmmsg(2)`.
@@ -1754,12 +1740,12 @@ impl Worker<'_> {
                 .vxlan_tx
                 .send_iter(self.pending.iter().filter(vxlan).map(|p| {
                     let bytes = slots.bytes(p.slot, p.start, p.len);
-                    let flow = match p.encap {
-                        Encap::Vxlan { src_port } => src_port,
-                        _ => 0,
+                    let (flow, dport) = match p.encap {
+                        Encap::Vxlan { src_port, dst_port } => (src_port, dst_port),
+                        _ => (0, 0),
                     };
                     Datagram {
-                        dst: vxlan_dst(p.next_hop, bytes),
+                        dst: SocketAddrV4::new(p.next_hop, dport),
                         flow,
                         payload: bytes.get(VXLAN_UDP_PAYLOAD_OFFSET..).unwrap_or(&[]),
                         tail: &[],
