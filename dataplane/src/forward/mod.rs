@@ -148,6 +148,49 @@ enum Origin {
     Generated,
 }
 
+/// What the verdict on a super-frame's first segment means for the whole super-frame (a TSO
+/// send of a pod or the host, or a datagram the kernel's GRO merged): its segments are one flow
+/// with the same headers but for lengths, sequence numbers and checksums, so where the first
+/// goes every other goes too; the core says so here, and the worker only carries it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuperFramePlan {
+    /// The first is delivered to local port `port`: deliver the whole super-frame there at once
+    /// (the port takes offloads, or the worker merges the segments for it).
+    Whole {
+        /// The port.
+        port: PortId,
+    },
+    /// The first leaves into the underlay: every segment leaves the same way (next hop,
+    /// encapsulation, outer headers but for lengths), its TTL one less when `routed`, as the
+    /// core made the first's.
+    AsTheFirst {
+        /// Weft routed the packet (it came from a pod port), so each segment loses a hop.
+        routed: bool,
+    },
+    /// Only the first is decided (dropped, answered, or sent where segments cannot follow it
+    /// whole): every other segment goes through [`forward`] itself.
+    EachItsOwn,
+}
+
+/// The plan for a super-frame from `ingress` whose first segment got `first` (see
+/// [`SuperFramePlan`]).
+#[inline]
+pub fn plan_super_frame(snap: &Snapshot, ingress: Ingress, first: &Verdict) -> SuperFramePlan {
+    match *first {
+        Verdict::Forward(Action::Deliver { port, .. }) => SuperFramePlan::Whole { port },
+        Verdict::Forward(Action::Transmit {
+            encap: Encap::Vxlan { .. },
+            ..
+        }) => SuperFramePlan::AsTheFirst {
+            routed: matches!(
+                ingress,
+                Ingress::Local(p) if matches!(snap.port(p), Some(Port { kind: PortKind::L2 { .. }, .. }))
+            ),
+        },
+        _ => SuperFramePlan::EachItsOwn,
+    }
+}
+
 /// Decides what to do with the packet at `buf[start..start + len]` that arrived from `ingress`.
 ///
 /// Rewrites the buffer in place as needed (outer headers into the headroom, TTL, an Ethernet

@@ -43,7 +43,8 @@ use super::udp::{Datagram, VxlanSender, VxlanSocket};
 use super::{clock, sys, Slots};
 use crate::drop::{Counters, DropReason};
 use crate::forward::{
-    forward, ipip_super_frame, Action, Encap, Ingress, Verdict, HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
+    forward, ipip_super_frame, plan_super_frame, Action, Encap, Ingress, SuperFramePlan, Verdict,
+    HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
 };
 use crate::offload::{
     complete_checksum, Coalescer, GatherCoalescer, Gso, Ipv4Segments, Push, VnetRepr, MAX_HDR_LEN,
@@ -1001,32 +1002,44 @@ impl Worker<'_> {
         }
         self.counters.rx_local.add(l2 + seg_len);
         let verdict = forward(snap, ingress, slot, HEADROOM, l2 + seg_len, now);
-        if let Verdict::Forward(Action::Deliver { port, start, .. }) = verdict {
-            if eth.is_some() && port != self.tun_port && self.pods.get(port).is_some() {
+        let plan = plan_super_frame(snap, ingress, &verdict);
+        // Carrying the plan out needs the super-frame in a shape the sends take: an Ethernet
+        // frame to pass to a pod port whole; the segments' outer headers within a stride.
+        let gathered = match (plan, verdict) {
+            (SuperFramePlan::Whole { port }, Verdict::Forward(Action::Deliver { start, .. }))
+                if eth.is_some() && port != self.tun_port && self.pods.get(port).is_some() =>
+            {
                 let mut out = [0u8; ETH_LEN];
                 if let Some(b) = slot.get(start..start + ETH_LEN) {
                     out.copy_from_slice(b);
                     return SuperFrame::ToPod { port, eth: out };
                 }
+                None
             }
-        }
-        let gathered = match verdict {
-            Verdict::Forward(Action::Transmit {
-                next_hop,
-                start,
-                len,
-                encap: Encap::Vxlan { src_port, dst_port },
-            }) if !segs.is_done()
+            (
+                SuperFramePlan::AsTheFirst { routed },
+                Verdict::Forward(Action::Transmit {
+                    next_hop,
+                    start,
+                    len,
+                    encap: Encap::Vxlan { src_port, dst_port },
+                }),
+            ) if !segs.is_done()
                 && start + len == ip_at + seg_len
                 && ip_at
                     .checked_sub(start + VXLAN_UDP_PAYLOAD_OFFSET)
                     .is_some_and(|p| p <= HEAD_PREFIX_MAX) =>
             {
-                Some((SocketAddrV4::new(next_hop, dst_port), start, src_port))
+                Some((
+                    SocketAddrV4::new(next_hop, dst_port),
+                    start,
+                    src_port,
+                    routed,
+                ))
             }
             _ => None,
         };
-        let Some((dst, start, flow)) = gathered else {
+        let Some((dst, start, flow, routed)) = gathered else {
             self.carry_out(verdict, i, slot);
             *next += 1;
             return SuperFrame::Done;
@@ -1051,8 +1064,8 @@ impl Worker<'_> {
                 head[..prefix.len()].copy_from_slice(prefix);
                 match segs.emit_next_headers(&mut head[prefix.len()..]) {
                     Some(Ok((hl, body))) => {
-                        if l2 > 0 {
-                            // Routed from a pod: one hop, as the core did to the first.
+                        if routed {
+                            // One hop, as the core did to the first.
                             let mut ip = Ipv4Packet::new_unchecked(&mut head[prefix.len()..]);
                             if ip.ttl() > 1 {
                                 ip.decrement_ttl();
@@ -1397,16 +1410,20 @@ impl Worker<'_> {
             received.copy_from_slice(b);
         }
         let verdict = forward(snap, ingress, slot, HEADROOM, first, now);
-        let (start, len) = match verdict {
-            Verdict::Forward(Action::Deliver { port, start, len })
-                if port == self.tun_port && start >= HEADROOM && start + len <= slot.len() =>
-            {
+        let plan = plan_super_frame(snap, ingress, &verdict);
+        let (start, len) = match (plan, verdict) {
+            (
+                SuperFramePlan::Whole { port },
+                Verdict::Forward(Action::Deliver { start, len, .. }),
+            ) if port == self.tun_port && start >= HEADROOM && start + len <= slot.len() => {
                 (start, len)
             }
-            Verdict::Forward(Action::Deliver { port, start, len })
-                if self.pods.get(port).is_some()
-                    && start == HEADROOM + VXLAN_ETH_LEN - ETH_LEN
-                    && start + len <= slot.len() =>
+            (
+                SuperFramePlan::Whole { port },
+                Verdict::Forward(Action::Deliver { start, len, .. }),
+            ) if self.pods.get(port).is_some()
+                && start == HEADROOM + VXLAN_ETH_LEN - ETH_LEN
+                && start + len <= slot.len() =>
             {
                 return self.gather_to_pod(gather, port, &received, merged, slot, start, len);
             }
