@@ -10,7 +10,8 @@ use std::net::Ipv4Addr;
 use dataplane::drop::DropReason;
 use dataplane::fib::NextHop;
 use dataplane::forward::{
-    forward, ipip_super_frame, Action, Encap, Ingress, Verdict, HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
+    forward, ipip_super_frame, plan_super_frame, Action, Encap, Ingress, SuperFramePlan, Verdict,
+    HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
 };
 use dataplane::offload::{Gso, VnetRepr, VNET_HDR_LEN};
 use dataplane::snapshot::{NodeConfig, PodAddr, Port, PortKind, Snapshot, SourcePrefixes, Tables};
@@ -948,5 +949,41 @@ fn a_learnt_address_never_takes_a_pods_own_address() {
         from_overlay_to(&plain, Ipv4Addr::new(10, 244, 1, 9), NOW).map(|(port, _)| port),
         Ok(TUN),
         "the subnet's route, not the learnt entry"
+    );
+}
+
+#[test]
+fn the_first_segments_verdict_plans_the_whole_super_frame() {
+    let (a, b) = (node(1), node(2));
+    let snap = tables(&a, &b, Mode::Vxlan);
+    let pod_frame = ethernet(
+        a.pod_mac,
+        POD_PORT_MAC,
+        0x0800,
+        &udp_packet(a.pod_ip, b.pod_ip, 64, 100, false),
+    );
+    let (v, _) = run(&snap, Ingress::Local(POD), &pod_frame);
+    assert_eq!(
+        plan_super_frame(&snap, Ingress::Local(POD), &v),
+        SuperFramePlan::AsTheFirst { routed: true },
+        "from a pod Weft routes: each segment loses a hop"
+    );
+    let from_tun = udp_packet(a.pod_ip, b.pod_ip, 64, 100, false);
+    let (v, _) = run(&snap, Ingress::Local(TUN), &from_tun);
+    assert_eq!(
+        plan_super_frame(&snap, Ingress::Local(TUN), &v),
+        SuperFramePlan::AsTheFirst { routed: false }
+    );
+    let to_pod = udp_packet(Ipv4Addr::new(10, 244, 1, 1), a.pod_ip, 64, 100, false);
+    let (v, _) = run(&snap, Ingress::Local(TUN), &to_pod);
+    assert_eq!(
+        plan_super_frame(&snap, Ingress::Local(TUN), &v),
+        SuperFramePlan::Whole { port: POD }
+    );
+    let nowhere = udp_packet(a.pod_ip, Ipv4Addr::new(10, 99, 0, 1), 64, 100, false);
+    let (v, _) = run(&snap, Ingress::Local(TUN), &nowhere);
+    assert_eq!(
+        plan_super_frame(&snap, Ingress::Local(TUN), &v),
+        SuperFramePlan::EachItsOwn
     );
 }
