@@ -35,7 +35,7 @@
 //!   an entry's expiry at most once a second, so a steady established flow's packets only read.
 //! - Each entry records the policy generation it was admitted under ([`Tracked::generation`]),
 //!   so the caller can re-decide established flows after a policy change (see
-//!   [`filter`](super::filter)).
+//!   [`filter`](mod@super::filter)).
 //!
 //! # Why a shared table over atomics with a per-slot seqlock
 //!

@@ -16,7 +16,7 @@
 //!   connections", REFERENCE.md). TCP, UDP, SCTP, ICMP echo and other protocols, with
 //!   Linux-like states and timeouts; when full it evicts what Linux's `early_drop` would and
 //!   refuses (and counts) rather than evict a live established flow.
-//! - [`filter`]: the two put together for one packet, [`filter::filter`]: a tracked flow passes
+//! - [`filter`](mod@filter): the two put together for one packet, [`filter()`]: a tracked flow passes
 //!   on a conntrack hit; a new flow is decided by policy at both ends and tracked when allowed.
 //!   What a policy change does to established flows is the caller's choice per call
 //!   ([`OnPolicyChange`]).
