@@ -395,8 +395,16 @@ impl Slot {
     }
 
     /// Writes the fields if the slot is still as `seen` left it; false if it changed. The
-    /// generation tag becomes `generation`.
-    fn write(&self, seen: &Snap, key0: u64, key1: u64, state: u64, generation: u32) -> bool {
+    /// generation tag becomes `generation`; `key_tag`, when the key changes, is the slot's byte
+    /// in its bucket's tag word and its new value, written while the slot is held so that tag
+    /// updates land in the order of the writes they describe.
+    fn write(
+        &self,
+        seen: &Snap,
+        (key0, key1, state): (u64, u64, u64),
+        generation: u32,
+        key_tag: Option<(&AtomicU64, usize, u8)>,
+    ) -> bool {
         let locked = seen.version.wrapping_add(1);
         if self
             .version
@@ -410,6 +418,17 @@ impl Slot {
         self.key0.store(key0, Ordering::Relaxed);
         self.key1.store(key1, Ordering::Relaxed);
         self.state.store(state, Ordering::Relaxed);
+        if let Some((tags, index, tag)) = key_tag {
+            let shift = 8 * index as u32;
+            let mut word = tags.load(Ordering::Relaxed);
+            loop {
+                let next = (word & !(0xff << shift)) | (u64::from(tag) << shift);
+                match tags.compare_exchange_weak(word, next, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => break,
+                    Err(seen) => word = seen,
+                }
+            }
+        }
         let seq = (seen.version as u32).wrapping_add(2);
         self.version.store(
             u64::from(seq) | (u64::from(generation) << 32),
@@ -464,6 +483,31 @@ impl Normal {
             dst_port: dst.1,
         }
     }
+}
+
+/// Where a slot is.
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    bucket: usize,
+    slot: usize,
+}
+
+/// A mask with the high bit of every byte of `word` equal to `tag` set (and possibly, rarely,
+/// of a byte above one that is: a false candidate the key comparison then rejects).
+#[inline]
+fn byte_matches(word: u64, tag: u8) -> u64 {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let x = word ^ (LOW * u64::from(tag));
+    x.wrapping_sub(LOW) & !x & HIGH
+}
+
+/// SplitMix64's finalizer: every input bit reaches every output bit.
+#[inline]
+fn mix64(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 fn millis(t: Instant) -> u64 {
@@ -522,6 +566,10 @@ fn tcp_step(state: FlowState, fins: u64, from_low: bool, from_orig: bool, flags:
 #[derive(Debug)]
 pub struct Conntrack {
     buckets: Box<[Bucket]>,
+    /// Per bucket, one byte per slot: a fragment of the hash of the slot's key (never 0), or 0
+    /// for an empty slot. Lookups read only the slots whose byte matches: one cache line for
+    /// the tags and, usually, one for the entry.
+    tags: Box<[AtomicU64]>,
     mask: usize,
     timeouts: Timeouts,
     seed: u64,
@@ -540,6 +588,7 @@ impl Conntrack {
             .next_power_of_two();
         Conntrack {
             buckets: (0..buckets).map(|_| Bucket::default()).collect(),
+            tags: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
             mask: buckets - 1,
             timeouts: config.timeouts,
             seed: config.seed,
@@ -568,28 +617,44 @@ impl Conntrack {
         }
     }
 
+    /// The two buckets a flow may live in, and its tag.
     #[inline]
-    fn buckets_of(&self, n: &Normal) -> [&Bucket; 2] {
-        let mut h = (n.key0 ^ self.seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n.key1;
-        h = (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        h ^= h >> 32;
+    fn place(&self, n: &Normal) -> ([usize; 2], u8) {
+        let h = mix64(mix64(n.key0 ^ self.seed) ^ n.key1);
         let first = (h as usize) & self.mask;
-        let mut second = ((h >> 32) as usize).wrapping_mul(0x9e37_79b9) & self.mask;
+        let mut second = ((h >> 32) as usize) & self.mask;
         if second == first {
             second = first ^ 1;
         }
-        [&self.buckets[first], &self.buckets[second]]
+        ([first, second], (h >> 56) as u8 | 1)
+    }
+
+    #[inline]
+    fn slot(&self, at: Loc) -> &Slot {
+        &self.buckets[at.bucket].slots[at.slot]
+    }
+
+    /// The tag word of `at`'s bucket, `at`'s byte in it and the byte's new value.
+    fn key_tag(&self, at: Loc, tag: u8) -> Option<(&AtomicU64, usize, u8)> {
+        Some((&self.tags[at.bucket], at.slot, tag))
     }
 
     /// The live entry for `n`, with a consistent copy of it.
     #[inline]
-    fn find(&self, n: &Normal, now_ms: u64) -> Option<(&Slot, Snap)> {
-        for bucket in self.buckets_of(n) {
-            for slot in &bucket.slots {
+    fn find(&self, n: &Normal, now_ms: u64) -> Option<(Loc, Snap)> {
+        let (buckets, tag) = self.place(n);
+        for bucket in buckets {
+            let mut candidates = byte_matches(self.tags[bucket].load(Ordering::Acquire), tag);
+            while candidates != 0 {
+                let slot = candidates.trailing_zeros() as usize / 8;
+                candidates &= candidates - 1;
+                let at = Loc { bucket, slot };
                 // A slot a writer holds too long is skipped: a lookup never waits for one.
-                let Some(s) = slot.read() else { continue };
+                let Some(s) = self.slot(at).read() else {
+                    continue;
+                };
                 if s.key0 == n.key0 && s.key1 == n.key1 && s.expiry_ms() > now_ms {
-                    return Some((slot, s));
+                    return Some((at, s));
                 }
             }
         }
@@ -627,7 +692,8 @@ impl Conntrack {
         let protocol = key.protocol;
         let mut last = None;
         for _ in 0..WRITE_TRIES {
-            let (slot, s) = self.find(&n, now_ms)?;
+            let (at, s) = self.find(&n, now_ms)?;
+            let slot = self.slot(at);
             let state = s.flow_state()?;
             let orig_is_low = s.state & ORIG_IS_LOW != 0;
             let from_orig = n.from_low == orig_is_low;
@@ -636,7 +702,7 @@ impl Conntrack {
                 match tcp_step(state, fins, n.from_low, from_orig, flags) {
                     TcpStep::To(st, f) => (st, f),
                     TcpStep::Reopen => {
-                        slot.write(&s, 0, 0, 0, (s.version >> 32) as u32);
+                        slot.write(&s, (0, 0, 0), (s.version >> 32) as u32, self.key_tag(at, 0));
                         return None;
                     }
                 }
@@ -651,7 +717,7 @@ impl Conntrack {
                 return Some(tracked);
             }
             let word = pack_state(next, orig_is_low, next_fins, expiry);
-            if slot.write(&s, s.key0, s.key1, word, (s.version >> 32) as u32) {
+            if slot.write(&s, (s.key0, s.key1, word), (s.version >> 32) as u32, None) {
                 return Some(tracked);
             }
             last = Some(tracked);
@@ -685,30 +751,50 @@ impl Conntrack {
         let expiry = now_ms + self.timeouts.of(protocol, state).as_micros() / 1000;
         let word = pack_state(state, n.from_low, fins, expiry);
         for _ in 0..WRITE_TRIES {
-            // The best victim: (eviction class, expiry); an empty or expired slot is class 0.
-            let mut best: Option<(&Slot, Snap, (u8, u64))> = None;
-            for bucket in self.buckets_of(&n) {
-                for slot in &bucket.slots {
-                    let Some(s) = slot.read() else { continue };
-                    let rank = if s.live(now_ms) {
-                        if s.key0 == n.key0 && s.key1 == n.key1 {
-                            return Insert::Exists;
-                        }
-                        let class = s.flow_state().map_or(0, FlowState::eviction_class);
-                        (class, s.expiry_ms())
-                    } else {
-                        (0, 0)
+            // The best victim: (eviction class, expiry); an empty or expired slot is class 0,
+            // taken from the emptier bucket (two-choice hashing keeps buckets even).
+            let mut best: Option<(Loc, Snap, (u8, u64))> = None;
+            let mut emptier = usize::MAX;
+            let (buckets, tag) = self.place(&n);
+            for bucket in buckets {
+                let mut live = 0;
+                let mut free: Option<(Loc, Snap)> = None;
+                for slot in 0..BUCKET_SLOTS {
+                    let at = Loc { bucket, slot };
+                    let Some(s) = self.slot(at).read() else {
+                        continue;
                     };
-                    if best.as_ref().is_none_or(|b| rank < b.2) {
-                        best = Some((slot, s, rank));
+                    if !s.live(now_ms) {
+                        free = free.or(Some((at, s)));
+                        continue;
+                    }
+                    if s.key0 == n.key0 && s.key1 == n.key1 {
+                        return Insert::Exists;
+                    }
+                    live += 1;
+                    let class = s.flow_state().map_or(0, FlowState::eviction_class);
+                    let rank = (class, s.expiry_ms());
+                    if best.as_ref().is_none_or(|b| b.2 .0 != 0 && rank < b.2) {
+                        best = Some((at, s, rank));
+                    }
+                }
+                if let Some((at, s)) = free {
+                    if live < emptier {
+                        emptier = live;
+                        best = Some((at, s, (0, 0)));
                     }
                 }
             }
-            let Some((slot, s, rank)) = best else { break };
+            let Some((at, s, rank)) = best else { break };
             if rank.0 >= ASSURED {
                 break;
             }
-            if slot.write(&s, n.key0, n.key1, word, generation_tag(generation)) {
+            let fields = (n.key0, n.key1, word);
+            let generation = generation_tag(generation);
+            if self
+                .slot(at)
+                .write(&s, fields, generation, self.key_tag(at, tag))
+            {
                 self.inserted.fetch_add(1, Ordering::Relaxed);
                 let evicted = s.live(now_ms);
                 if evicted {
@@ -725,10 +811,14 @@ impl Conntrack {
     pub fn remove(&self, key: &FlowKey) -> bool {
         let n = Normal::of(key);
         for _ in 0..WRITE_TRIES {
-            let Some((slot, s)) = self.find(&n, 0) else {
+            let Some((at, s)) = self.find(&n, 0) else {
                 return false;
             };
-            if slot.write(&s, 0, 0, 0, (s.version >> 32) as u32) {
+            let generation = (s.version >> 32) as u32;
+            if self
+                .slot(at)
+                .write(&s, (0, 0, 0), generation, self.key_tag(at, 0))
+            {
                 return true;
             }
         }
@@ -740,9 +830,10 @@ impl Conntrack {
     pub fn set_generation(&self, key: &FlowKey, generation: u64, now: Instant) -> bool {
         let n = Normal::of(key);
         for _ in 0..WRITE_TRIES {
-            let Some((slot, s)) = self.find(&n, millis(now)) else {
+            let Some((at, s)) = self.find(&n, millis(now)) else {
                 return false;
             };
+            let slot = self.slot(at);
             // One word holds both the sequence and the tag: bump the sequence by two (even to
             // even) so readers that copied the old tag retry.
             let seq = (s.version as u32).wrapping_add(2);
@@ -807,6 +898,20 @@ mod tests {
             capacity,
             ..ConntrackConfig::default()
         })
+    }
+
+    #[test]
+    fn tag_bytes_match() {
+        let word = 0x0033_0000_0000_3300_u64 | 0x11;
+        let m = byte_matches(word, 0x33);
+        assert_eq!(m & (0x80 << 8), 0x80 << 8);
+        assert_eq!(m & (0x80 << 48), 0x80 << 48);
+        // Only candidates: every real match is in the mask; false ones only above a real one.
+        assert_eq!(
+            m & !((0x80 << 8) | (0x80 << 48) | (0x80 << 16) | (0x80 << 56)),
+            0
+        );
+        assert_eq!(byte_matches(word, 0x55), 0);
     }
 
     #[test]
@@ -1006,6 +1111,30 @@ mod tests {
         let stats = ct.stats();
         assert_eq!((stats.inserted, stats.evicted, stats.refused), (20, 3, 1));
         assert_eq!(ct.len(at(4 + 120)), 15);
+    }
+
+    #[test]
+    fn three_quarters_full_refuses_nothing() {
+        // Flows as a busy server sees them: one address and port, many clients. Two-choice
+        // buckets take 75% of the capacity in established flows without a refusal.
+        let ct = small(1 << 12);
+        let server = Ipv4Addr::new(10, 244, 1, 10);
+        let n = ct.capacity() * 3 / 4;
+        for i in 0..n as u32 {
+            let k = FlowKey {
+                src: Ipv4Addr::from(0x0af4_0000 | (i >> 6)),
+                dst: server,
+                protocol: Protocol::TCP,
+                src_port: 30_000 + (i & 63) as u16,
+                dst_port: 80,
+            };
+            assert!(matches!(
+                ct.insert(&k, ACK, 1, at(0)),
+                Insert::Inserted { evicted: false }
+            ));
+        }
+        assert_eq!(ct.stats().refused, 0);
+        assert_eq!(ct.len(at(0)), n);
     }
 
     #[test]
