@@ -93,7 +93,7 @@ pub fn filter(
     if let Some(t) = ct.track(key, packet.tcp_flags, now) {
         if on_change == OnPolicyChange::Recheck && t.generation != generation_tag(set.generation())
         {
-            let o = &t.original;
+            let o = t.original(key);
             let decision = set.decide_flow(o.src, o.dst, o.protocol, o.dst_port);
             if !decision.allows() {
                 ct.remove(key);
