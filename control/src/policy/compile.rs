@@ -678,3 +678,207 @@ fn policy_port(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::manifests::Manifests;
+    use dataplane::policy::Decision;
+    use std::path::Path;
+
+    fn load(yaml: &str) -> Manifests {
+        Manifests::from_str(yaml, Path::new("test.yaml")).expect("test manifests")
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().expect("test address")
+    }
+
+    /// Pods `web` (10.0.0.1, `http` = TCP 8080) and `alt` (10.0.0.2, `http` = TCP 9090) in
+    /// namespace `app`, `host` (hostNetwork, 10.0.0.3) and `done` (Succeeded, 10.0.0.4).
+    const PODS: &str = "
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: app, labels: {role: web}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: alt, namespace: app, labels: {role: web}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 9090}]}]}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: host, namespace: app, labels: {role: web}}
+spec: {hostNetwork: true, containers: [{name: c}]}
+status: {podIP: 10.0.0.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: done, namespace: app, labels: {role: web}}
+spec: {containers: [{name: c}]}
+status: {phase: Succeeded, podIP: 10.0.0.4}
+";
+
+    fn compile_yaml(policy: &str, local: &[&str]) -> Result<PolicySet, CompileError> {
+        let m = load(&format!("{PODS}---\n{policy}"));
+        let local: Vec<Ipv4Addr> = local.iter().map(|s| ip(s)).collect();
+        compile(&m.policies, &m.pods, &m.namespaces, &local)
+    }
+
+    fn error(policy: &str) -> String {
+        compile_yaml(policy, &["10.0.0.1"])
+            .expect_err("refused")
+            .to_string()
+    }
+
+    const HEADER: &str =
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: app}\n";
+
+    #[test]
+    fn egress_named_port_resolves_per_destination() {
+        let set = compile_yaml(
+            &format!("{HEADER}spec:\n  podSelector: {{}}\n  policyTypes: [Egress]\n  egress: [{{ports: [{{port: http}}]}}]\n"),
+            &["10.0.0.1"],
+        )
+        .expect("compiles");
+        let web = ip("10.0.0.1");
+        let d = |dst: &str, port| set.decide(Direction::Egress, web, ip(dst), Protocol::TCP, port);
+        assert!(matches!(d("10.0.0.2", 9090), Decision::Allow { .. }));
+        assert_eq!(d("10.0.0.2", 8080), Decision::Deny, "alt's http is 9090");
+        assert!(matches!(d("10.0.0.1", 8080), Decision::Allow { .. }));
+        assert_eq!(
+            d("192.0.2.1", 8080),
+            Decision::Deny,
+            "not a pod: the name means nothing"
+        );
+        let table = set
+            .pod(web)
+            .and_then(|p| p.egress.clone())
+            .expect("isolated");
+        assert_eq!(table.rules().len(), 2, "one rule per port number");
+        assert_eq!(table.rules()[0].rule, table.rules()[1].rule, "one id");
+    }
+
+    #[test]
+    fn host_network_and_finished_pods_are_neither_targets_nor_peers() {
+        let set = compile_yaml(
+            &format!("{HEADER}spec:\n  podSelector: {{}}\n  ingress: [{{from: [{{podSelector: {{}}}}]}}]\n"),
+            &["10.0.0.1", "10.0.0.3", "10.0.0.4"],
+        )
+        .expect("compiles");
+        assert!(set.pod(ip("10.0.0.3")).is_none());
+        assert!(set.pod(ip("10.0.0.4")).is_none());
+        let d = |src: &str| {
+            set.decide(
+                Direction::Ingress,
+                ip("10.0.0.1"),
+                ip(src),
+                Protocol::TCP,
+                80,
+            )
+        };
+        assert!(d("10.0.0.2").allows());
+        assert_eq!(d("10.0.0.3"), Decision::Deny);
+        assert_eq!(d("10.0.0.4"), Decision::Deny);
+    }
+
+    #[test]
+    fn ipv6_blocks_are_skipped_and_host_bits_ignored() {
+        let set = compile_yaml(
+            &format!("{HEADER}spec:\n  podSelector: {{}}\n  ingress: [{{from: [{{ipBlock: {{cidr: 'fd00::/8'}}}}, {{ipBlock: {{cidr: 192.0.2.77/24, except: [192.0.2.128/25]}}}}]}}]\n"),
+            &["10.0.0.1"],
+        )
+        .expect("compiles");
+        let d = |src: &str| {
+            set.decide(
+                Direction::Ingress,
+                ip("10.0.0.1"),
+                ip(src),
+                Protocol::UDP,
+                53,
+            )
+        };
+        assert!(d("192.0.2.1").allows());
+        assert!(!d("192.0.2.200").allows());
+        assert!(!d("10.0.0.2").allows());
+    }
+
+    #[test]
+    fn what_the_api_server_refuses_is_refused_with_its_field() {
+        let spec = |s: &str| format!("{HEADER}spec:\n{s}");
+        assert_eq!(
+            error(&spec("  ingress: [{ports: [{protocol: ICMP}]}]\n")),
+            "NetworkPolicy app/p: spec.ingress[0].ports[0].protocol: unknown protocol \"ICMP\" (TCP, UDP or SCTP)"
+        );
+        assert!(error(&spec("  policyTypes: [Both]\n"))
+            .contains("spec.policyTypes[0]: unknown policy type"));
+        assert!(
+            error(&spec("  egress: [{to: [{}]}]\n  policyTypes: [Egress]\n"))
+                .contains("spec.egress[0].to[0]: a peer needs")
+        );
+        assert!(error(&spec(
+            "  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]\n"
+        ))
+        .contains("spec.ingress[0].from[0]: ipBlock cannot be combined"));
+        assert!(error(&spec(
+            "  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]\n"
+        ))
+        .contains("spec.ingress[0].from[0].ipBlock.cidr"));
+        assert!(
+            error(&spec("  ingress: [{ports: [{port: 81, endPort: 80}]}]\n"))
+                .contains("endPort 80 is below port 81")
+        );
+        assert!(
+            error(&spec("  ingress: [{ports: [{port: http, endPort: 90}]}]\n"))
+                .contains("endPort cannot go with a named port")
+        );
+        assert!(error(&spec("  ingress: [{ports: [{endPort: 90}]}]\n"))
+            .contains("endPort needs a numeric port"));
+        assert!(error(&spec("  ingress: [{ports: [{port: 0}]}]\n")).contains("0 is not in 1-65535"));
+        assert!(error(&spec("  ingress: [{ports: [{port: '80'}]}]\n"))
+            .contains("neither a port number nor a port name"));
+        assert!(error(&spec(
+            "  podSelector: {matchExpressions: [{key: a, operator: Is}]}\n"
+        ))
+        .contains("spec.podSelector.matchExpressions[0].operator"));
+    }
+
+    #[test]
+    fn node_rule_comes_first_and_rule_order_is_by_policy_name() {
+        let m = load(&format!(
+            "{PODS}---\n{}---\n{}",
+            HEADER.replace("name: p", "name: b-second")
+                + "spec: {podSelector: {}, ingress: [{}]}\n",
+            HEADER.replace("name: p", "name: a-first") + "spec: {podSelector: {}, ingress: [{}]}\n",
+        ));
+        let options = CompileOptions {
+            generation: 42,
+            node_addrs: vec![ip("10.0.0.254")],
+        };
+        let set = compile_with(
+            &m.policies,
+            &m.pods,
+            &m.namespaces,
+            &[ip("10.0.0.1")],
+            &options,
+        )
+        .expect("compiles");
+        assert_eq!(set.generation(), 42);
+        let table = set
+            .pod(ip("10.0.0.1"))
+            .and_then(|p| p.ingress.clone())
+            .expect("isolated");
+        let ids: Vec<String> = table
+            .rules()
+            .iter()
+            .filter_map(|r| set.rule(r.rule).map(ToString::to_string))
+            .collect();
+        assert_eq!(
+            ids,
+            ["node", "app/a-first ingress[0]", "app/b-second ingress[0]"]
+        );
+    }
+}
