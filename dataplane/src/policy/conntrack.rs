@@ -51,7 +51,9 @@
 //! compare-and-swapping the version from the even value it read to odd, so an update applies
 //! only if nobody touched the slot since its read; contention costs a retry, never a wait for a
 //! descheduled thread on the lookup path. Slots are 32 bytes and buckets 256 bytes aligned to
-//! cache lines.
+//! cache lines; beside the buckets, one tag word per bucket holds a byte of each slot's key
+//! hash, so a lookup reads the tag words of its two buckets and, as a rule, the one slot whose
+//! byte matches (about 20 ns a hit, `conntrack/hit_established` in `benches/benches/policy.rs`).
 //!
 //! Two threads inserting the same new flow at the same instant may both succeed, leaving a
 //! duplicate that simply expires; lookups return the first.
