@@ -19,6 +19,7 @@ pub mod masq;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;
+pub mod policy;
 pub mod show;
 pub mod status;
 pub mod subnet_env;

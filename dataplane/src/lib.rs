@@ -9,6 +9,8 @@
 //! - [`drop`](mod@drop): why a packet was dropped, as a `Copy` enum indexing per-worker counters.
 //! - [`offload`]: TUN offloads: the virtio-net header, TCP segmentation and coalescing.
 //! - [`police`]: per-pod bandwidth limits (the CNI `bandwidth` capability) as shared token buckets.
+//! - [`policy`]: Kubernetes NetworkPolicy: compiled per-pod rules, the allow/deny decision, and the
+//!   connection tracking that lets replies of allowed connections through.
 //!
 //! - [`io`]: the thin I/O shell around the core: TUN queues, batched UDP receive and raw send,
 //!   and the worker loop. Its `sys` module holds the crate's only `unsafe` code.
@@ -25,6 +27,7 @@ pub mod io;
 pub mod neigh;
 pub mod offload;
 pub mod police;
+pub mod policy;
 pub mod snapshot;
 pub mod time;
 pub mod wire;

@@ -1,0 +1,23 @@
+//! Kubernetes NetworkPolicy, from the API's objects to the dataplane's compiled rules.
+//!
+//! - [`selector`]: label selectors (`matchLabels`, `matchExpressions`), checked and matched.
+//! - [`compile`](mod@compile): NetworkPolicies, Pods and Namespaces to the
+//!   [`PolicySet`](dataplane::policy::PolicySet) of one node: which local pods are isolated in
+//!   which direction, and by which rules; named ports resolved, `ipBlock`s cut, selectors
+//!   evaluated. The module docs state the semantics and where Kubernetes leaves a choice.
+//! - [`manifests`]: a directory of YAML manifests, the policy source of the etcd and static
+//!   datastores.
+//!
+//! The dataplane side (the decision, conntrack, the stateful filter) is `dataplane::policy`.
+//! `e2e_model` (tests only) is the upstream NetworkPolicy e2e suite's truth-table model run
+//! through [`compile()`] and the dataplane's decision.
+
+pub mod compile;
+pub mod manifests;
+pub mod selector;
+
+#[cfg(test)]
+mod e2e_model;
+
+pub use compile::{compile, compile_with, CompileError, CompileOptions};
+pub use manifests::{LoadError, Manifests};
