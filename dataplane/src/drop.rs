@@ -83,6 +83,9 @@ drop_reasons! {
     /// Frames to or from a pod beyond its bandwidth limit (the CNI `bandwidth` capability), in
     /// switch mode.
     BandwidthLimited => "bandwidth_limited",
+    /// A new flow to or from a pod that a Kubernetes NetworkPolicy isolates, allowed by none of
+    /// its rules; or an established flow a changed policy no longer allows.
+    PolicyDenied => "policy_denied",
     /// The caller's buffer has too little headroom for the outer headers (a bug in the I/O shell).
     NoHeadroom => "no_headroom",
     /// The I/O shell could not carry out the verdict: a write to a local port or a send into the

@@ -15,6 +15,7 @@ use ipnet::Ipv4Net;
 use crate::fdb::{Fdb, FdbEntry};
 use crate::fib::{CompiledFib, Fib, NextHop};
 use crate::neigh::{LearntNeighbors, NeighborTable};
+use crate::policy::{Conntrack, OnPolicyChange, PolicySet};
 use crate::wire::udp::UdpChecksum;
 use crate::wire::{vxlan, EthernetAddress};
 use crate::PortId;
@@ -184,6 +185,18 @@ impl NodeConfig {
     }
 }
 
+/// NetworkPolicy on a node that enforces it: the compiled set, the connection table the
+/// workers share (it outlives every set), and what a changed set does to established flows.
+#[derive(Debug, Clone)]
+pub struct PolicyHook {
+    /// The node's compiled policy.
+    pub set: Arc<PolicySet>,
+    /// The flows the workers track.
+    pub conntrack: Arc<Conntrack>,
+    /// Keep or re-check established flows when `set` is newer than their admission.
+    pub on_change: OnPolicyChange,
+}
+
 /// The mutable tables the control side edits before publishing a [`Snapshot`].
 #[derive(Debug, Clone)]
 pub struct Tables {
@@ -197,6 +210,8 @@ pub struct Tables {
     pub fdb: Fdb,
     /// The neighbours the workers learn, shared by every snapshot compiled from these tables.
     pub learnt: Arc<LearntNeighbors>,
+    /// NetworkPolicy, on a node that enforces it; `None`: every flow passes, nothing is tracked.
+    pub policy: Option<PolicyHook>,
     ports: Vec<Option<Port>>,
 }
 
@@ -209,6 +224,7 @@ impl Tables {
             neigh: NeighborTable::new(),
             fdb: Fdb::new(),
             learnt: Arc::new(LearntNeighbors::default()),
+            policy: None,
             ports: Vec::new(),
         }
     }
@@ -280,6 +296,7 @@ impl Tables {
             neigh: self.neigh.clone(),
             fdb: self.fdb.clone(),
             learnt: Arc::clone(&self.learnt),
+            policy: self.policy.clone(),
             learnable,
             ports: self.ports.clone(),
         }
@@ -299,6 +316,8 @@ pub struct Snapshot {
     pub fdb: Fdb,
     /// The neighbours the workers learn (shared, not a copy).
     pub learnt: Arc<LearntNeighbors>,
+    /// NetworkPolicy, on a node that enforces it.
+    pub policy: Option<PolicyHook>,
     /// The allowed extra source prefixes of the pods: the only addresses worth looking up in
     /// `learnt`. Empty on a node where no pod has any, so the lookup costs nothing there.
     learnable: Vec<SourcePrefixes>,

@@ -839,10 +839,18 @@ fn from_overlay_to(
     dst: Ipv4Addr,
     now: Instant,
 ) -> Result<(PortId, [u8; 6]), DropReason> {
+    from_overlay(snap, &udp_packet(node(2).pod_ip, dst, 64, 100, false), now)
+}
+
+/// [`from_overlay_to`] for any inner IPv4 packet from node B.
+fn from_overlay(
+    snap: &Snapshot,
+    inner: &[u8],
+    now: Instant,
+) -> Result<(PortId, [u8; 6]), DropReason> {
     let (a, b) = (node(1), node(2));
-    let inner = udp_packet(b.pod_ip, dst, 64, 100, false);
     let mut frame = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
-    frame.extend(ethernet(b.vtep_mac, a.vtep_mac, 0x0800, &inner));
+    frame.extend(ethernet(b.vtep_mac, a.vtep_mac, 0x0800, inner));
     let mut buf = buffer(&frame);
     match forward(
         snap,
@@ -986,4 +994,88 @@ fn the_first_segments_verdict_plans_the_whole_super_frame() {
         plan_super_frame(&snap, Ingress::Local(TUN), &v),
         SuperFramePlan::EachItsOwn
     );
+}
+
+/// A TCP segment with `flags` (SYN 0x02, ACK 0x10), correct checksums.
+fn tcp_packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut b =
+        etherparse::PacketBuilder::ipv4(src.octets(), dst.octets(), 64).tcp(sport, dport, 1, 64000);
+    if flags & 0x02 != 0 {
+        b = b.syn();
+    }
+    if flags & 0x10 != 0 {
+        b = b.ack(1);
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).expect("write to a Vec");
+    out
+}
+
+#[test]
+fn network_policy_admits_allowed_flows_and_their_replies_and_drops_the_rest() {
+    use dataplane::policy::{
+        Conntrack, ConntrackConfig, Direction, IpSet, OnPolicyChange, PolicySetBuilder, PortRange,
+        PortSet, Protocol, Rule, RuleId,
+    };
+    use dataplane::snapshot::PolicyHook;
+    use std::sync::Arc;
+    let (a, b) = (node(1), node(2));
+    let plain = tables(&a, &b, Mode::Vxlan);
+    // Pod A is isolated for ingress: only TCP 80 from pod B.
+    let mut pb = PolicySetBuilder::new(1);
+    let rule = pb.rule_ref(RuleId::Policy {
+        namespace: "x".into(),
+        name: "web".into(),
+        direction: Direction::Ingress,
+        index: 0,
+    });
+    pb.isolate(
+        a.pod_ip,
+        Direction::Ingress,
+        vec![Rule {
+            rule,
+            peers: IpSet::from_addrs([b.pod_ip]),
+            ports: PortSet::ranges([PortRange::single(Protocol::TCP, 80)]),
+        }],
+    );
+    let mut snap = plain.clone();
+    snap.policy = Some(PolicyHook {
+        set: Arc::new(pb.build()),
+        conntrack: Arc::new(Conntrack::new(ConntrackConfig {
+            capacity: 1024,
+            ..ConntrackConfig::default()
+        })),
+        on_change: OnPolicyChange::Recheck,
+    });
+    let syn = |dport| tcp_packet(b.pod_ip, a.pod_ip, 40000, dport, 0x02);
+    assert_eq!(
+        from_overlay(&snap, &syn(80), NOW).map(|(p, _)| p),
+        Ok(POD),
+        "allowed by the rule"
+    );
+    assert_eq!(
+        from_overlay(&snap, &syn(81), NOW),
+        Err(DropReason::PolicyDenied)
+    );
+    assert_eq!(
+        from_overlay(&snap, &udp_packet(b.pod_ip, a.pod_ip, 64, 10, false), NOW),
+        Err(DropReason::PolicyDenied),
+        "UDP is not TCP 80"
+    );
+    // The reply of the allowed connection leaves pod A.
+    let syn_ack = ethernet(
+        a.pod_mac,
+        POD_PORT_MAC,
+        0x0800,
+        &tcp_packet(a.pod_ip, b.pod_ip, 80, 40000, 0x12),
+    );
+    let (v, _) = run(&snap, Ingress::Local(POD), &syn_ack);
+    assert!(
+        matches!(v, Verdict::Forward(Action::Transmit { .. })),
+        "{v:?}"
+    );
+    let stats = snap.policy.as_ref().map(|p| p.conntrack.stats().inserted);
+    assert_eq!(stats, Some(1), "one flow tracked");
+    // A pod no policy selects is not held back, and without a hook nothing is looked at.
+    assert_eq!(from_overlay(&plain, &syn(81), NOW).map(|(p, _)| p), Ok(POD));
 }

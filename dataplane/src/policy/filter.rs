@@ -19,7 +19,10 @@
 //!   allowed it. Its replies are then decided as flows of their own and may be denied; the
 //!   refusal is counted by the table.
 
+use std::net::Ipv4Addr;
+
 use super::conntrack::{generation_tag, Conntrack, FlowDirection, FlowKey, Insert};
+use super::portset::Protocol;
 use super::table::{FlowDecision, PolicySet};
 use crate::time::Instant;
 
@@ -30,6 +33,68 @@ pub struct PacketFlow {
     pub key: FlowKey,
     /// The TCP flags byte (ignored for other protocols).
     pub tcp_flags: u8,
+}
+
+impl PacketFlow {
+    /// The flow of the IPv4 packet `ip` (header first), or `None` when the header is not
+    /// whole. Ports come from the TCP, UDP or SCTP header, the echo identifier from an ICMP
+    /// echo or echo reply; a later fragment, which carries no transport header, and protocols
+    /// without ports have port 0.
+    #[inline]
+    pub fn of_ipv4(ip: &[u8]) -> Option<PacketFlow> {
+        let (key, l4) = key_and_payload(ip)?;
+        let tcp_flags = if key.protocol == Protocol::TCP {
+            l4.get(13).copied().unwrap_or(0)
+        } else {
+            0
+        };
+        Some(PacketFlow { key, tcp_flags })
+    }
+
+    /// For an ICMP error (destination unreachable, time exceeded, parameter problem), the flow
+    /// of the packet it is about, as that packet travelled: its header and first 8 bytes are
+    /// quoted in the error (RFC 792). `None` for anything else.
+    pub fn icmp_error_about(ip: &[u8]) -> Option<FlowKey> {
+        let (key, l4) = key_and_payload(ip)?;
+        if key.protocol != Protocol::ICMP || !matches!(l4.first(), Some(3 | 11 | 12)) {
+            return None;
+        }
+        key_and_payload(l4.get(8..)?).map(|(k, _)| k)
+    }
+}
+
+/// The 5-tuple of IPv4 packet `ip`, and its transport bytes (empty for a later fragment).
+#[inline]
+fn key_and_payload(ip: &[u8]) -> Option<(FlowKey, &[u8])> {
+    let ihl = usize::from(*ip.first()? & 0x0f) * 4;
+    if ihl < 20 || ip.len() < ihl {
+        return None;
+    }
+    let protocol = Protocol(ip[9]);
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let later_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
+    let l4 = if later_fragment { &[][..] } else { &ip[ihl..] };
+    let port = |at: usize| {
+        l4.get(at..at + 2)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    let (src_port, dst_port) = match protocol {
+        p if p.has_ports() => (port(0), port(2)),
+        // Echo request (8) and reply (0): the identifier names the flow both ways.
+        Protocol::ICMP if matches!(l4.first(), Some(0 | 8)) => (port(4), port(4)),
+        _ => (0, 0),
+    };
+    Some((
+        FlowKey {
+            src,
+            dst,
+            protocol,
+            src_port,
+            dst_port,
+        },
+        l4,
+    ))
 }
 
 /// What to do with an established flow when the policy changed since it was admitted.
