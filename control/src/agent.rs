@@ -132,6 +132,7 @@ pub struct Agent {
     cni: Option<crate::cni::CniServer>,
     routes: Option<DirectRoutes>,
     masq: Option<crate::masq::Masq>,
+    policy_watch: Option<JoinHandle<()>>,
 }
 
 /// The live datastore connection the control thread takes over after start-up.
@@ -252,6 +253,26 @@ impl Agent {
             switch,
             cfg.dataplane.neigh_aging(),
         ));
+        // NetworkPolicy: on before the CNI server attaches or re-adopts a pod, so no pod is
+        // ever reachable outside its policy.
+        let policy_watch = match &cfg.policy.dir {
+            Some(dir) => {
+                let mut state = crate::policy::PolicyState::new(
+                    cfg.policy.conntrack_max,
+                    cfg.policy.established,
+                    vec![own.subnet.network(), own.public_ip],
+                );
+                if let Some(m) = crate::policy::watch::initial(dir) {
+                    state.set_manifests(m);
+                }
+                inputs.enable_policy(state);
+                Some(
+                    crate::policy::watch::spawn(dir.clone(), inputs.clone(), stop.clone())
+                        .map_err(AgentError::Spawn)?,
+                )
+            }
+            None => None,
+        };
         let mut sync = PeerSync::with_inputs(inputs.clone(), metrics.clone());
         // Kernel routes for peers reached without encapsulation.
         let routes = if cfg.backend.kind == BackendKind::HostGw
@@ -436,6 +457,7 @@ impl Agent {
             cni,
             routes,
             masq,
+            policy_watch,
         })
     }
 
@@ -464,6 +486,9 @@ impl Agent {
 
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(w) = self.policy_watch.take() {
+            let _ = w.join();
+        }
         if let Some(c) = self.control.take() {
             if c.join().is_err() {
                 tracing::error!("control thread panicked");

@@ -103,6 +103,19 @@ pub struct Allocation {
     /// at re-adoption like the limits.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_sources: Vec<Ipv4Net>,
+    /// The Kubernetes pod behind the attachment (`K8S_POD_NAMESPACE`, `K8S_POD_NAME` in
+    /// `CNI_ARGS`), which NetworkPolicy selects by; re-applied at re-adoption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodName>,
+}
+
+/// A Kubernetes pod's namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PodName {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
 }
 
 /// What an ADD asks of the pod's port beyond an address, recorded with the allocation.
@@ -112,6 +125,8 @@ pub struct PortOptions {
     pub bandwidth: Option<cni_shim::spec::Bandwidth>,
     /// Allowed extra source prefixes.
     pub allowed_sources: Vec<Ipv4Net>,
+    /// The Kubernetes pod.
+    pub pod: Option<PodName>,
 }
 
 impl Allocation {
@@ -120,6 +135,7 @@ impl Allocation {
         PortOptions {
             bandwidth: self.bandwidth,
             allowed_sources: self.allowed_sources.clone(),
+            pod: self.pod.clone(),
         }
     }
 }
@@ -269,14 +285,16 @@ impl Ipam {
         let PortOptions {
             bandwidth,
             allowed_sources,
+            pod,
         } = options;
         if let Some(a) = self.get(key) {
-            if a.bandwidth == bandwidth && a.allowed_sources == allowed_sources {
+            if a.bandwidth == bandwidth && a.allowed_sources == allowed_sources && a.pod == pod {
                 return Ok(a.clone());
             }
             let updated = Allocation {
                 bandwidth,
                 allowed_sources,
+                pod,
                 ..a.clone()
             };
             let mut next = self.state.clone();
@@ -306,6 +324,7 @@ impl Ipam {
             host_veth: host_veth.to_string(),
             bandwidth,
             allowed_sources,
+            pod,
         };
         let mut next = self.state.clone();
         next.last = Some(ip);
@@ -658,6 +677,7 @@ mod tests {
         PortOptions {
             bandwidth,
             allowed_sources: sources.iter().map(|s| net(s)).collect(),
+            pod: None,
         }
     }
 

@@ -28,7 +28,7 @@ use cni_shim::spec::{
 use cni_shim::wire::{self, Reply, Request};
 use ipnet::Ipv4Net;
 
-use super::ipam::{Ipam, IpamError, Key, PortOptions};
+use super::ipam::{Ipam, IpamError, Key, PodName, PortOptions};
 use super::plumbing::{self, PlumbError, PodPlan};
 use crate::datastore::{PodEntry, TableInputs};
 use crate::netlink::{Netlink, NetlinkError};
@@ -274,6 +274,23 @@ fn key_of(env: &Invocation) -> Key {
     }
 }
 
+/// The Kubernetes pod the runtime names in `CNI_ARGS` (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`, as
+/// kubelet's runtimes pass them), if it names one.
+fn pod_name(env: &Invocation) -> Option<PodName> {
+    let args = env.args.as_deref()?;
+    let get = |key: &str| {
+        args.split(';')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+            .filter(|v| !v.is_empty())
+    };
+    Some(PodName {
+        namespace: get("K8S_POD_NAMESPACE")?,
+        name: get("K8S_POD_NAME")?,
+    })
+}
+
 fn ipam_error(e: IpamError) -> CniError {
     let code = match e {
         IpamError::Exhausted { .. } => code::TRY_AGAIN_LATER,
@@ -434,6 +451,7 @@ impl Handler {
         let options = PortOptions {
             bandwidth: conf.bandwidth,
             allowed_sources: conf.allowed_sources.clone(),
+            pod: pod_name(env),
         };
         let alloc = ipam
             .allocate_with(self.ctx.subnet, &key, &host_veth, options.clone())
@@ -632,6 +650,7 @@ fn publish(
         port_mac: plumbing::SWITCH_GATEWAY_MAC,
         mtu: u16::try_from(plan.mtu).unwrap_or(u16::MAX),
         extra,
+        pod: options.pod.clone(),
     });
     ports.insert(plan.host_veth.clone(), port);
     if wait && !sw.workers.sync(PORT_LIVE_TIMEOUT) {

@@ -103,6 +103,7 @@ mod health;
 mod network;
 mod node;
 mod peers;
+mod policy;
 
 use backend::RawBackend;
 pub use backend::{BackendKind, BackendSection, Encapsulation, Mtu};
@@ -120,6 +121,8 @@ use node::RawNode;
 pub use node::{NodeSection, PublicAddress};
 pub use peers::PeerConfig;
 use peers::RawPeer;
+use policy::RawPolicy;
+pub use policy::{PolicySection, DEFAULT_CONNTRACK_MAX};
 
 /// flannel's default etcd prefix (`--etcd-prefix`).
 pub const DEFAULT_ETCD_PREFIX: &str = "/coreos.com/network";
@@ -282,6 +285,8 @@ struct RawConfig {
     health: RawHealth,
     #[serde(default)]
     cni: RawCni,
+    #[serde(default)]
+    policy: RawPolicy,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     peers: Vec<RawPeer>,
 }
@@ -325,6 +330,8 @@ pub struct Config {
     pub health: HealthSection,
     /// `[cni]`.
     pub cni: CniSection,
+    /// `[policy]`.
+    pub policy: PolicySection,
     /// `[[peers]]` (static datastore).
     pub peers: Vec<PeerConfig>,
 }
@@ -529,7 +536,15 @@ impl Config {
         let dataplane = dataplane::validate(&raw.dataplane, backend.vni)?;
         let cni = cni::validate(&raw.cni, &dataplane.control_socket)?;
         let peers = peers::validate(&raw.peers, &node, network.network, datastore.kind)?;
+        let policy = policy::validate(&raw.policy)?;
+        if policy.dir.is_some() && dataplane.pod_ports == PodPortMode::Bridge {
+            return Err(invalid(
+                "policy.dir",
+                "NetworkPolicy needs switch mode ([dataplane] pod_ports = \"switch\"): on the kernel bridge, traffic between a node's pods never passes through Weft",
+            ));
+        }
         Ok(Config {
+            policy,
             node,
             network,
             backend,
@@ -567,6 +582,7 @@ impl Config {
             datastore: RawDatastore::from(&self.datastore),
             health: RawHealth::from(&self.health),
             cni: RawCni::from(&self.cni),
+            policy: RawPolicy::from(&self.policy),
             peers: self.peers.iter().map(RawPeer::from).collect(),
         };
         // Serialising plain strings, integers and tables cannot fail; should a future field break

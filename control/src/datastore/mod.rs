@@ -250,7 +250,7 @@ pub fn reconcile(own: &OwnNode, peers: &[Peer]) -> Tables {
 }
 
 /// A pod attached to Weft's switch (`pod_ports = "switch"`), as the tables need it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodEntry {
     /// Its port in the tables.
     pub port: dataplane::PortId,
@@ -264,6 +264,8 @@ pub struct PodEntry {
     pub mtu: u16,
     /// The further source prefixes the pod may send from (`allowedSourcePrefixes`).
     pub extra: SourcePrefixes,
+    /// The Kubernetes pod, when the runtime named it: what NetworkPolicy selects.
+    pub pod: Option<crate::cni::ipam::PodName>,
 }
 
 /// [`reconcile`], with the pods of a switch-mode node (`Some`, possibly empty) or none (bridge
@@ -331,6 +333,8 @@ struct InputState {
     peers: Vec<Peer>,
     /// `None` in bridge mode.
     pods: Option<BTreeMap<dataplane::PortId, PodEntry>>,
+    /// NetworkPolicy, on a node with a policy source.
+    policy: Option<crate::policy::PolicyState>,
 }
 
 impl TableInputs {
@@ -351,6 +355,7 @@ impl TableInputs {
             state: Mutex::new(InputState {
                 peers: Vec::new(),
                 pods: switch.then(BTreeMap::new),
+                policy: None,
             }),
         }
     }
@@ -361,9 +366,21 @@ impl TableInputs {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn publish(&self, st: &InputState) -> Tables {
+    fn publish(&self, st: &mut InputState) -> Tables {
         let mut tables = reconcile_with_pods(&self.own, &st.peers, st.pods.as_ref());
         tables.learnt = Arc::clone(&self.learnt);
+        if let Some(policy) = st.policy.as_mut() {
+            let local: Vec<crate::policy::LocalPod> = st
+                .pods
+                .iter()
+                .flat_map(|p| p.values())
+                .map(|p| crate::policy::LocalPod {
+                    ip: p.ip,
+                    name: p.pod.clone(),
+                })
+                .collect();
+            tables.policy = Some(policy.hook(&local));
+        }
         self.cell.publish(tables.snapshot());
         tables
     }
@@ -372,7 +389,7 @@ impl TableInputs {
     pub fn set_peers(&self, peers: Vec<Peer>) -> Tables {
         let mut st = self.lock();
         st.peers = peers;
-        self.publish(&st)
+        self.publish(&mut st)
     }
 
     /// Publishes tables with `pod` attached (switch mode; ignored in bridge mode).
@@ -380,7 +397,7 @@ impl TableInputs {
         let mut st = self.lock();
         if let Some(pods) = st.pods.as_mut() {
             pods.insert(pod.port, pod);
-            self.publish(&st);
+            self.publish(&mut st);
         }
     }
 
@@ -388,9 +405,25 @@ impl TableInputs {
     pub fn remove_pod(&self, port: dataplane::PortId) -> Option<PodEntry> {
         let mut st = self.lock();
         let gone = st.pods.as_mut()?.remove(&port)?;
-        self.publish(&st);
+        self.publish(&mut st);
         self.learnt.forget_port(port);
         Some(gone)
+    }
+
+    /// Turns NetworkPolicy on with `policy` (its manifests, if any, applied at once).
+    pub fn enable_policy(&self, policy: crate::policy::PolicyState) {
+        let mut st = self.lock();
+        st.policy = Some(policy);
+        self.publish(&mut st);
+    }
+
+    /// Replaces the NetworkPolicy manifests and publishes what they compile to (policy on).
+    pub fn set_policy_manifests(&self, manifests: crate::policy::Manifests) {
+        let mut st = self.lock();
+        if let Some(p) = st.policy.as_mut() {
+            p.set_manifests(manifests);
+            self.publish(&mut st);
+        }
     }
 
     /// The neighbours the workers learn.
@@ -403,7 +436,7 @@ impl TableInputs {
         self.lock()
             .pods
             .as_ref()
-            .map(|p| p.values().copied().collect())
+            .map(|p| p.values().cloned().collect())
             .unwrap_or_default()
     }
 

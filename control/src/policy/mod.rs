@@ -15,9 +15,12 @@
 pub mod compile;
 pub mod manifests;
 pub mod selector;
+pub mod state;
+pub mod watch;
 
 #[cfg(test)]
 mod e2e_model;
 
 pub use compile::{compile, compile_with, CompileError, CompileOptions};
 pub use manifests::{LoadError, Manifests};
+pub use state::{LocalPod, PolicyState};

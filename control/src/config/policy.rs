@@ -1,0 +1,88 @@
+//! `[policy]`: Kubernetes NetworkPolicy, enforced in the switch.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{in_range, invalid, ConfigError};
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) dir: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) established: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) conntrack_max: Option<i64>,
+}
+
+/// `[policy]`: where NetworkPolicies come from and how flows are tracked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySection {
+    /// A directory of YAML manifests (NetworkPolicy, Namespace and Pod objects, several per
+    /// file), re-read when it changes. `None`: no policy source, nothing enforced or tracked.
+    pub dir: Option<PathBuf>,
+    /// What a policy change does to connections it admitted before: `Recheck` decides them
+    /// again at their next packet and cuts those the new policy denies (the default); `Keep`
+    /// lets them run until they end (Calico's behaviour).
+    pub established: dataplane::policy::OnPolicyChange,
+    /// The flows tracked at most (connection table entries, 32 bytes each).
+    pub conntrack_max: usize,
+}
+
+/// Default of `[policy] conntrack_max`: 262,144 flows, 8 MiB.
+pub const DEFAULT_CONNTRACK_MAX: usize = 1 << 18;
+
+/// Validates `[policy]`.
+pub(super) fn validate(raw: &RawPolicy) -> Result<PolicySection, ConfigError> {
+    use dataplane::policy::OnPolicyChange;
+    if let Some(dir) = &raw.dir {
+        if !dir.is_absolute() {
+            return Err(invalid(
+                "policy.dir",
+                format!(
+                    "{} is not an absolute path to a directory of manifests",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    let established = match raw.established.as_deref() {
+        None | Some("recheck") => OnPolicyChange::Recheck,
+        Some("keep") => OnPolicyChange::Keep,
+        Some(v) => {
+            return Err(invalid(
+                "policy.established",
+                format!("{v:?} is not \"recheck\" or \"keep\""),
+            ))
+        }
+    };
+    let conntrack_max = in_range(
+        "policy.conntrack_max",
+        raw.conntrack_max.unwrap_or(DEFAULT_CONNTRACK_MAX as i64),
+        1024,
+        1 << 26,
+    )? as usize;
+    Ok(PolicySection {
+        dir: raw.dir.clone(),
+        established,
+        conntrack_max,
+    })
+}
+
+impl From<&PolicySection> for RawPolicy {
+    fn from(s: &PolicySection) -> RawPolicy {
+        RawPolicy {
+            dir: s.dir.clone(),
+            established: Some(
+                match s.established {
+                    dataplane::policy::OnPolicyChange::Recheck => "recheck",
+                    dataplane::policy::OnPolicyChange::Keep => "keep",
+                }
+                .to_string(),
+            ),
+            conntrack_max: Some(s.conntrack_max as i64),
+        }
+    }
+}

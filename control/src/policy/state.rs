@@ -1,0 +1,139 @@
+//! The agent's NetworkPolicy state: the manifests last loaded, joined with the node's pods and
+//! compiled into the [`PolicyHook`] each published snapshot carries.
+//!
+//! - Pods come from two places. The manifests may hold Pod objects (labels, and for pods on
+//!   other nodes `status.podIP`); the CNI server knows this node's pods by address and by the
+//!   namespace and name the runtime passed in `CNI_ARGS`. A local pod takes its labels from the
+//!   manifest Pod of the same namespace and name, and its address from the CNI server; a local
+//!   pod no manifest names is a pod without labels in its namespace (a `podSelector: {}`
+//!   selects it); a local pod the runtime did not name is in no namespace, so no policy
+//!   selects it.
+//! - Every compile gets a new generation, so an established flow meets the newer set at its
+//!   next packet (re-checked, with `established = "recheck"`).
+//! - A set that does not compile is refused with the object and field named in the log, and
+//!   the last good one stays in force: a typo never opens or closes the node.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use dataplane::policy::{Conntrack, ConntrackConfig, OnPolicyChange, PolicySet, Timeouts};
+use dataplane::snapshot::PolicyHook;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::{compile_with, CompileOptions, Manifests};
+use crate::cni::ipam::PodName;
+
+/// A pod of this node, as the CNI server attached it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPod {
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its namespace and name, when the runtime passed them.
+    pub name: Option<PodName>,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct PolicyState {
+    manifests: Manifests,
+    generation: u64,
+    conntrack: Arc<Conntrack>,
+    on_change: OnPolicyChange,
+    node_addrs: Vec<Ipv4Addr>,
+    last: Arc<PolicySet>,
+}
+
+impl PolicyState {
+    /// No manifests yet; flows tracked in a table of `conntrack_max` entries; the node's own
+    /// addresses `node_addrs` always reach its pods (kubelet's probes).
+    pub fn new(conntrack_max: usize, on_change: OnPolicyChange, node_addrs: Vec<Ipv4Addr>) -> Self {
+        PolicyState {
+            manifests: Manifests::default(),
+            generation: 0,
+            conntrack: Arc::new(Conntrack::new(ConntrackConfig {
+                capacity: conntrack_max,
+                timeouts: Timeouts::default(),
+                seed: rand::random(),
+            })),
+            on_change,
+            node_addrs,
+            last: Arc::new(PolicySet::empty(0)),
+        }
+    }
+
+    /// Replaces the manifests (the next [`PolicyState::hook`] compiles them).
+    pub fn set_manifests(&mut self, manifests: Manifests) {
+        self.manifests = manifests;
+    }
+
+    /// The flows tracked.
+    pub fn conntrack(&self) -> &Arc<Conntrack> {
+        &self.conntrack
+    }
+
+    /// The set last compiled.
+    pub fn current(&self) -> &Arc<PolicySet> {
+        &self.last
+    }
+
+    /// Compiles the manifests for the node's pods `local` and returns the hook to publish; on a
+    /// compile error, logs it and returns the last good set.
+    pub fn hook(&mut self, local: &[LocalPod]) -> PolicyHook {
+        let pods = join(&self.manifests.pods, local);
+        let ips: Vec<Ipv4Addr> = local.iter().map(|p| p.ip).collect();
+        self.generation += 1;
+        let options = CompileOptions {
+            generation: self.generation,
+            node_addrs: self.node_addrs.clone(),
+        };
+        match compile_with(
+            &self.manifests.policies,
+            &pods,
+            &self.manifests.namespaces,
+            &ips,
+            &options,
+        ) {
+            Ok(set) => self.last = Arc::new(set),
+            Err(e) => tracing::error!("NetworkPolicy not applied, the previous set stays: {e}"),
+        }
+        PolicyHook {
+            set: Arc::clone(&self.last),
+            conntrack: Arc::clone(&self.conntrack),
+            on_change: self.on_change,
+        }
+    }
+}
+
+/// The manifests' pods with this node's pods joined in (see the module docs).
+pub fn join(manifest_pods: &[Pod], local: &[LocalPod]) -> Vec<Pod> {
+    let mut pods: Vec<Pod> = manifest_pods.to_vec();
+    for l in local {
+        let Some(name) = &l.name else { continue };
+        let ip = Some(l.ip.to_string());
+        let named = |p: &Pod| {
+            p.metadata.name.as_deref() == Some(name.name.as_str())
+                && p.metadata.namespace.as_deref().unwrap_or("default") == name.namespace
+        };
+        match pods.iter_mut().find(|p| named(p)) {
+            Some(p) => {
+                let status = p.status.get_or_insert_with(PodStatus::default);
+                status.pod_ip = ip;
+                status.pod_ips = None;
+            }
+            None => pods.push(Pod {
+                metadata: ObjectMeta {
+                    name: Some(name.name.clone()),
+                    namespace: Some(name.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                status: Some(PodStatus {
+                    pod_ip: ip,
+                    ..PodStatus::default()
+                }),
+                ..Pod::default()
+            }),
+        }
+    }
+    pods
+}
