@@ -11,6 +11,7 @@
 //! list, as in libcni.
 
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -405,4 +406,29 @@ pub fn weft_only(socket: &Path, version: &str) -> Value {
         "name": "weft",
         "plugins": [{"type": "weft", "socket": socket.display().to_string()}]
     })
+}
+
+/// ADDs `att` (whose netns is `ns`) through the real `weft` plugin with conflist `list`; returns
+/// the pod and the ADD result.
+pub fn attach(
+    d: &Driver,
+    list: &serde_json::Value,
+    att: &Attachment,
+    ns: control::netns::NetNs,
+) -> (control::tooling::lab::LabPod, serde_json::Value) {
+    let res = d.add(list, att).unwrap_or_else(|e| panic!("{e}"));
+    let ip: Ipv4Addr = res["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .expect("address");
+    let pod = control::tooling::lab::LabPod {
+        ns,
+        ip,
+        host_veth: res["interfaces"][0]["name"]
+            .as_str()
+            .expect("host veth")
+            .to_string(),
+    };
+    (pod, res)
 }

@@ -427,31 +427,6 @@ fn rate_mbit(
 /// runtime-like driver: Weft polices the pod's port both ways at the rate asked (the `bandwidth`
 /// plugin's tbf and ifb cannot see AF_PACKET traffic), counts what it drops, leaves other pods
 /// alone, and keeps the limits across an agent restart.
-/// ADDs `att` (whose netns is `ns`) through the real `weft` plugin with conflist `list`; returns
-/// the pod and the ADD result.
-fn attach(
-    d: &netns_tests::cni::Driver,
-    list: &serde_json::Value,
-    att: &netns_tests::cni::Attachment,
-    ns: control::netns::NetNs,
-) -> (control::tooling::lab::LabPod, serde_json::Value) {
-    let res = d.add(list, att).unwrap_or_else(|e| panic!("{e}"));
-    let ip: Ipv4Addr = res["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .expect("address");
-    let pod = control::tooling::lab::LabPod {
-        ns,
-        ip,
-        host_veth: res["interfaces"][0]["name"]
-            .as_str()
-            .expect("host veth")
-            .to_string(),
-    };
-    (pod, res)
-}
-
 #[test]
 fn pod_bandwidth_limits_are_enforced_by_the_switch() {
     use netns_tests::cni::{Attachment, Driver};
@@ -481,7 +456,7 @@ fn pod_bandwidth_limits_are_enforced_by_the_switch() {
         "bandwidth",
         json!({"ingressRate": RATE, "ingressBurst": BURST, "egressRate": RATE, "egressBurst": BURST}),
     );
-    let (p, res) = attach(&d, &list, &att, ns_p);
+    let (p, res) = netns_tests::cni::attach(&d, &list, &att, ns_p);
     // No tc anywhere: the limit lives in the switch.
     let qdisc = ns_command(
         &lab.nodes[0].ns,
@@ -597,10 +572,10 @@ fn a_floating_address_follows_the_pod_that_announces_it_and_ages_out() {
         {"type": "weft", "socket": socket, "args": {"cni": {"allowedSourcePrefixes": [vip.to_string()]}}}]});
     let ns1 = lab.empty_pod_ns("vip1").expect("pod ns");
     let att1 = Attachment::new("vip-1", ns1.path());
-    let (p1, res1) = attach(&d, &list1, &att1, ns1);
+    let (p1, res1) = netns_tests::cni::attach(&d, &list1, &att1, ns1);
     let ns2 = lab.empty_pod_ns("vip2").expect("pod ns");
     let att2 = Attachment::new("vip-2", ns2.path());
-    let (p2, res2) = attach(&d, &list2, &att2, ns2);
+    let (p2, res2) = netns_tests::cni::attach(&d, &list2, &att2, ns2);
     let announce = |pod: &control::tooling::lab::LabPod| {
         ns_command(
             &pod.ns,

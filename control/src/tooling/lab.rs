@@ -144,6 +144,8 @@ pub struct Lab {
     pub workers: usize,
     /// Extra `[dataplane]` lines for every Weft agent's config, e.g. `"gso = false\n"`.
     pub dataplane_extra: String,
+    /// Whole sections appended to every Weft node's config (`[policy]` and the like).
+    pub config_extra: String,
     /// The body of every Weft agent's `[backend]` section (default [`DEFAULT_BACKEND`]), e.g.
     /// `"type = \"ipip\"\nencapsulation = \"CrossSubnet\"\n"`. Its `type` also sets the pods' MTU
     /// ([`Lab::pod_mtu`]).
@@ -249,6 +251,7 @@ impl Lab {
             underlay_mtu: 1500,
             workers: 0,
             dataplane_extra: String::new(),
+            config_extra: String::new(),
             backend: DEFAULT_BACKEND.to_string(),
             datastore: LabDatastore::Static,
             ip_masq: false,
@@ -434,6 +437,9 @@ impl Lab {
             n.cni_socket.display(),
             n.cni_data_dir.display()
         );
+        if !self.config_extra.is_empty() {
+            let _ = writeln!(s, "{}\n", self.config_extra.trim_end());
+        }
         match &self.datastore {
             LabDatastore::Static => {
                 let _ = writeln!(

@@ -1,0 +1,356 @@
+//! Kubernetes NetworkPolicy in the switch, in real namespaces: two Weft nodes in switch mode
+//! reading one manifest directory (`[policy] dir`), pods attached through the real `weft` plugin
+//! with kubelet's `CNI_ARGS`. Namespaces x and y; pods x/a and x/b on node-1, y/a on node-2.
+//! Each case writes the directory, waits for the agents to reload it, and compares the full
+//! probe matrix (every pod to every other pod, TCP 80 and 81, UDP 80) with its truth table.
+//! Then: established connections are cut by a policy that denies them (`established =
+//! "recheck"`), the node still reaches isolated pods (kubelet's probes), and a manifest with a
+//! typo leaves the policy in force.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::SocketAddrV4;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use control::ctl::request_show;
+use control::tooling::lab::{Lab, LabPod, NodeKind};
+use netns_tests::cni::{attach, Attachment, Driver};
+use netns_tests::{require_root, weftd_path};
+use serde_json::json;
+
+const PODS: [&str; 3] = ["x/a", "x/b", "y/a"];
+const PROBES: [(&str, u16); 3] = [("tcp", 80), ("tcp", 81), ("udp", 80)];
+
+struct Cluster {
+    lab: Lab,
+    dir: std::path::PathBuf,
+    pods: BTreeMap<&'static str, LabPod>,
+    _servers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// A TCP echo server and a UDP echo server on the pod's ports 80 and 81.
+fn serve(pod: &LabPod) -> Vec<std::thread::JoinHandle<()>> {
+    let mut threads = Vec::new();
+    for port in [80, 81] {
+        let l = pod.listen(port).expect("listen");
+        threads.push(std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { return };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = c.read(&mut buf) {
+                        if n == 0 || c.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }));
+    }
+    let u = pod.udp(80).expect("udp 80");
+    threads.push(std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = u.recv_from(&mut buf) {
+            let _ = u.send_to(&buf[..n], from);
+        }
+    }));
+    threads
+}
+
+fn cluster() -> Cluster {
+    require_root();
+    let mut lab = Lab::new(&weftd_path()).expect("lab");
+    lab.switch = true;
+    lab.workers = 2;
+    let dir = lab.dir().join("policies");
+    std::fs::create_dir_all(&dir).expect("policy dir");
+    lab.config_extra = format!("[policy]\ndir = \"{}\"\n", dir.display());
+    lab.add_node(1, NodeKind::Weft).expect("node-1");
+    lab.add_node(2, NodeKind::Weft).expect("node-2");
+    lab.start().expect("agents start");
+    let mut pods = BTreeMap::new();
+    let mut servers = Vec::new();
+    for (i, name) in PODS.iter().enumerate() {
+        let (ns, pod) = name.split_once('/').expect("ns/name");
+        let node = if *name == "y/a" { 1 } else { 0 };
+        let socket = lab.nodes[node].cni_socket.display().to_string();
+        let list = json!({"cniVersion": "1.0.0", "name": "weft",
+            "plugins": [{"type": "weft", "socket": socket}]});
+        let d = Driver::new(lab.nodes[node].ns.path(), netns_tests::cni_path());
+        let netns = lab.empty_pod_ns(&format!("np{i}")).expect("pod ns");
+        let mut att = Attachment::new(&format!("np-{ns}-{pod}"), netns.path());
+        att.args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod}");
+        let (p, _) = attach(&d, &list, &att, netns);
+        servers.extend(serve(&p));
+        pods.insert(*name, p);
+    }
+    Cluster {
+        lab,
+        dir,
+        pods,
+        _servers: servers,
+    }
+}
+
+impl Cluster {
+    /// The Namespaces and Pods (labels, addresses: pods on the other node need theirs), then
+    /// `policies`, as the one file of the directory.
+    fn apply(&self, policies: &str) {
+        let mut s = String::new();
+        for ns in ["x", "y"] {
+            s += &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}}}}}\n---\n");
+        }
+        for (name, p) in &self.pods {
+            let (ns, pod) = name.split_once('/').expect("ns/name");
+            s += &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{namespace: {ns}, name: {pod}, labels: {{pod: {pod}}}}}\nstatus: {{podIP: {}}}\n---\n",
+                p.ip
+            );
+        }
+        s += policies;
+        write_atomically(&self.dir, "cluster.yaml", &s);
+    }
+
+    /// Whether `from` reaches `to` by `proto` on `port` (an echo comes back).
+    fn probe(&self, from: &str, to: &str, proto: &str, port: u16) -> bool {
+        let (src, dst) = (&self.pods[from], &self.pods[to]);
+        let addr = SocketAddrV4::new(dst.ip, port);
+        let timeout = Duration::from_millis(250);
+        match proto {
+            "tcp" => src.connect(addr, timeout).is_ok_and(|mut c| echo(&mut c)),
+            _ => {
+                let u = src.udp(0).expect("udp");
+                u.set_read_timeout(Some(timeout)).expect("timeout");
+                let mut buf = [0u8; 16];
+                u.send_to(b"probe", addr).is_ok() && u.recv_from(&mut buf).is_ok()
+            }
+        }
+    }
+
+    /// The matrix as `"x/a->x/b tcp/80"` entries that connect.
+    fn matrix(&self) -> Vec<String> {
+        let mut ok = Vec::new();
+        for from in PODS {
+            for to in PODS {
+                if from == to {
+                    continue;
+                }
+                for (proto, port) in PROBES {
+                    if self.probe(from, to, proto, port) {
+                        ok.push(format!("{from}->{to} {proto}/{port}"));
+                    }
+                }
+            }
+        }
+        ok
+    }
+
+    /// Applies `policies` and waits until the matrix is `expected` (the agents reload within a
+    /// second); panics with both after 6 s.
+    fn expect(&self, case: &str, policies: &str, expected: &[String]) {
+        self.apply(policies);
+        let deadline = Instant::now() + Duration::from_secs(6);
+        let mut want = expected.to_vec();
+        want.sort();
+        loop {
+            let mut got = self.matrix();
+            got.sort();
+            if got == want {
+                eprintln!(
+                    "{case}: {} of {} probes connect, as expected",
+                    got.len(),
+                    6 * PROBES.len()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{case}:\n  expected {want:?}\n  got      {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+fn echo(c: &mut std::net::TcpStream) -> bool {
+    c.set_read_timeout(Some(Duration::from_millis(500))).ok();
+    let mut buf = [0u8; 4];
+    c.write_all(b"ping").is_ok() && c.read_exact(&mut buf).is_ok() && &buf == b"ping"
+}
+
+fn write_atomically(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write manifests");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename manifests");
+}
+
+/// Every probe of the matrix but those `deny` says no to.
+fn all_but(deny: impl Fn(&str, &str, &str, u16) -> bool) -> Vec<String> {
+    let mut v = Vec::new();
+    for from in PODS {
+        for to in PODS {
+            if from == to {
+                continue;
+            }
+            for (proto, port) in PROBES {
+                if !deny(from, to, proto, port) {
+                    v.push(format!("{from}->{to} {proto}/{port}"));
+                }
+            }
+        }
+    }
+    v
+}
+
+const DENY_X_INGRESS: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: x, name: deny-ingress}
+spec:
+  podSelector: {}
+---
+";
+
+fn drops(lab: &Lab, idx: usize, reason: &str) -> u64 {
+    let show = request_show(&lab.nodes[idx].ctl_socket).expect("show");
+    show.counters.drops.get(reason).copied().unwrap_or(0)
+}
+
+#[test]
+fn network_policy_cases_match_their_truth_tables_through_the_switch() {
+    let c = cluster();
+    c.expect(
+        "no policy: everything connects",
+        "",
+        &all_but(|_, _, _, _| false),
+    );
+
+    c.expect(
+        "default deny ingress in x",
+        DENY_X_INGRESS,
+        &all_but(|_, to, _, _| to.starts_with("x/")),
+    );
+    assert!(drops(&c.lab, 0, "policy_denied") > 0);
+
+    c.expect(
+        "x/a takes TCP 80 from pod b of its own namespace",
+        &format!(
+            "{DENY_X_INGRESS}apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{namespace: x, name: a-from-b}}
+spec:
+  podSelector: {{matchLabels: {{pod: a}}}}
+  ingress:
+  - from: [{{podSelector: {{matchLabels: {{pod: b}}}}}}]
+    ports: [{{protocol: TCP, port: 80}}]
+"
+        ),
+        &all_but(|from, to, proto, port| {
+            to.starts_with("x/") && !(from == "x/b" && to == "x/a" && proto == "tcp" && port == 80)
+        }),
+    );
+
+    c.expect(
+        "x/a takes everything from namespace y (across nodes), nothing from x",
+        &format!(
+            "{DENY_X_INGRESS}apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{namespace: x, name: a-from-y}}
+spec:
+  podSelector: {{matchLabels: {{pod: a}}}}
+  ingress:
+  - from: [{{namespaceSelector: {{matchLabels: {{ns: y}}}}}}]
+"
+        ),
+        &all_but(|from, to, _, _| to.starts_with("x/") && !(from == "y/a" && to == "x/a")),
+    );
+
+    c.expect(
+        "x/b may not send anything (egress isolated, no rule); replies to it are not affected",
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: x, name: b-no-egress}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  policyTypes: [Egress]
+",
+        &all_but(|from, _, _, _| from == "x/b"),
+    );
+
+    c.expect(
+        "y/a may send only UDP to x, by an ipBlock of x/a's /32 with endPort 80-81",
+        &format!(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{namespace: y, name: a-udp-out}}
+spec:
+  podSelector: {{}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{{ipBlock: {{cidr: {}/32}}}}]
+    ports: [{{protocol: UDP, port: 80, endPort: 81}}]
+",
+            c.pods["x/a"].ip
+        ),
+        &all_but(|from, to, proto, _| from == "y/a" && !(to == "x/a" && proto == "udp")),
+    );
+}
+
+#[test]
+fn a_policy_change_cuts_connections_it_denies_and_the_node_still_reaches_its_pods() {
+    let c = cluster();
+    c.expect("no policy", "", &all_but(|_, _, _, _| false));
+    let server = c.pods["x/a"].ip;
+    let mut conn = c.pods["x/b"]
+        .connect(SocketAddrV4::new(server, 80), Duration::from_secs(1))
+        .expect("x/b -> x/a:80 before any policy");
+    assert!(echo(&mut conn), "echo before the policy");
+
+    c.expect(
+        "default deny ingress in x",
+        DENY_X_INGRESS,
+        &all_but(|_, to, _, _| to.starts_with("x/")),
+    );
+    // Re-checked at its next packet, the established connection is cut.
+    assert!(
+        !echo(&mut conn),
+        "an established connection the new policy denies is cut"
+    );
+
+    // Kubelet's probes: the node reaches its isolated pods.
+    let node = &c.lab.nodes[0];
+    let reached = node
+        .ns
+        .run(move || {
+            std::net::TcpStream::connect_timeout(
+                &SocketAddrV4::new(server, 80).into(),
+                Duration::from_secs(1),
+            )
+            .is_ok()
+        })
+        .expect("enter node");
+    assert!(reached, "node-1 -> x/a:80 under default deny");
+
+    // A typo (ingres) is refused with its file and field; the policy in force stays.
+    let before = drops(&c.lab, 0, "policy_denied");
+    c.apply(&format!(
+        "{DENY_X_INGRESS}apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{namespace: x, name: typo}}
+spec:
+  podSelector: {{}}
+  ingres: [{{}}]
+"
+    ));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !c.probe("y/a", "x/a", "tcp", 80),
+        "still denied after a bad manifest"
+    );
+    assert!(drops(&c.lab, 1, "policy_denied") + drops(&c.lab, 0, "policy_denied") > before);
+    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+    assert!(
+        log.contains("ingres") && log.contains("cluster.yaml"),
+        "the agent's log names the file and the field"
+    );
+}
