@@ -41,6 +41,11 @@
 //! neigh_reachable_ms = 30000   # default: a learnt floating address is REACHABLE this long...
 //! neigh_stale_ms = 60000       # default: ...then STALE this long more, then gone
 //!
+//! [policy]
+//! dir = "/etc/weft/policies"  # default none: NetworkPolicy manifests (switch mode), re-read on change
+//! established = "recheck"      # default: a policy change cuts connections it denies; "keep"
+//! conntrack_max = 262144       # default: flows tracked at most
+//!
 //! [datastore]
 //! type = "static"              # default; or "etcd", "kubernetes" (flannel's two layouts)
 //! subnet_file = "/run/flannel/subnet.env"   # default; flannel's subnet.env, written atomically

@@ -86,3 +86,33 @@ impl From<&PolicySection> for RawPolicy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const NODE: &str = "[node]\nname = \"a\"\nsubnet = \"10.244.1.0/24\"\n";
+
+    #[test]
+    fn policy_settings_are_checked_by_name() {
+        let c = Config::from_toml_str(&format!("{NODE}[policy]\ndir = \"/etc/weft/policies\"\n"))
+            .expect("valid");
+        assert_eq!(
+            c.policy.dir.as_deref(),
+            Some(std::path::Path::new("/etc/weft/policies"))
+        );
+        assert_eq!(c.policy.conntrack_max, super::DEFAULT_CONNTRACK_MAX);
+        for (extra, field) in [
+            ("[policy]\ndir = \"policies\"\n", "policy.dir"),
+            ("[policy]\nestablished = \"drop\"\n", "policy.established"),
+            ("[policy]\nconntrack_max = 10\n", "policy.conntrack_max"),
+            (
+                "[dataplane]\npod_ports = \"bridge\"\n[policy]\ndir = \"/p\"\n",
+                "policy.dir",
+            ),
+        ] {
+            let e = Config::from_toml_str(&format!("{NODE}{extra}")).expect_err(extra);
+            assert!(e.to_string().contains(field), "{extra}: {e}");
+        }
+    }
+}

@@ -9,17 +9,14 @@
 //!   datastores.
 //!
 //! The dataplane side (the decision, conntrack, the stateful filter) is `dataplane::policy`.
-//! `e2e_model` (tests only) is the upstream NetworkPolicy e2e suite's truth-table model run
-//! through [`compile()`] and the dataplane's decision.
+//! `control/tests/netpol_model.rs` runs the upstream NetworkPolicy e2e suite's truth-table model
+//! (`crate::tooling::netpol_model`) through [`compile()`] and the dataplane's decision.
 
 pub mod compile;
 pub mod manifests;
 pub mod selector;
 pub mod state;
 pub mod watch;
-
-#[cfg(test)]
-mod e2e_model;
 
 pub use compile::{compile, compile_with, CompileError, CompileOptions};
 pub use manifests::{LoadError, Manifests};

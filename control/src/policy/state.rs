@@ -137,3 +137,90 @@ pub fn join(manifest_pods: &[Pod], local: &[LocalPod]) -> Vec<Pod> {
     }
     pods
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn named(ns: &str, name: &str) -> Option<PodName> {
+        Some(PodName {
+            namespace: ns.into(),
+            name: name.into(),
+        })
+    }
+
+    #[test]
+    fn local_pods_take_labels_from_the_manifests_and_addresses_from_the_cni_server() {
+        let manifest = Pod {
+            metadata: ObjectMeta {
+                namespace: Some("x".into()),
+                name: Some("a".into()),
+                labels: Some(BTreeMap::from([("pod".to_string(), "a".to_string())])),
+                ..ObjectMeta::default()
+            },
+            status: Some(PodStatus {
+                pod_ip: Some("10.9.9.9".into()),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        };
+        let local = [
+            LocalPod {
+                ip: Ipv4Addr::new(10, 244, 1, 2),
+                name: named("x", "a"),
+            },
+            LocalPod {
+                ip: Ipv4Addr::new(10, 244, 1, 3),
+                name: named("x", "unlisted"),
+            },
+            LocalPod {
+                ip: Ipv4Addr::new(10, 244, 1, 4),
+                name: None,
+            },
+        ];
+        let pods = join(&[manifest], &local);
+        assert_eq!(pods.len(), 2, "the unnamed pod is in no namespace");
+        let ip = |p: &Pod| p.status.as_ref().and_then(|s| s.pod_ip.clone());
+        assert_eq!(
+            ip(&pods[0]).as_deref(),
+            Some("10.244.1.2"),
+            "the CNI server's address wins"
+        );
+        assert_eq!(
+            pods[0].metadata.labels.as_ref().map(|l| l["pod"].as_str()),
+            Some("a")
+        );
+        assert_eq!(pods[1].metadata.name.as_deref(), Some("unlisted"));
+        assert_eq!(pods[1].metadata.labels, None);
+        assert_eq!(ip(&pods[1]).as_deref(), Some("10.244.1.3"));
+    }
+
+    #[test]
+    fn a_set_that_does_not_compile_leaves_the_last_good_one() {
+        let mut st = PolicyState::new(1024, OnPolicyChange::Recheck, vec![]);
+        let good = Manifests::from_str(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: x, name: deny}\nspec: {podSelector: {}}\n",
+            std::path::Path::new("good.yaml"),
+        )
+        .expect("manifest");
+        st.set_manifests(good);
+        let local = [LocalPod {
+            ip: Ipv4Addr::new(10, 244, 1, 2),
+            name: named("x", "a"),
+        }];
+        let first = st.hook(&local);
+        assert!(first.set.pod(local[0].ip).is_some(), "isolated");
+        let bad = Manifests::from_str(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: x, name: bad}\nspec:\n  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: not-a-cidr}}]}]\n",
+            std::path::Path::new("bad.yaml"),
+        )
+        .expect("parses; the compile refuses it");
+        st.set_manifests(bad);
+        let second = st.hook(&local);
+        assert!(
+            Arc::ptr_eq(&first.set, &second.set),
+            "the last good set stays"
+        );
+    }
+}

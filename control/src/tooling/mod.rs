@@ -10,10 +10,13 @@
 //! - [`demo`]: `weftd demo`, a three-node cluster whose pods ping and talk across it.
 //! - [`harness`]: `weftd bench`, Weft against the kernel's VXLAN, routing and bridge, alternating.
 //! - [`bench_control`]: `weftd bench-control`, etcd with thousands of leases.
+//! - [`netpol_model`]: the upstream NetworkPolicy e2e suite's namespaces, pods and cases, as
+//!   data for the model test and the namespace test.
 
 pub mod bench_control;
 pub mod demo;
 pub mod etcd_server;
 pub mod harness;
 pub mod lab;
+pub mod netpol_model;
 pub mod ping;

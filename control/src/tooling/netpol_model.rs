@@ -1,5 +1,7 @@
 //! The upstream NetworkPolicy e2e suite's model (kubernetes `test/e2e/network/netpol`), run
-//! through [`compile_with`] and the dataplane's decision instead of a real cluster.
+//! as data: the namespaces, pods and cases, with each case's truth table. `control::policy`'s
+//! model test runs them through the compiler and the dataplane's decision; `netns-tests` runs
+//! them through real namespaces and the switch.
 //!
 //! Namespaces x, y and z (labels `ns: <name>` and `kubernetes.io/metadata.name: <name>`) hold
 //! pods a, b and c (label `pod: <name>`), each serving ports 80 and 81 on TCP, UDP and SCTP with
@@ -18,32 +20,38 @@
 //! network namespace, so the switch never sees it.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
 
-use dataplane::policy::{Direction, PolicySet, Protocol};
+use dataplane::policy::Protocol;
 
-use super::compile::{compile_with, CompileOptions};
-use super::manifests::Manifests;
-
-const NAMESPACES: [&str; 3] = ["x", "y", "z"];
-const PODS: [&str; 3] = ["a", "b", "c"];
-const N: usize = 9;
+/// The namespaces.
+pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+/// The pods of each namespace.
+pub const PODS: [&str; 3] = ["a", "b", "c"];
+/// The number of pods.
+pub const N: usize = 9;
 
 /// Pod `i` of the 9: namespace `i / 3`, pod `i % 3`.
-fn pod_name(i: usize) -> String {
+pub fn pod_name(i: usize) -> String {
     format!("{}/{}", NAMESPACES[i / 3], PODS[i % 3])
 }
 
-fn pod_ip(i: usize) -> Ipv4Addr {
+/// The model's address of pod `i` (on node `i % 3`).
+pub fn pod_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, (i % 3) as u8 + 1, (i / 3) as u8 + 1)
 }
 
 /// The node (0, 1, 2) pod `i` runs on.
-fn node_of(i: usize) -> usize {
+pub fn node_of(i: usize) -> usize {
     i % 3
 }
 
-fn cluster_yaml() -> String {
+/// The Namespaces and Pods, pods at the model's addresses.
+pub fn cluster_yaml() -> String {
+    cluster_yaml_at(pod_ip)
+}
+
+/// The Namespaces and Pods (labels, named container ports, `status.podIP` from `ip_of`).
+pub fn cluster_yaml_at(ip_of: impl Fn(usize) -> Ipv4Addr) -> String {
     let mut y = String::new();
     for ns in NAMESPACES {
         y += &format!(
@@ -63,25 +71,30 @@ fn cluster_yaml() -> String {
                 );
             }
         }
-        let ip = pod_ip(i);
+        let ip = ip_of(i);
         y += &format!("status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}\n");
     }
     y
 }
 
+/// One kind of probe: a protocol and a destination port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Probe {
-    protocol: Protocol,
-    port: u16,
+pub struct Probe {
+    /// TCP, UDP or SCTP.
+    pub protocol: Protocol,
+    /// 80 or 81.
+    pub port: u16,
 }
 
 impl Probe {
-    fn is(self, protocol: Protocol, port: u16) -> bool {
+    /// True for `protocol` on `port`.
+    pub fn is(self, protocol: Protocol, port: u16) -> bool {
         self.protocol == protocol && self.port == port
     }
 }
 
-const PROBES: [Probe; 6] = [
+/// Every probe of a case.
+pub const PROBES: [Probe; 6] = [
     Probe {
         protocol: Protocol::TCP,
         port: 80,
@@ -114,8 +127,9 @@ const SCTP: Protocol = Protocol::SCTP;
 
 /// The upstream `Reachability` truth table: `m[from][to]`, built with the same verbs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Reachability {
-    m: [[bool; N]; N],
+pub struct Reachability {
+    /// `m[from][to]`: the probe connects.
+    pub m: [[bool; N]; N],
 }
 
 /// `"x/a"`, `"x/*"`, `"*/a"` or `"*/*"` (upstream's `Peer{Namespace, Pod}`).
@@ -125,13 +139,15 @@ fn matches(pattern: &str, i: usize) -> bool {
 }
 
 impl Reachability {
-    fn new(allowed: bool) -> Reachability {
+    /// Every pair `allowed`.
+    pub fn new(allowed: bool) -> Reachability {
         Reachability {
             m: [[allowed; N]; N],
         }
     }
 
-    fn expect_peer(&mut self, from: &str, to: &str, allowed: bool) {
+    /// Upstream's `expect_peer`.
+    pub fn expect_peer(&mut self, from: &str, to: &str, allowed: bool) {
         for f in 0..N {
             for t in 0..N {
                 if matches(from, f) && matches(to, t) {
@@ -141,19 +157,23 @@ impl Reachability {
         }
     }
 
-    fn expect(&mut self, from: &str, to: &str, allowed: bool) {
+    /// Upstream's `expect`.
+    pub fn expect(&mut self, from: &str, to: &str, allowed: bool) {
         self.expect_peer(from, to, allowed);
     }
 
-    fn expect_all_ingress(&mut self, to: &str, allowed: bool) {
+    /// Upstream's `expect_all_ingress`.
+    pub fn expect_all_ingress(&mut self, to: &str, allowed: bool) {
         self.expect_peer("*/*", to, allowed);
     }
 
-    fn expect_all_egress(&mut self, from: &str, allowed: bool) {
+    /// Upstream's `expect_all_egress`.
+    pub fn expect_all_egress(&mut self, from: &str, allowed: bool) {
         self.expect_peer(from, "*/*", allowed);
     }
 
-    fn render(&self) -> String {
+    /// The table as upstream prints it (`.` connects, `X` does not, `-` self).
+    pub fn render(&self) -> String {
         let mut s = String::from("-");
         for t in 0..N {
             s += &format!("\t{}", pod_name(t));
@@ -175,66 +195,28 @@ impl Reachability {
     }
 }
 
-struct Case {
-    name: &'static str,
-    policies: &'static str,
-    expect: fn(Probe, &mut Reachability),
+/// One case: its policies, and how its truth table differs from everything-connects.
+#[derive(Debug)]
+pub struct Case {
+    /// Upstream's `It(...)`, or a Weft case marked so.
+    pub name: &'static str,
+    /// The NetworkPolicy manifests.
+    pub policies: &'static str,
+    /// Edits an all-true table into the case's truth table for a probe.
+    pub expect: fn(Probe, &mut Reachability),
 }
 
-/// The node sets for `policies` with the model's cluster.
-fn compile_nodes(policies: &str) -> [PolicySet; 3] {
-    let text = format!("{}\n---\n{policies}", cluster_yaml());
-    let m =
-        Manifests::from_str(&text, Path::new("model.yaml")).expect("the model's manifests load");
-    [0, 1, 2].map(|node| {
-        let local: Vec<Ipv4Addr> = (0..N).filter(|&i| node_of(i) == node).map(pod_ip).collect();
-        let options = CompileOptions {
-            generation: 1,
-            node_addrs: vec![Ipv4Addr::new(10, 244, node as u8 + 1, 0)],
-        };
-        compile_with(&m.policies, &m.pods, &m.namespaces, &local, &options)
-            .expect("the model's policies compile")
-    })
-}
-
-fn probe_all(nodes: &[PolicySet; 3], probe: Probe) -> Reachability {
-    let mut r = Reachability::new(false);
-    for f in 0..N {
-        for t in 0..N {
-            let (src, dst) = (pod_ip(f), pod_ip(t));
-            let egress =
-                nodes[node_of(f)].decide(Direction::Egress, src, dst, probe.protocol, probe.port);
-            let ingress =
-                nodes[node_of(t)].decide(Direction::Ingress, dst, src, probe.protocol, probe.port);
-            r.m[f][t] = egress.allows() && ingress.allows();
-        }
+impl Case {
+    /// The truth table of `probe`.
+    pub fn expected(&self, probe: Probe) -> Reachability {
+        let mut r = Reachability::new(true);
+        (self.expect)(probe, &mut r);
+        r
     }
-    r
 }
 
-fn run(case: &Case) -> Vec<String> {
-    let nodes = compile_nodes(case.policies);
-    let mut failures = Vec::new();
-    for probe in PROBES {
-        let mut want = Reachability::new(true);
-        (case.expect)(probe, &mut want);
-        let got = probe_all(&nodes, probe);
-        let differs = (0..N).any(|f| (0..N).any(|t| f != t && want.m[f][t] != got.m[f][t]));
-        if differs {
-            failures.push(format!(
-                "{} on {}/{}:\nexpected\n{}\ngot\n{}",
-                case.name,
-                probe.protocol,
-                probe.port,
-                want.render(),
-                got.render()
-            ));
-        }
-    }
-    failures
-}
-
-const CASES: &[Case] = &[
+/// The cases.
+pub const CASES: &[Case] = &[
     Case {
         name: "no policy: everything reaches everything",
         policies: "",
@@ -1018,45 +1000,3 @@ spec:
         },
     },
 ];
-
-#[test]
-fn upstream_truth_tables() {
-    assert!(CASES.len() >= 25, "{} cases", CASES.len());
-    let failures: Vec<String> = CASES.iter().flat_map(run).collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} case×probe tables differ:\n\n{}",
-        failures.len(),
-        CASES.len() * PROBES.len(),
-        failures.join("\n\n")
-    );
-}
-
-#[test]
-fn decisions_name_the_rule_that_allowed() {
-    let nodes = compile_nodes(CASES[3].policies);
-    // x/b -> x/a: x/a is pod a, on node 0; the allowing rule is x/x-a-allows-x-b ingress[0].
-    let d = nodes[0].decide(Direction::Ingress, pod_ip(0), pod_ip(1), TCP, 80);
-    let dataplane::policy::Decision::Allow { rule } = d else {
-        panic!("allowed, got {d:?}");
-    };
-    assert_eq!(
-        nodes[0].rule(rule).map(ToString::to_string).as_deref(),
-        Some("x/x-a-allows-x-b ingress[0]")
-    );
-    // The node's own address reaches an isolated pod.
-    let from_node = nodes[0].decide(
-        Direction::Ingress,
-        pod_ip(0),
-        Ipv4Addr::new(10, 244, 1, 0),
-        TCP,
-        10250,
-    );
-    let dataplane::policy::Decision::Allow { rule } = from_node else {
-        panic!("the node is always allowed, got {from_node:?}");
-    };
-    assert_eq!(
-        nodes[0].rule(rule).map(ToString::to_string).as_deref(),
-        Some("node")
-    );
-}
