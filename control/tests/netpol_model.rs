@@ -46,7 +46,7 @@ fn probe_all(nodes: &[PolicySet; 3], probe: Probe) -> Reachability {
 }
 
 fn run(case: &Case) -> Vec<String> {
-    let nodes = compile_nodes(case.policies);
+    let nodes = compile_nodes(&case.policies_at(pod_ip));
     let mut failures = Vec::new();
     for probe in PROBES {
         let want = case.expected(probe);
@@ -81,7 +81,7 @@ fn upstream_truth_tables() {
 
 #[test]
 fn decisions_name_the_rule_that_allowed() {
-    let nodes = compile_nodes(CASES[3].policies);
+    let nodes = compile_nodes(&CASES[3].policies_at(pod_ip));
     // x/b -> x/a: x/a is pod a, on node 0; the allowing rule is x/x-a-allows-x-b ingress[0].
     let d = nodes[0].decide(Direction::Ingress, pod_ip(0), pod_ip(1), TCP, 80);
     let dataplane::policy::Decision::Allow { rule } = d else {

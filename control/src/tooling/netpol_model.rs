@@ -207,6 +207,16 @@ pub struct Case {
 }
 
 impl Case {
+    /// The policies with each `{ns/pod}` replaced by that pod's address from `ip_of` (the cases'
+    /// `ipBlock`s name pods, whose addresses differ between the model and a real cluster).
+    pub fn policies_at(&self, ip_of: impl Fn(usize) -> Ipv4Addr) -> String {
+        let mut s = self.policies.to_string();
+        for i in 0..N {
+            s = s.replace(&format!("{{{}}}", pod_name(i)), &ip_of(i).to_string());
+        }
+        s
+    }
+
     /// The truth table of `probe`.
     pub fn expected(&self, probe: Probe) -> Reachability {
         let mut r = Reachability::new(true);
@@ -760,7 +770,7 @@ metadata: {name: allow-client-a-via-cidr-egress-rule, namespace: x}
 spec:
   podSelector: {matchLabels: {pod: a}}
   policyTypes: [Egress]
-  egress: [{to: [{ipBlock: {cidr: 10.244.2.2/32}}]}]
+  egress: [{to: [{ipBlock: {cidr: '{y/b}/32'}}]}]
 ",
         expect: |_, r| {
             r.expect_all_egress("x/a", false);
@@ -776,7 +786,7 @@ metadata: {name: allow-client-a-via-cidr-egress-rule, namespace: x}
 spec:
   podSelector: {matchLabels: {pod: a}}
   policyTypes: [Egress]
-  egress: [{to: [{ipBlock: {cidr: 10.244.0.0/16, except: [10.244.2.1/32]}}]}]
+  egress: [{to: [{ipBlock: {cidr: 10.244.0.0/16, except: ['{x/b}/32']}}]}]
 ",
         expect: |_, r| r.expect("x/a", "x/b", false),
     },
@@ -789,7 +799,7 @@ metadata: {name: allow-client-a-via-cidr-egress-rule, namespace: x}
 spec:
   podSelector: {matchLabels: {pod: a}}
   policyTypes: [Egress]
-  egress: [{to: [{ipBlock: {cidr: 10.244.0.0/16, except: [10.244.2.1/32]}}]}]
+  egress: [{to: [{ipBlock: {cidr: 10.244.0.0/16, except: ['{x/b}/32']}}]}]
 ---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -797,7 +807,7 @@ metadata: {name: allow-client-a-to-x-b, namespace: x}
 spec:
   podSelector: {matchLabels: {pod: a}}
   policyTypes: [Egress]
-  egress: [{to: [{ipBlock: {cidr: 10.244.2.1/32}}]}]
+  egress: [{to: [{ipBlock: {cidr: '{x/b}/32'}}]}]
 ",
         expect: |_, _| {},
     },
