@@ -143,7 +143,8 @@ enum Command {
         #[arg(long)]
         no_tun_offload: bool,
         /// Measure only these variants beside the kernel VXLAN reference (comma-separated:
-        /// kernel-host-gw, weft-vxlan, weft-vxlan-switch, weft-ipip, weft-host-gw,
+        /// kernel-host-gw, weft-vxlan, weft-vxlan-switch,
+        /// weft-vxlan-switch-policy (1000 NetworkPolicy rules per direction), weft-ipip, weft-host-gw,
         /// same-node-bridge, same-node-switch); all when not given.
         #[arg(long, value_name = "LIST", value_delimiter = ',')]
         variants: Vec<String>,

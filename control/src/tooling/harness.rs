@@ -46,11 +46,35 @@ struct VariantSpec {
     switch: bool,
     /// Both pods on node-1: the same-node path (a kernel bridge, or Weft's switch).
     same_node: bool,
+    /// NetworkPolicy on (switch mode): both pods isolated both ways by [`POLICY_RULES`] rules
+    /// each, the last of which admits the measured traffic.
+    policy: bool,
+}
+
+/// Rules per direction of the policy variant's NetworkPolicy (issue 20's benchmark).
+pub const POLICY_RULES: usize = 1000;
+
+/// The policy variant's manifests: namespace `lab`, one NetworkPolicy selecting every pod in
+/// it, `POLICY_RULES - 1` ingress and egress rules that match nothing measured (a /32 of
+/// 172.16/12 and a port each), then one admitting the cluster network.
+pub fn policy_manifests() -> String {
+    let mut rules_in = String::new();
+    let mut rules_out = String::new();
+    for k in 0..POLICY_RULES - 1 {
+        let ip = std::net::Ipv4Addr::from(0xac10_0000u32 + k as u32);
+        let port = 10_000 + k;
+        rules_in += &format!("  - from: [{{ipBlock: {{cidr: {ip}/32}}}}]\n    ports: [{{protocol: TCP, port: {port}}}]\n");
+        rules_out += &format!("  - to: [{{ipBlock: {{cidr: {ip}/32}}}}]\n    ports: [{{protocol: TCP, port: {port}}}]\n");
+    }
+    let net = crate::tooling::lab::NETWORK;
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: lab}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{namespace: lab, name: bench}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Ingress, Egress]\n  ingress:\n{rules_in}  - from: [{{ipBlock: {{cidr: {net}}}}}]\n  egress:\n{rules_out}  - to: [{{ipBlock: {{cidr: {net}}}}}]\n"
+    )
 }
 
 /// The variants, in the order every round measures them. The first is the reference of every
 /// ratio and is always measured.
-const VARIANTS: [VariantSpec; 8] = [
+const VARIANTS: [VariantSpec; 9] = [
     VariantSpec {
         key: "kernel-vxlan",
         name: "kernel VXLAN (flannel.1)",
@@ -58,6 +82,7 @@ const VARIANTS: [VariantSpec; 8] = [
         backend: "",
         switch: false,
         same_node: false,
+        policy: false,
     },
     VariantSpec {
         key: "kernel-host-gw",
@@ -66,6 +91,7 @@ const VARIANTS: [VariantSpec; 8] = [
         backend: "",
         switch: false,
         same_node: false,
+        policy: false,
     },
     VariantSpec {
         key: "weft-vxlan",
@@ -74,6 +100,7 @@ const VARIANTS: [VariantSpec; 8] = [
         backend: "type = \"vxlan\"\n",
         switch: false,
         same_node: false,
+        policy: false,
     },
     VariantSpec {
         key: "weft-vxlan-switch",
@@ -82,6 +109,16 @@ const VARIANTS: [VariantSpec; 8] = [
         backend: "type = \"vxlan\"\n",
         switch: true,
         same_node: false,
+        policy: false,
+    },
+    VariantSpec {
+        key: "weft-vxlan-switch-policy",
+        name: "Weft VXLAN, switch, 1000-rule policy",
+        kind: NodeKind::Weft,
+        backend: "type = \"vxlan\"\n",
+        switch: true,
+        same_node: false,
+        policy: true,
     },
     VariantSpec {
         key: "weft-ipip",
@@ -90,6 +127,7 @@ const VARIANTS: [VariantSpec; 8] = [
         backend: "type = \"ipip\"\n",
         switch: false,
         same_node: false,
+        policy: false,
     },
     VariantSpec {
         key: "weft-host-gw",
@@ -98,6 +136,7 @@ const VARIANTS: [VariantSpec; 8] = [
         backend: "type = \"host-gw\"\n",
         switch: false,
         same_node: false,
+        policy: false,
     },
     VariantSpec {
         key: "same-node-bridge",
@@ -106,6 +145,7 @@ const VARIANTS: [VariantSpec; 8] = [
         backend: "type = \"vxlan\"\n",
         switch: false,
         same_node: true,
+        policy: false,
     },
     VariantSpec {
         key: "same-node-switch",
@@ -114,6 +154,7 @@ const VARIANTS: [VariantSpec; 8] = [
         backend: "type = \"vxlan\"\n",
         switch: true,
         same_node: true,
+        policy: false,
     },
 ];
 
@@ -224,6 +265,7 @@ pub fn run(
             backend,
             switch,
             same_node,
+            policy,
         },
         is_baseline,
     ) in runs
@@ -243,6 +285,12 @@ pub fn run(
         lab.dataplane_extra = knobs.dataplane_lines();
         lab.backend = backend.to_string();
         lab.switch = switch;
+        if policy {
+            let dir = lab.dir().join("policies");
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("bench.yaml"), policy_manifests())?;
+            lab.config_extra = format!("[policy]\ndir = \"{}\"\n", dir.display());
+        }
         lab.add_node(1, kind)?;
         lab.add_node(2, kind)?;
         lab.start()?;
@@ -508,6 +556,37 @@ fn percentile(xs: &[f64], q: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_policy_variants_manifests_compile_to_its_rule_count() {
+        let m = crate::policy::Manifests::from_str(
+            &policy_manifests(),
+            std::path::Path::new("bench.yaml"),
+        )
+        .expect("the manifests load");
+        let pod = k8s_openapi::api::core::v1::Pod {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                namespace: Some("lab".into()),
+                name: Some("lab-0-2".into()),
+                ..Default::default()
+            },
+            status: Some(k8s_openapi::api::core::v1::PodStatus {
+                pod_ip: Some("10.244.1.2".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let ip: std::net::Ipv4Addr = "10.244.1.2".parse().expect("ip");
+        let set =
+            crate::policy::compile(&m.policies, &[pod], &m.namespaces, &[ip]).expect("compiles");
+        let p = set.pod(ip).expect("the pod is isolated");
+        for d in [
+            dataplane::policy::Direction::Ingress,
+            dataplane::policy::Direction::Egress,
+        ] {
+            assert_eq!(p.table(d).map(|t| t.rules().len()), Some(POLICY_RULES));
+        }
+    }
 
     #[test]
     fn variants_keep_the_reference_and_refuse_unknown_keys() {

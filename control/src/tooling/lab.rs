@@ -700,7 +700,8 @@ impl Lab {
             container_id: Some(id.to_string()),
             netns,
             ifname: Some("eth0".into()),
-            args: None,
+            // As kubelet's runtimes do: NetworkPolicy selects the pod by namespace and name.
+            args: Some(format!("K8S_POD_NAMESPACE=lab;K8S_POD_NAME={id}")),
         };
         let config = serde_json::json!({
             "cniVersion": "1.1.0",
