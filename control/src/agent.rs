@@ -404,7 +404,13 @@ impl Agent {
                 crate::status::status_of(show(), health_of(&cfg, &metrics, started, masq_backend))
             }
         };
-        let ctl = CtlServer::start(&cfg.dataplane.control_socket, show, status)?;
+        let policy = {
+            let shared = shared.clone();
+            move |q: &crate::policy::explain::PolicyQuery| {
+                crate::policy::explain::explain(shared.cell.load_full().policy.as_ref(), q)
+            }
+        };
+        let ctl = CtlServer::start(&cfg.dataplane.control_socket, show, status, policy)?;
 
         let env = SubnetEnv {
             network: cfg.network.network,

@@ -2,8 +2,9 @@
 //! node's tables and counters, for `weftd show` (the `ip route` / `ip neigh` / `bridge fdb` of a
 //! userspace dataplane) and for scripts (`-o json`).
 //!
-//! Protocol: the client writes one line, `{"cmd":"show"}` or `{"cmd":"status"}`, and reads one
-//! JSON document until EOF: a [`ShowReply`], a [`StatusReply`], or `{"error": "..."}` for a request
+//! Protocol: the client writes one line, `{"cmd":"show"}`, `{"cmd":"status"}` or
+//! `{"cmd":"policy","src":..,"dst":..,"protocol":"tcp","port":80}`, and reads one JSON document
+//! until EOF: a [`ShowReply`], a [`StatusReply`], a `PolicyReply`, or `{"error": "..."}` for a request
 //! the agent does not understand. The reply is written in one piece. The server runs on its own
 //! thread and reads only published snapshots, merged counters and the control plane's flags, so a
 //! slow or stuck client never touches the forwarding path.
@@ -65,6 +66,8 @@ pub enum Request {
     Show,
     /// The node's health on one screen (`weftctl status`).
     Status,
+    /// What NetworkPolicy does with a flow (`weftctl policy`).
+    Policy(crate::policy::explain::PolicyQuery),
 }
 
 /// A running control socket server; stops and removes the socket when dropped.
@@ -78,10 +81,13 @@ pub struct CtlServer {
 impl CtlServer {
     /// Listens on `path` (a stale socket file from a killed agent is replaced) and answers each
     /// request with `show()` or `status()`.
-    pub fn start<F, G>(path: &Path, show: F, status: G) -> Result<CtlServer, CtlError>
+    pub fn start<F, G, P>(path: &Path, show: F, status: G, policy: P) -> Result<CtlServer, CtlError>
     where
         F: Fn() -> ShowReply + Send + 'static,
         G: Fn() -> StatusReply + Send + 'static,
+        P: Fn(&crate::policy::explain::PolicyQuery) -> crate::policy::explain::PolicyReply
+            + Send
+            + 'static,
     {
         let listen_err = |source| CtlError::Listen {
             path: path.to_path_buf(),
@@ -103,6 +109,7 @@ impl CtlServer {
             match req {
                 Request::Show => serde_json::to_vec(&show()),
                 Request::Status => serde_json::to_vec(&status()),
+                Request::Policy(q) => serde_json::to_vec(&policy(q)),
             }
         };
         let thread = std::thread::Builder::new()
@@ -197,6 +204,14 @@ pub fn request_show(path: &Path) -> Result<ShowReply, CtlError> {
     request(path, &Request::Show)
 }
 
+/// Asks the agent at `path` what its NetworkPolicy does with flow `q`.
+pub fn request_policy(
+    path: &Path,
+    q: &crate::policy::explain::PolicyQuery,
+) -> Result<crate::policy::explain::PolicyReply, CtlError> {
+    request(path, &Request::Policy(q.clone()))
+}
+
 /// Asks the agent at `path` for its health.
 pub fn request_status(path: &Path) -> Result<StatusReply, CtlError> {
     request(path, &Request::Status)
@@ -254,7 +269,13 @@ mod tests {
     #[test]
     fn show_status_and_bad_requests_over_the_socket() {
         let path = std::env::temp_dir().join(format!("weft-ctl-test-{}.sock", std::process::id()));
-        let server = CtlServer::start(&path, show, || status_of(show(), health())).expect("listen");
+        let server = CtlServer::start(
+            &path,
+            show,
+            || status_of(show(), health()),
+            |q| crate::policy::explain::explain(None, q),
+        )
+        .expect("listen");
         assert_eq!(request_show(&path).expect("show"), show());
         let status = request_status(&path).expect("status");
         assert!(!status.healthy);

@@ -325,6 +325,60 @@ fn a_policy_change_cuts_connections_it_denies_and_the_node_still_reaches_its_pod
         "an established connection the new policy denies is cut"
     );
 
+    // weftctl policy says why, naming the side that denies.
+    let client = c.pods["x/b"].ip.to_string();
+    let weftctl = weftd_path().with_file_name("weftctl");
+    let explain = |port: &str| {
+        let out = std::process::Command::new(&weftctl)
+            .args(["--socket", &c.lab.nodes[0].ctl_socket.display().to_string()])
+            .args([
+                "policy",
+                &client,
+                &server.to_string(),
+                "--protocol",
+                "tcp",
+                "--port",
+                port,
+            ])
+            .output()
+            .expect("run weftctl (cargo builds it beside weftd)");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = explain("80");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!("ingress at {server}: DENIED")),
+        "{text}"
+    );
+    c.expect(
+        "x/a takes TCP 80 from x/b",
+        &format!(
+            "{DENY_X_INGRESS}apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{namespace: x, name: a-from-b}}
+spec:
+  podSelector: {{matchLabels: {{pod: a}}}}
+  ingress:
+  - from: [{{podSelector: {{matchLabels: {{pod: b}}}}}}]
+    ports: [{{protocol: TCP, port: 80}}]
+"
+        ),
+        &all_but(|from, to, proto, port| {
+            to.starts_with("x/") && !(from == "x/b" && to == "x/a" && proto == "tcp" && port == 80)
+        }),
+    );
+    let (code, text) = explain("80");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("allowed by x/a-from-b ingress[0]"), "{text}");
+    c.expect(
+        "default deny ingress in x, again",
+        DENY_X_INGRESS,
+        &all_but(|_, to, _, _| to.starts_with("x/")),
+    );
+
     // Kubelet's probes: the node reaches its isolated pods.
     let node = &c.lab.nodes[0];
     let reached = node

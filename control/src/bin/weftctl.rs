@@ -2,14 +2,15 @@
 //!
 //! `weftctl status` is the one-screen health check (exit code 0 healthy, 1 not, for scripts and
 //! monitoring); `weftctl show` prints the FIB, neighbour and FDB tables the way `ip route`,
-//! `ip neigh` and `bridge fdb` print the kernel's (the same output as `weftd show`).
+//! `ip neigh` and `bridge fdb` print the kernel's (the same output as `weftd show`);
+//! `weftctl policy` explains what NetworkPolicy does with a flow, naming the deciding rule.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use control::ctl::{request_show, request_status};
+use control::ctl::{request_policy, request_show, request_status};
 
 /// Inspect a running Weft agent (weftd) on this node.
 #[derive(Debug, Parser)]
@@ -37,6 +38,23 @@ enum Command {
     /// The agent's FIB, neighbour and FDB tables (as `ip route`, `ip neigh` and `bridge fdb`
     /// print them) and its counters.
     Show,
+    /// What this node's NetworkPolicy does with a new flow, and which policy rule decides it:
+    /// egress at the source and ingress at the destination, where each is a pod of this node.
+    ///
+    /// Example: `weftctl policy 10.244.1.5 10.244.2.7 --protocol tcp --port 80`. Exit code 0
+    /// when allowed, 1 when denied or on an error.
+    Policy {
+        /// The flow's source address.
+        src: std::net::Ipv4Addr,
+        /// The flow's destination address.
+        dst: std::net::Ipv4Addr,
+        /// tcp, udp, sctp, icmp, or an IP protocol number.
+        #[arg(long, default_value = "tcp")]
+        protocol: String,
+        /// The destination port (ignored for protocols without ports).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -52,6 +70,20 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Status => status(&cli),
         Command::Show => show(&cli),
+        Command::Policy {
+            src,
+            dst,
+            ref protocol,
+            port,
+        } => policy(
+            &cli,
+            &control::policy::explain::PolicyQuery {
+                src,
+                dst,
+                protocol: protocol.clone(),
+                port,
+            },
+        ),
     }
 }
 
@@ -116,5 +148,50 @@ fn show(cli: &Cli) -> ExitCode {
             eprintln!("weftctl: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn policy(cli: &Cli, q: &control::policy::explain::PolicyQuery) -> ExitCode {
+    let reply = match request_policy(&cli.socket, q) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("weftctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.output {
+        Output::Json => {
+            print_json(&reply);
+        }
+        Output::Text => {
+            if let Some(e) = &reply.error {
+                eprintln!("weftctl: {e}");
+                return ExitCode::FAILURE;
+            }
+            if reply.enforced {
+                let ct = reply.conntrack.clone().unwrap_or_default();
+                println!(
+                    "policy generation {}: {} isolated pods, {} rules; conntrack {} flows admitted, {} evicted, {} refused (capacity {})",
+                    reply.generation, reply.isolated_pods, reply.rules, ct.inserted, ct.evicted, ct.refused, ct.capacity
+                );
+            }
+            println!(
+                "{} -> {} {}/{}: {}",
+                q.src,
+                q.dst,
+                q.protocol.to_ascii_uppercase(),
+                q.port,
+                if reply.allowed { "ALLOWED" } else { "DENIED" }
+            );
+            println!("  {}", reply.egress);
+            if !reply.ingress.is_empty() {
+                println!("  {}", reply.ingress);
+            }
+        }
+    }
+    if reply.allowed && reply.error.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

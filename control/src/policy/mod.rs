@@ -13,6 +13,7 @@
 //! (`crate::tooling::netpol_model`) through [`compile()`] and the dataplane's decision.
 
 pub mod compile;
+pub mod explain;
 pub mod manifests;
 pub mod selector;
 pub mod state;
