@@ -266,6 +266,7 @@ impl Agent {
                     state.set_manifests(m);
                 }
                 inputs.enable_policy(state);
+                metrics.attach_policy(inputs.clone());
                 Some(
                     crate::policy::watch::spawn(dir.clone(), inputs.clone(), stop.clone())
                         .map_err(AgentError::Spawn)?,

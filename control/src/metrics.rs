@@ -68,6 +68,7 @@ pub struct Metrics {
     /// stay in force), but `weftctl status` reports a node that cannot see changes as unhealthy.
     pub datastore_connected: AtomicBool,
     workers: OnceLock<Arc<WorkerShared>>,
+    policy: OnceLock<Arc<crate::datastore::TableInputs>>,
 }
 
 impl Default for Metrics {
@@ -105,12 +106,18 @@ impl Metrics {
             subnet_env_written: AtomicBool::new(false),
             datastore_connected: AtomicBool::new(false),
             workers: OnceLock::new(),
+            policy: OnceLock::new(),
         }
     }
 
     /// Attaches the workers whose counters `/metrics` reports.
     pub fn attach_workers(&self, shared: Arc<WorkerShared>) {
         let _ = self.workers.set(shared);
+    }
+
+    /// Attaches the table inputs whose NetworkPolicy figures `/metrics` reports.
+    pub fn attach_policy(&self, inputs: Arc<crate::datastore::TableInputs>) {
+        let _ = self.policy.set(inputs);
     }
 
     /// Records the published tables.
@@ -295,6 +302,9 @@ impl Metrics {
         if let Some(w) = self.workers.get() {
             reg.register_collector(Box::new(WorkerCollector(w.clone())));
         }
+        if let Some(p) = self.policy.get() {
+            reg.register_collector(Box::new(PolicyCollector(p.clone())));
+        }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
             tracing::warn!("cannot render metrics: {e}");
@@ -318,6 +328,37 @@ fn counter_family<'a>(
         ConstCounter::new(n).encode(m.encode_family(&[(label, value)])?)?;
     }
     Ok(())
+}
+
+/// Reads the NetworkPolicy rule counters and the connection table's figures at scrape time.
+#[derive(Debug)]
+struct PolicyCollector(Arc<crate::datastore::TableInputs>);
+
+impl Collector for PolicyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some((rules, ct)) = self.0.policy_figures() else {
+            return Ok(());
+        };
+        counter_family(
+            &mut encoder,
+            "policy_rule_flows",
+            "New flows each NetworkPolicy rule admitted (rule: <namespace>/<policy> <direction>[<index>], or node)",
+            "rule",
+            rules.iter().map(|(r, n)| (r.as_str(), *n)),
+        )?;
+        counter_family(
+            &mut encoder,
+            "conntrack",
+            "Connection table events: flows admitted, live entries evicted for room, flows refused for lack of room",
+            "event",
+            [
+                ("inserted", ct.inserted),
+                ("evicted", ct.evicted),
+                ("refused", ct.refused),
+            ],
+        )?;
+        Ok(())
+    }
 }
 
 /// Reads the workers' merged counters at scrape time.

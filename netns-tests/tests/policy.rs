@@ -373,6 +373,23 @@ spec:
     let (code, text) = explain("80");
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("allowed by x/a-from-b ingress[0]"), "{text}");
+    // The rule's flows are counted on /metrics.
+    let (status, metrics) = c.lab.http_get(0, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200);
+    let line = metrics
+        .lines()
+        .find(|l| l.contains("policy_rule_flows") && l.contains("rule=\"x/a-from-b ingress[0]\""))
+        .unwrap_or_else(|| panic!("no counter for the rule in\n{metrics}"));
+    let n: u64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a count");
+    assert!(n >= 1, "{line}");
+    assert!(
+        metrics.contains("conntrack_total{event=\"inserted\"}"),
+        "{metrics}"
+    );
     c.expect(
         "default deny ingress in x, again",
         DENY_X_INGRESS,

@@ -417,6 +417,19 @@ impl TableInputs {
         self.publish(&mut st);
     }
 
+    /// New flows each NetworkPolicy rule admitted, and the connection table's figures;
+    /// `None` without policy.
+    pub fn policy_figures(
+        &self,
+    ) -> Option<(
+        std::collections::BTreeMap<String, u64>,
+        dataplane::policy::conntrack::ConntrackStats,
+    )> {
+        let st = self.lock();
+        let p = st.policy.as_ref()?;
+        Some((p.rule_flows(), p.conntrack().stats()))
+    }
+
     /// Replaces the NetworkPolicy manifests and publishes what they compile to (policy on).
     pub fn set_policy_manifests(&self, manifests: crate::policy::Manifests) {
         let mut st = self.lock();

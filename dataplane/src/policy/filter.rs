@@ -23,7 +23,7 @@ use std::net::Ipv4Addr;
 
 use super::conntrack::{generation_tag, Conntrack, FlowDirection, FlowKey, Insert};
 use super::portset::Protocol;
-use super::table::{FlowDecision, PolicySet};
+use super::table::{Decision, FlowDecision, PolicySet};
 use crate::time::Instant;
 
 /// What the filter needs of a packet.
@@ -179,6 +179,11 @@ pub fn filter(
         ct.insert(key, packet.tcp_flags, set.generation(), now),
         Insert::Inserted { .. } | Insert::Exists
     );
+    for d in [decision.egress, decision.ingress] {
+        if let Decision::Allow { rule } = d {
+            set.count(rule);
+        }
+    }
     FlowVerdict::New { decision, tracked }
 }
 

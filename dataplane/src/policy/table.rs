@@ -23,6 +23,7 @@ use core::fmt;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -416,11 +417,13 @@ impl PodPolicy {
 /// IPv4 address, and the rule ids decisions refer to. Immutable; a policy change is a new set
 /// with a higher [`generation`](PolicySet::generation), published to the workers by swapping a
 /// pointer like the forwarding snapshot.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct PolicySet {
     generation: u64,
     pods: FxHashMap<Ipv4Addr, PodPolicy>,
     rule_ids: Box<[RuleId]>,
+    /// New flows each rule admitted, by [`RuleRef`] (counted by [`PolicySet::count`]).
+    hits: Box<[AtomicU64]>,
 }
 
 impl PolicySet {
@@ -445,6 +448,22 @@ impl PolicySet {
     /// The number of distinct rule ids (`RuleRef`s run from 0 to this, exclusive).
     pub fn rule_count(&self) -> usize {
         self.rule_ids.len()
+    }
+
+    /// Counts one new flow admitted by `rule` (one relaxed atomic add; first packets only).
+    #[inline]
+    pub fn count(&self, rule: RuleRef) {
+        if let Some(h) = self.hits.get(rule.0 as usize) {
+            h.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The new flows each rule admitted since this set was built, with the rule's id.
+    pub fn hits(&self) -> impl Iterator<Item = (&RuleId, u64)> + '_ {
+        self.rule_ids
+            .iter()
+            .zip(self.hits.iter())
+            .map(|(id, h)| (id, h.load(Ordering::Relaxed)))
     }
 
     /// The isolation of local pod `pod`, `None` when no policy isolates it.
@@ -545,10 +564,12 @@ impl PolicySetBuilder {
 
     /// The finished set.
     pub fn build(self) -> PolicySet {
+        let hits = self.rule_ids.iter().map(|_| AtomicU64::new(0)).collect();
         PolicySet {
             generation: self.generation,
             pods: self.pods,
             rule_ids: self.rule_ids.into_boxed_slice(),
+            hits,
         }
     }
 }
