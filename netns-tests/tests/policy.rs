@@ -63,13 +63,18 @@ fn serve(pod: &LabPod) -> Vec<std::thread::JoinHandle<()>> {
 }
 
 fn cluster() -> Cluster {
+    cluster_with("")
+}
+
+/// [`cluster`] with more `[policy]` lines.
+fn cluster_with(policy_extra: &str) -> Cluster {
     require_root();
     let mut lab = Lab::new(&weftd_path()).expect("lab");
     lab.switch = true;
     lab.workers = 2;
     let dir = lab.dir().join("policies");
     std::fs::create_dir_all(&dir).expect("policy dir");
-    lab.config_extra = format!("[policy]\ndir = \"{}\"\n", dir.display());
+    lab.config_extra = format!("[policy]\ndir = \"{}\"\n{policy_extra}", dir.display());
     lab.add_node(1, NodeKind::Weft).expect("node-1");
     lab.add_node(2, NodeKind::Weft).expect("node-2");
     lab.start().expect("agents start");
@@ -536,4 +541,135 @@ fn the_upstream_e2e_cases_hold_through_the_switch() {
         started.elapsed().as_secs_f64()
     );
     drop(servers);
+}
+
+/// `weft_conntrack_total{event=...}` on node `idx`.
+fn conntrack_event(lab: &Lab, idx: usize, event: &str) -> u64 {
+    let (_, metrics) = lab.http_get(idx, "/metrics").expect("GET /metrics");
+    metrics
+        .lines()
+        .find(|l| l.contains("conntrack_total") && l.contains(&format!("event=\"{event}\"")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no conntrack {event} in\n{metrics}"))
+}
+
+#[test]
+fn policy_churn_during_a_transfer_and_a_full_connection_table() {
+    // The smallest table: 1024 flows.
+    let c = cluster_with("conntrack_max = 1024\n");
+    let allow_82 = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: x, name: a-82-from-b}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {pod: b}}}]
+    ports: [{protocol: TCP, port: 82}]
+  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]
+---
+";
+    c.expect(
+        "x/a takes TCP 82 from x/b and everything from y",
+        &format!("{DENY_X_INGRESS}{allow_82}"),
+        &all_but(|from, to, _, _| to.starts_with("x/") && !(from == "y/a" && to == "x/a")),
+    );
+
+    // 64 MiB from x/b to x/a:82 while the policy changes 20 times (other namespaces' rules
+    // come and go; this flow stays allowed, and is re-checked at each generation).
+    const BYTES: usize = 64 << 20;
+    let listener = c.pods["x/a"].listen(82).expect("listen 82");
+    let receiver = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let (mut got, mut sum, mut buf) = (0usize, 0u64, vec![0u8; 1 << 16]);
+        loop {
+            let n = s.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            for (i, b) in buf[..n].iter().enumerate() {
+                let at = got + i;
+                assert_eq!(*b, (at % 251) as u8, "byte {at} differs");
+            }
+            sum += n as u64;
+            got += n;
+        }
+        sum
+    });
+    let mut conn = c.pods["x/b"]
+        .connect(
+            SocketAddrV4::new(c.pods["x/a"].ip, 82),
+            Duration::from_secs(2),
+        )
+        .expect("x/b -> x/a:82");
+    let sender = std::thread::spawn(move || {
+        let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let mut sent = 0;
+        while sent < BYTES {
+            // The pattern repeats every 251 bytes: each write starts at the right place in it.
+            let off = sent % 251;
+            let n = (BYTES - sent).min(chunk.len() - 251);
+            conn.write_all(&chunk[off..off + n]).expect("write");
+            sent += n;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    for k in 0..20 {
+        let other = if k % 2 == 0 {
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: y, name: churn}\nspec: {podSelector: {}, ingress: [{}]}\n---\n"
+        } else {
+            ""
+        };
+        c.apply(&format!("{DENY_X_INGRESS}{allow_82}{other}"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sender.join().expect("sender");
+    let received = receiver.join().expect("receiver");
+    assert_eq!(
+        received as usize, BYTES,
+        "the transfer is byte-exact through 20 policy changes"
+    );
+
+    // An established connection, then 3000 new UDP flows from y/a to x/a: the table fills.
+    let mut kept = c.pods["y/a"]
+        .connect(
+            SocketAddrV4::new(c.pods["x/a"].ip, 80),
+            Duration::from_secs(1),
+        )
+        .expect("y/a -> x/a:80");
+    assert!(echo(&mut kept));
+    let inserted = conntrack_event(&c.lab, 0, "inserted");
+    let flood = c.pods["y/a"].ns.run({
+        let dst = SocketAddrV4::new(c.pods["x/a"].ip, 80);
+        move || {
+            let socks: Vec<std::net::UdpSocket> = (0..3000)
+                .filter_map(|_| std::net::UdpSocket::bind("0.0.0.0:0").ok())
+                .collect();
+            for s in &socks {
+                let _ = s.send_to(b"flood", dst);
+            }
+            socks.len()
+        }
+    });
+    assert_eq!(flood.expect("enter y/a"), 3000);
+    std::thread::sleep(Duration::from_millis(500));
+    let full = conntrack_event(&c.lab, 0, "evicted") + conntrack_event(&c.lab, 0, "refused");
+    assert!(
+        conntrack_event(&c.lab, 0, "inserted") >= inserted + 1000,
+        "the flood's flows were admitted"
+    );
+    assert!(
+        full > 0,
+        "a 1024-entry table took 3000 flows without evicting or refusing"
+    );
+    // The established connection was not evicted, and new allowed flows still pass.
+    assert!(
+        echo(&mut kept),
+        "the established connection survives a full table"
+    );
+    assert!(c.probe("y/a", "x/a", "tcp", 81));
+    assert!(
+        !c.probe("x/b", "x/a", "tcp", 81),
+        "and denied ones are still denied"
+    );
 }
