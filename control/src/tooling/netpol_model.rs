@@ -6,7 +6,7 @@
 //! Namespaces x, y and z (labels `ns: <name>` and `kubernetes.io/metadata.name: <name>`) hold
 //! pods a, b and c (label `pod: <name>`), each serving ports 80 and 81 on TCP, UDP and SCTP with
 //! container ports named `serve-<port>-<protocol>`, as the upstream model's pods do. Pods a, b
-//! and c of every namespace run on nodes 1, 2 and 3 (addresses 10.244.<node>.<namespace>), so
+//! and c of every namespace run on nodes 1, 2 and 3 (addresses `10.244.<node>.<namespace>`), so
 //! each probe is decided as the cluster would: egress on the source's node, ingress on the
 //! destination's, each compiled for its own local pods. A probe from one pod to another is
 //! allowed when both allow.
