@@ -266,7 +266,8 @@ impl Agent {
                     state.set_manifests(m);
                 }
                 inputs.enable_policy(state);
-                metrics.attach_policy(inputs.clone());
+                let figures = inputs.clone();
+                metrics.attach_policy(Arc::new(move || figures.policy_figures()));
                 Some(
                     crate::policy::watch::spawn(dir.clone(), inputs.clone(), stop.clone())
                         .map_err(AgentError::Spawn)?,

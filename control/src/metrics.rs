@@ -68,8 +68,18 @@ pub struct Metrics {
     /// stay in force), but `weftctl status` reports a node that cannot see changes as unhealthy.
     pub datastore_connected: AtomicBool,
     workers: OnceLock<Arc<WorkerShared>>,
-    policy: OnceLock<Arc<crate::datastore::TableInputs>>,
+    policy: OnceLock<PolicyCollector>,
 }
+
+/// Where `/metrics` reads the NetworkPolicy figures: per-rule admitted flows and conntrack's
+/// events, `None` without policy (the agent passes its table inputs' `policy_figures`).
+pub type PolicySource = Arc<
+    dyn Fn() -> Option<(
+            std::collections::BTreeMap<String, u64>,
+            dataplane::policy::conntrack::ConntrackStats,
+        )> + Send
+        + Sync,
+>;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -115,9 +125,9 @@ impl Metrics {
         let _ = self.workers.set(shared);
     }
 
-    /// Attaches the table inputs whose NetworkPolicy figures `/metrics` reports.
-    pub fn attach_policy(&self, inputs: Arc<crate::datastore::TableInputs>) {
-        let _ = self.policy.set(inputs);
+    /// Attaches where `/metrics` reads the NetworkPolicy figures.
+    pub fn attach_policy(&self, source: PolicySource) {
+        let _ = self.policy.set(PolicyCollector(source));
     }
 
     /// Records the published tables.
@@ -303,7 +313,7 @@ impl Metrics {
             reg.register_collector(Box::new(WorkerCollector(w.clone())));
         }
         if let Some(p) = self.policy.get() {
-            reg.register_collector(Box::new(PolicyCollector(p.clone())));
+            reg.register_collector(Box::new(p.clone()));
         }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
@@ -331,12 +341,18 @@ fn counter_family<'a>(
 }
 
 /// Reads the NetworkPolicy rule counters and the connection table's figures at scrape time.
-#[derive(Debug)]
-struct PolicyCollector(Arc<crate::datastore::TableInputs>);
+#[derive(Clone)]
+struct PolicyCollector(PolicySource);
+
+impl std::fmt::Debug for PolicyCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PolicyCollector")
+    }
+}
 
 impl Collector for PolicyCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let Some((rules, ct)) = self.0.policy_figures() else {
+        let Some((rules, ct)) = (self.0)() else {
             return Ok(());
         };
         counter_family(

@@ -437,6 +437,25 @@ spec:
         log.contains("ingres") && log.contains("cluster.yaml"),
         "the agent's log names the file and the field"
     );
+
+    // A pod added to x now is isolated from its first packet: its ADD returned only once its
+    // policy was in the workers' snapshot.
+    let d = Driver::new(node.ns.path(), netns_tests::cni_path());
+    let list = json!({"cniVersion": "1.0.0", "name": "weft",
+        "plugins": [{"type": "weft", "socket": node.cni_socket.display().to_string()}]});
+    let netns = c.lab.empty_pod_ns("npnew").expect("pod ns");
+    let mut att = Attachment::new("np-x-new", netns.path());
+    att.args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=new".to_string();
+    let (newpod, _) = attach(&d, &list, &att, netns);
+    let _servers = serve(&newpod);
+    assert!(
+        !probe(&c.pods["y/a"], newpod.ip, "tcp", 80),
+        "the new pod of x is reachable before its policy"
+    );
+    assert!(
+        probe(&newpod, c.pods["y/a"].ip, "tcp", 80),
+        "its egress is not isolated"
+    );
 }
 
 /// The upstream e2e model in real namespaces: 3 switch nodes, pods x/a.. z/c with pod `i` on
