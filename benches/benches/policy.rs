@@ -17,6 +17,7 @@
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 
+use benches::{prefix, Rng};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dataplane::policy::{
     filter, Conntrack, ConntrackConfig, Direction, FlowKey, IpSet, OnPolicyChange, PacketFlow,
@@ -24,33 +25,10 @@ use dataplane::policy::{
 };
 use dataplane::time::Instant;
 use dataplane::wire::tcp::flags::{ACK, SYN};
-use ipnet::Ipv4Net;
 
 const BATCH: usize = 1024;
 const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
-
-/// A small deterministic generator (xorshift64*), so every run benches the same inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
-    }
-
-    fn below(&mut self, n: u32) -> u32 {
-        ((u64::from(self.next()) * u64::from(n)) >> 32) as u32
-    }
-}
-
-fn prefix(addr: u32, len: u8) -> Ipv4Net {
-    Ipv4Net::new(Ipv4Addr::from(addr), len)
-        .expect("length is at most 32")
-        .trunc()
-}
 
 /// 1,000 rules as a big namespace's policies compile: mostly pod addresses (sets of a few /32s
 /// in 10.244.0.0/16) on one or two ports, some namespace-sized /24 sets, some ipBlocks with
@@ -70,7 +48,7 @@ fn rules(b: &mut PolicySetBuilder, rng: &mut Rng) -> Vec<Rule> {
                 ),
                 6 | 7 => IpSet::from_prefix(prefix(0x0af4_0000 | (rng.below(256) << 8), 24)),
                 _ => {
-                    let block = prefix(rng.next(), 8 + rng.below(8) as u8);
+                    let block = prefix(rng.next_u32(), 8 + rng.below(8) as u8);
                     let hole = prefix(u32::from(block.network()) | rng.below(1 << 16), 24);
                     IpSet::from_block(block, &[hole])
                 }

@@ -13,6 +13,7 @@
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 
+use benches::{prefix, Rng};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dataplane::fdb::{Fdb, FdbEntry};
 use dataplane::fib::{CompiledFib, Fib, NextHop};
@@ -24,28 +25,6 @@ use ipnet::Ipv4Net;
 
 /// Lookups per measured iteration.
 const BATCH: usize = 1024;
-
-/// A small deterministic generator (xorshift64*), so every run benches the same tables.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
-    }
-
-    fn below(&mut self, n: u32) -> u32 {
-        ((u64::from(self.next()) * u64::from(n)) >> 32) as u32
-    }
-}
-
-fn prefix(addr: u32, len: u8) -> Ipv4Net {
-    Ipv4Net::new(Ipv4Addr::from(addr), len)
-        .expect("length is at most 32")
-        .trunc()
-}
 
 /// A FIB of exactly `n` routes shaped like a big flannel/Calico node: mostly /24 pod subnets inside
 /// 10.0.0.0/8, some shorter aggregates (/8 to /23, in and outside 10/8), some longer blocks and
@@ -60,7 +39,7 @@ fn routes(n: usize, seed: u64) -> Fib {
         },
     );
     while fib.len() < n {
-        let in_ten = 0x0a00_0000 | (rng.next() & 0x00ff_ffff);
+        let in_ten = 0x0a00_0000 | (rng.next_u32() & 0x00ff_ffff);
         let roll = rng.below(100);
         let (addr, len) = if roll < 75 {
             (in_ten, 24)
@@ -68,7 +47,7 @@ fn routes(n: usize, seed: u64) -> Fib {
             let addr = if rng.below(2) == 0 {
                 in_ten
             } else {
-                rng.next()
+                rng.next_u32()
             };
             (addr, 8 + rng.below(16) as u8)
         } else {
@@ -80,7 +59,7 @@ fn routes(n: usize, seed: u64) -> Fib {
                 port: PortId(rng.below(64) as u16),
             },
             1 => NextHop::Ipip {
-                remote: Ipv4Addr::from(rng.next()),
+                remote: Ipv4Addr::from(rng.next_u32()),
             },
             _ => NextHop::Vxlan {
                 gateway: p.network(),
@@ -104,7 +83,7 @@ fn hitting_addresses(fib: &Fib, seed: u64) -> Vec<Ipv4Addr> {
         .map(|_| {
             let p = all[rng.below(all.len() as u32) as usize];
             let host_bits = !u32::from(p.netmask());
-            Ipv4Addr::from(u32::from(p.network()) | (rng.next() & host_bits))
+            Ipv4Addr::from(u32::from(p.network()) | (rng.next_u32() & host_bits))
         })
         .collect()
 }

@@ -224,6 +224,24 @@ spec:
 ---
 ";
 
+/// x/a takes TCP 80 from pod b of its own namespace.
+const A_FROM_B_80: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: x, name: a-from-b}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {pod: b}}}]
+    ports: [{protocol: TCP, port: 80}]
+";
+
+/// The matrix under default-deny in x plus [`A_FROM_B_80`].
+fn only_b_to_a_80_in_x() -> Vec<String> {
+    all_but(|from, to, proto, port| {
+        to.starts_with("x/") && !(from == "x/b" && to == "x/a" && proto == "tcp" && port == 80)
+    })
+}
+
 fn drops(lab: &Lab, idx: usize, reason: &str) -> u64 {
     let show = request_show(&lab.nodes[idx].ctl_socket).expect("show");
     show.counters.drops.get(reason).copied().unwrap_or(0)
@@ -247,20 +265,8 @@ fn network_policy_cases_match_their_truth_tables_through_the_switch() {
 
     c.expect(
         "x/a takes TCP 80 from pod b of its own namespace",
-        &format!(
-            "{DENY_X_INGRESS}apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {{namespace: x, name: a-from-b}}
-spec:
-  podSelector: {{matchLabels: {{pod: a}}}}
-  ingress:
-  - from: [{{podSelector: {{matchLabels: {{pod: b}}}}}}]
-    ports: [{{protocol: TCP, port: 80}}]
-"
-        ),
-        &all_but(|from, to, proto, port| {
-            to.starts_with("x/") && !(from == "x/b" && to == "x/a" && proto == "tcp" && port == 80)
-        }),
+        &format!("{DENY_X_INGRESS}{A_FROM_B_80}"),
+        &only_b_to_a_80_in_x(),
     );
 
     c.expect(
@@ -360,20 +366,8 @@ fn a_policy_change_cuts_connections_it_denies_and_the_node_still_reaches_its_pod
     );
     c.expect(
         "x/a takes TCP 80 from x/b",
-        &format!(
-            "{DENY_X_INGRESS}apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {{namespace: x, name: a-from-b}}
-spec:
-  podSelector: {{matchLabels: {{pod: a}}}}
-  ingress:
-  - from: [{{podSelector: {{matchLabels: {{pod: b}}}}}}]
-    ports: [{{protocol: TCP, port: 80}}]
-"
-        ),
-        &all_but(|from, to, proto, port| {
-            to.starts_with("x/") && !(from == "x/b" && to == "x/a" && proto == "tcp" && port == 80)
-        }),
+        &format!("{DENY_X_INGRESS}{A_FROM_B_80}"),
+        &only_b_to_a_80_in_x(),
     );
     let (code, text) = explain("80");
     assert_eq!(code, Some(0), "{text}");
