@@ -662,3 +662,30 @@ fn a_floating_address_follows_the_pod_that_announces_it_and_ages_out() {
     d.del(&list2, &att2, Some(&res2))
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// IP-in-IP between switch-mode nodes: pod TSO super-frames leave as IP-in-IP segments, and
+/// what arrives (merged by the underlay's GRO or not) reaches the pod port whole and in order.
+#[test]
+fn ipip_between_switch_nodes_carries_a_byte_exact_transfer() {
+    require_root();
+    let mut lab = Lab::new(&weftd_path()).expect("lab");
+    lab.switch = true;
+    lab.workers = 2;
+    lab.backend = "type = \"ipip\"\n".to_string();
+    lab.add_node(1, NodeKind::Weft).expect("node-1");
+    lab.add_node(2, NodeKind::Weft).expect("node-2");
+    lab.start().expect("agents start");
+    let a = lab.add_pod(0, 2).expect("pod a");
+    let b = lab.add_pod(1, 2).expect("pod b");
+    ping_ok(&lab, a, b);
+    transfer(&lab, a, b, 7400, 32 << 20);
+    transfer(&lab, b, a, 7401, 32 << 20);
+    for idx in 0..2 {
+        assert_eq!(
+            drops(&lab, idx, "too_big"),
+            0,
+            "node-{}: too_big drops",
+            idx + 1
+        );
+    }
+}
