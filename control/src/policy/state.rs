@@ -9,7 +9,8 @@
 //!   selects it); a local pod the runtime did not name is in no namespace, so no policy
 //!   selects it.
 //! - Every compile gets a new generation, so an established flow meets the newer set at its
-//!   next packet (re-checked, with `established = "recheck"`).
+//!   next packet (re-checked, with `established = "recheck"`). A publish that changes neither
+//!   the manifests nor the node's pods (a peer came or went) compiles nothing.
 //! - A set that does not compile is refused with the object and field named in the log, and
 //!   the last good one stays in force: a typo never opens or closes the node.
 
@@ -45,6 +46,10 @@ pub struct PolicyState {
     /// New flows each rule admitted under the sets before `last`, by rule id: the rule
     /// counters stay monotonic across recompiles.
     folded: std::collections::BTreeMap<String, u64>,
+    /// The local pods `last` was compiled for, `None` when the manifests changed since: a
+    /// publish that changes neither (a peer came or went) reuses the set, so established
+    /// flows are not re-checked for nothing.
+    compiled_for: Option<Vec<LocalPod>>,
 }
 
 impl PolicyState {
@@ -63,12 +68,14 @@ impl PolicyState {
             node_addrs,
             last: Arc::new(PolicySet::empty(0)),
             folded: std::collections::BTreeMap::new(),
+            compiled_for: None,
         }
     }
 
     /// Replaces the manifests (the next [`PolicyState::hook`] compiles them).
     pub fn set_manifests(&mut self, manifests: Manifests) {
         self.manifests = manifests;
+        self.compiled_for = None;
     }
 
     /// The flows tracked.
@@ -92,8 +99,21 @@ impl PolicyState {
     }
 
     /// Compiles the manifests for the node's pods `local` and returns the hook to publish; on a
-    /// compile error, logs it and returns the last good set.
+    /// compile error, logs it and returns the last good set. With the manifests and `local` as
+    /// at the last call, the last set is returned as it is.
     pub fn hook(&mut self, local: &[LocalPod]) -> PolicyHook {
+        if self.compiled_for.as_deref() != Some(local) {
+            self.compile(local);
+            self.compiled_for = Some(local.to_vec());
+        }
+        PolicyHook {
+            set: Arc::clone(&self.last),
+            conntrack: Arc::clone(&self.conntrack),
+            on_change: self.on_change,
+        }
+    }
+
+    fn compile(&mut self, local: &[LocalPod]) {
         let pods = join(&self.manifests.pods, local);
         let ips: Vec<Ipv4Addr> = local.iter().map(|p| p.ip).collect();
         self.generation += 1;
@@ -116,11 +136,6 @@ impl PolicyState {
                 self.last = Arc::new(set);
             }
             Err(e) => tracing::error!("NetworkPolicy not applied, the previous set stays: {e}"),
-        }
-        PolicyHook {
-            set: Arc::clone(&self.last),
-            conntrack: Arc::clone(&self.conntrack),
-            on_change: self.on_change,
         }
     }
 }
@@ -245,6 +260,37 @@ mod tests {
         hook.set.count(rule);
         st.hook(&local).set.count(rule);
         assert_eq!(st.rule_flows().get("x/web ingress[0]"), Some(&3));
+    }
+
+    #[test]
+    fn a_publish_that_changes_no_input_reuses_the_set() {
+        let mut st = PolicyState::new(1024, OnPolicyChange::Recheck, vec![]);
+        let local = [LocalPod {
+            ip: Ipv4Addr::new(10, 244, 1, 2),
+            name: named("x", "a"),
+        }];
+        let first = st.hook(&local);
+        assert!(
+            Arc::ptr_eq(&first.set, &st.hook(&local).set),
+            "same inputs, same set"
+        );
+        let more = [
+            local[0].clone(),
+            LocalPod {
+                ip: Ipv4Addr::new(10, 244, 1, 3),
+                name: named("x", "b"),
+            },
+        ];
+        let second = st.hook(&more);
+        assert!(
+            second.set.generation() > first.set.generation(),
+            "a new pod recompiles"
+        );
+        st.set_manifests(Manifests::default());
+        assert!(
+            st.hook(&more).set.generation() > second.set.generation(),
+            "new manifests too"
+        );
     }
 
     #[test]
