@@ -361,6 +361,18 @@ impl Invocation {
         Ok(())
     }
 
+    /// The value of `key` in `CNI_ARGS` (`KEY=VALUE` pairs separated by `;`), if it is there and
+    /// not empty.
+    pub fn arg(&self, key: &str) -> Option<&str> {
+        self.args
+            .as_deref()?
+            .split(';')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+            .filter(|v| !v.is_empty())
+    }
+
     /// The container ID; validated present for ADD, DEL and CHECK.
     pub fn container_id(&self) -> &str {
         self.container_id.as_deref().unwrap_or_default()
@@ -929,6 +941,24 @@ mod tests {
             "host veth has no sandbox"
         );
         assert_eq!(v110["interfaces"][1]["sandbox"], "/var/run/netns/blue");
+    }
+
+    #[test]
+    fn cni_args_are_read_by_key() {
+        let env = Invocation {
+            command: Command::Add,
+            container_id: None,
+            netns: None,
+            ifname: None,
+            args: Some(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=;K8S_POD_INFRA_CONTAINER_ID=c1"
+                    .into(),
+            ),
+        };
+        assert_eq!(env.arg("K8S_POD_NAMESPACE"), Some("x"));
+        assert_eq!(env.arg("K8S_POD_NAME"), None, "empty is absent");
+        assert_eq!(env.arg("K8S_POD_UID"), None);
+        assert_eq!(Invocation { args: None, ..env }.arg("IgnoreUnknown"), None);
     }
 
     #[test]

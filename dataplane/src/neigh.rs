@@ -56,8 +56,6 @@ pub enum NeighborAnswer {
     /// Past `reachable` but within `gc_stale` after it: still used (Linux keeps using a `STALE`
     /// entry while it re-confirms it).
     Stale(EthernetAddress),
-    /// No usable entry.
-    NotFound,
 }
 
 /// The permanent neighbour table (see the module docs).

@@ -277,17 +277,9 @@ fn key_of(env: &Invocation) -> Key {
 /// The Kubernetes pod the runtime names in `CNI_ARGS` (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`, as
 /// kubelet's runtimes pass them), if it names one.
 fn pod_name(env: &Invocation) -> Option<PodName> {
-    let args = env.args.as_deref()?;
-    let get = |key: &str| {
-        args.split(';')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.to_string())
-            .filter(|v| !v.is_empty())
-    };
     Some(PodName {
-        namespace: get("K8S_POD_NAMESPACE")?,
-        name: get("K8S_POD_NAME")?,
+        namespace: env.arg("K8S_POD_NAMESPACE")?.to_string(),
+        name: env.arg("K8S_POD_NAME")?.to_string(),
     })
 }
 
