@@ -68,6 +68,27 @@ fn cluster() -> Cluster {
 
 /// [`cluster`] with more `[policy]` lines.
 fn cluster_with(policy_extra: &str) -> Cluster {
+    let (lab, dir) = policy_lab(2, policy_extra);
+    let mut pods = BTreeMap::new();
+    let mut servers = Vec::new();
+    for name in PODS {
+        let (ns, pod) = name.split_once('/').expect("ns/name");
+        let node = if name == "y/a" { 1 } else { 0 };
+        let p = attach_k8s(&lab, node, ns, pod);
+        servers.extend(serve(&p));
+        pods.insert(name, p);
+    }
+    Cluster {
+        lab,
+        dir,
+        pods,
+        _servers: servers,
+    }
+}
+
+/// `nodes` Weft nodes in switch mode reading one manifest directory (`[policy] dir`, plus
+/// `policy_extra` lines), agents started; the lab and the directory.
+fn policy_lab(nodes: u8, policy_extra: &str) -> (Lab, std::path::PathBuf) {
     require_root();
     let mut lab = Lab::new(&weftd_path()).expect("lab");
     lab.switch = true;
@@ -75,30 +96,58 @@ fn cluster_with(policy_extra: &str) -> Cluster {
     let dir = lab.dir().join("policies");
     std::fs::create_dir_all(&dir).expect("policy dir");
     lab.config_extra = format!("[policy]\ndir = \"{}\"\n{policy_extra}", dir.display());
-    lab.add_node(1, NodeKind::Weft).expect("node-1");
-    lab.add_node(2, NodeKind::Weft).expect("node-2");
-    lab.start().expect("agents start");
-    let mut pods = BTreeMap::new();
-    let mut servers = Vec::new();
-    for (i, name) in PODS.iter().enumerate() {
-        let (ns, pod) = name.split_once('/').expect("ns/name");
-        let node = if *name == "y/a" { 1 } else { 0 };
-        let socket = lab.nodes[node].cni_socket.display().to_string();
-        let list = json!({"cniVersion": "1.0.0", "name": "weft",
-            "plugins": [{"type": "weft", "socket": socket}]});
-        let d = Driver::new(lab.nodes[node].ns.path(), netns_tests::cni_path());
-        let netns = lab.empty_pod_ns(&format!("np{i}")).expect("pod ns");
-        let mut att = Attachment::new(&format!("np-{ns}-{pod}"), netns.path());
-        att.args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod}");
-        let (p, _) = attach(&d, &list, &att, netns);
-        servers.extend(serve(&p));
-        pods.insert(*name, p);
+    for n in 1..=nodes {
+        lab.add_node(n, NodeKind::Weft).expect("node");
     }
-    Cluster {
-        lab,
-        dir,
-        pods,
-        _servers: servers,
+    lab.start().expect("agents start");
+    (lab, dir)
+}
+
+/// Pod `ns/pod` on node `node`, ADDed through the real `weft` plugin with kubelet's
+/// `CNI_ARGS`.
+fn attach_k8s(lab: &Lab, node: usize, ns: &str, pod: &str) -> LabPod {
+    let n = &lab.nodes[node];
+    let list = json!({"cniVersion": "1.0.0", "name": "weft",
+        "plugins": [{"type": "weft", "socket": n.cni_socket.display().to_string()}]});
+    let d = Driver::new(n.ns.path(), netns_tests::cni_path());
+    let netns = lab.empty_pod_ns(&format!("{ns}{pod}")).expect("pod ns");
+    let mut att = Attachment::new(&format!("np-{ns}-{pod}"), netns.path());
+    att.args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod}");
+    attach(&d, &list, &att, netns).0
+}
+
+/// The policy generation in force on each node (every recompile raises it).
+fn generations(lab: &Lab) -> Vec<u64> {
+    let q = control::policy::explain::PolicyQuery {
+        src: std::net::Ipv4Addr::UNSPECIFIED,
+        dst: std::net::Ipv4Addr::UNSPECIFIED,
+        protocol: "tcp".into(),
+        port: 0,
+    };
+    lab.nodes
+        .iter()
+        .map(|n| {
+            control::ctl::request_policy(&n.ctl_socket, &q)
+                .expect("policy request")
+                .generation
+        })
+        .collect()
+}
+
+/// Waits until every node has compiled a newer set than `before` (the manifests just written
+/// were loaded), so a case is never judged on the previous case's policy.
+fn wait_reload(lab: &Lab, before: &[u64]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = generations(lab);
+        if now.iter().zip(before).all(|(n, b)| n > b) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agents did not reload the manifests within 5 s: generations {before:?} -> {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -144,11 +193,14 @@ impl Cluster {
         ok
     }
 
-    /// Applies `policies` and waits until the matrix is `expected` (the agents reload within a
-    /// second); panics with both after 6 s.
+    /// Applies `policies`, waits until every agent compiled them, then until the matrix is
+    /// `expected` (the workers take the new snapshot at their next batch); panics with both
+    /// after 3 s.
     fn expect(&self, case: &str, policies: &str, expected: &[String]) {
+        let before = generations(&self.lab);
         self.apply(policies);
-        let deadline = Instant::now() + Duration::from_secs(6);
+        wait_reload(&self.lab, &before);
+        let deadline = Instant::now() + Duration::from_secs(3);
         let mut want = expected.to_vec();
         want.sort();
         loop {
@@ -434,13 +486,7 @@ spec:
 
     // A pod added to x now is isolated from its first packet: its ADD returned only once its
     // policy was in the workers' snapshot.
-    let d = Driver::new(node.ns.path(), netns_tests::cni_path());
-    let list = json!({"cniVersion": "1.0.0", "name": "weft",
-        "plugins": [{"type": "weft", "socket": node.cni_socket.display().to_string()}]});
-    let netns = c.lab.empty_pod_ns("npnew").expect("pod ns");
-    let mut att = Attachment::new("np-x-new", netns.path());
-    att.args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=new".to_string();
-    let (newpod, _) = attach(&d, &list, &att, netns);
+    let newpod = attach_k8s(&c.lab, 0, "x", "new");
     let _servers = serve(&newpod);
     assert!(
         !probe(&c.pods["y/a"], newpod.ip, "tcp", 80),
@@ -458,31 +504,13 @@ spec:
 /// the model test only: this machine's kernel has no SCTP (`modprobe sctp` finds no module).
 #[test]
 fn the_upstream_e2e_cases_hold_through_the_switch() {
-    require_root();
-    let mut lab = Lab::new(&weftd_path()).expect("lab");
-    lab.switch = true;
-    lab.workers = 2;
-    let dir = lab.dir().join("policies");
-    std::fs::create_dir_all(&dir).expect("policy dir");
-    lab.config_extra = format!("[policy]\ndir = \"{}\"\n", dir.display());
-    for n in 1..=3 {
-        lab.add_node(n, NodeKind::Weft).expect("node");
-    }
-    lab.start().expect("agents start");
+    let (lab, dir) = policy_lab(3, "");
     let mut pods: Vec<LabPod> = Vec::new();
     let mut servers = Vec::new();
     for i in 0..N {
         let name = model::pod_name(i);
         let (ns, pod) = name.split_once('/').expect("ns/pod");
-        let node = model::node_of(i);
-        let socket = lab.nodes[node].cni_socket.display().to_string();
-        let list = json!({"cniVersion": "1.0.0", "name": "weft",
-            "plugins": [{"type": "weft", "socket": socket}]});
-        let d = Driver::new(lab.nodes[node].ns.path(), netns_tests::cni_path());
-        let netns = lab.empty_pod_ns(&format!("m{i}")).expect("pod ns");
-        let mut att = Attachment::new(&format!("m-{ns}-{pod}"), netns.path());
-        att.args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod}");
-        let (p, _) = attach(&d, &list, &att, netns);
+        let p = attach_k8s(&lab, model::node_of(i), ns, pod);
         servers.extend(serve(&p));
         pods.push(p);
     }
@@ -500,10 +528,10 @@ fn the_upstream_e2e_cases_hold_through_the_switch() {
     let mut compared = 0;
     for (n, case) in CASES.iter().enumerate() {
         let policies = case.policies_at(|i| ips[i]);
+        let before = generations(&lab);
         write_atomically(&dir, "cluster.yaml", &format!("{cluster}\n---\n{policies}"));
-        // Both reloads (0.5 s polls) before the first look; then retries while they settle.
-        std::thread::sleep(Duration::from_millis(1200));
-        let deadline = Instant::now() + Duration::from_secs(8);
+        wait_reload(&lab, &before);
+        let deadline = Instant::now() + Duration::from_secs(3);
         loop {
             // Every probe of the case at once: a denied one costs its timeout.
             let handles: Vec<_> = probes
