@@ -33,10 +33,16 @@ fn switch_lab() -> Lab {
 
 /// Two Weft nodes in switch mode, two workers each, agents started, no pods.
 fn two_switch_nodes() -> Lab {
+    two_switch_nodes_with(|_| {})
+}
+
+/// [`two_switch_nodes`], with `configure` setting the lab's knobs before the agents start.
+fn two_switch_nodes_with(configure: impl FnOnce(&mut Lab)) -> Lab {
     require_root();
     let mut lab = Lab::new(&weftd_path()).expect("lab");
     lab.switch = true;
     lab.workers = 2;
+    configure(&mut lab);
     lab.add_node(1, NodeKind::Weft).expect("node-1");
     lab.add_node(2, NodeKind::Weft).expect("node-2");
     lab.start().expect("agents start");
@@ -549,15 +555,10 @@ fn reaches(pod: &control::tooling::lab::LabPod, dst: Ipv4Addr, within: Duration)
 fn a_floating_address_follows_the_pod_that_announces_it_and_ages_out() {
     use netns_tests::cni::{Attachment, Driver};
     use serde_json::json;
-    require_root();
-    let mut lab = Lab::new(&weftd_path()).expect("lab");
-    lab.switch = true;
-    lab.workers = 2;
     // Short aging, so the test sees an entry go: 1 s REACHABLE, 1 s more STALE.
-    lab.dataplane_extra = "neigh_reachable_ms = 1000\nneigh_stale_ms = 1000\n".to_string();
-    lab.add_node(1, NodeKind::Weft).expect("node-1");
-    lab.add_node(2, NodeKind::Weft).expect("node-2");
-    lab.start().expect("agents start");
+    let mut lab = two_switch_nodes_with(|lab| {
+        lab.dataplane_extra = "neigh_reachable_ms = 1000\nneigh_stale_ms = 1000\n".to_string();
+    });
     let q = lab.add_pod(0, 2).expect("pod q (node-1, no extra sources)");
     let r = lab.add_pod(1, 2).expect("pod r (node-2)");
     let vip = Ipv4Addr::from(u32::from(lab.nodes[0].subnet.network()) + 200);
@@ -667,14 +668,7 @@ fn a_floating_address_follows_the_pod_that_announces_it_and_ages_out() {
 /// what arrives (merged by the underlay's GRO or not) reaches the pod port whole and in order.
 #[test]
 fn ipip_between_switch_nodes_carries_a_byte_exact_transfer() {
-    require_root();
-    let mut lab = Lab::new(&weftd_path()).expect("lab");
-    lab.switch = true;
-    lab.workers = 2;
-    lab.backend = "type = \"ipip\"\n".to_string();
-    lab.add_node(1, NodeKind::Weft).expect("node-1");
-    lab.add_node(2, NodeKind::Weft).expect("node-2");
-    lab.start().expect("agents start");
+    let mut lab = two_switch_nodes_with(|lab| lab.backend = "type = \"ipip\"\n".to_string());
     let a = lab.add_pod(0, 2).expect("pod a");
     let b = lab.add_pod(1, 2).expect("pod b");
     ping_ok(&lab, a, b);
