@@ -512,10 +512,15 @@ fn route(
     };
     let mut next_hop = route.next_hop;
     // An address a pod announced (one of its allowed extra sources) is reached on the port it
-    // was learnt on, unless a pod has it as its own address (a /32 route of its own).
+    // was learnt on, at the MAC it was announced from, unless a pod has it as its own address
+    // (a /32 route of its own).
+    let mut learnt_mac = None;
     if route.prefix.prefix_len() < 32 && snap.learnable(hdr.dst) {
-        if let Some((port, _)) = snap.learnt.lookup(hdr.dst, now) {
+        if let Some((port, NeighborAnswer::Found(mac) | NeighborAnswer::Stale(mac))) =
+            snap.learnt.lookup(hdr.dst, now)
+        {
             next_hop = NextHop::Local { port };
+            learnt_mac = Some(mac);
         }
     }
     let egress = match next_hop {
@@ -575,7 +580,7 @@ fn route(
     }
 
     if let Some((port, p)) = egress {
-        return deliver(snap, port, p, buf, start, len, now);
+        return deliver(snap, port, p, buf, start, len, learnt_mac);
     }
     match next_hop {
         // Resolved above: local next hops have returned through `deliver`.
@@ -659,7 +664,8 @@ fn admitted(policy: &crate::snapshot::PolicyHook, ip: &[u8], now: Instant) -> bo
     filter(&policy.set, &policy.conntrack, &flow, now, policy.on_change).passes()
 }
 
-/// Writes the IPv4 packet to a local port, with an Ethernet header on an L2 port.
+/// Writes the IPv4 packet to a local port, with an Ethernet header on an L2 port: to the MAC
+/// of the destination's neighbour entry, or `learnt`, the MAC the route step found learnt.
 fn deliver(
     snap: &Snapshot,
     port: PortId,
@@ -667,19 +673,13 @@ fn deliver(
     buf: &mut [u8],
     start: usize,
     len: usize,
-    now: Instant,
+    learnt: Option<crate::wire::EthernetAddress>,
 ) -> Verdict {
     match p.kind {
         PortKind::L3 => Verdict::Forward(Action::Deliver { port, start, len }),
         PortKind::L2 { mac, .. } => {
             let dst = Ipv4Packet::new_unchecked(&buf[start..start + len]).dst_addr();
-            let learnt = || match snap.learnt.lookup(dst, now) {
-                Some((p, NeighborAnswer::Found(m) | NeighborAnswer::Stale(m))) if p == port => {
-                    Some(m)
-                }
-                _ => None,
-            };
-            let Some(dst_mac) = snap.neigh.lookup(dst).or_else(learnt) else {
+            let Some(dst_mac) = learnt.or_else(|| snap.neigh.lookup(dst)) else {
                 return Verdict::Drop(DropReason::NeighborMissing);
             };
             let Some(eth_start) = start.checked_sub(ethernet::HEADER_LEN) else {
