@@ -83,11 +83,6 @@ impl PolicyState {
         &self.conntrack
     }
 
-    /// The set last compiled.
-    pub fn current(&self) -> &Arc<PolicySet> {
-        &self.last
-    }
-
     /// New flows each rule admitted since the agent started, by rule id (`x/web ingress[0]`,
     /// `node`): what `/metrics` reports.
     pub fn rule_flows(&self) -> std::collections::BTreeMap<String, u64> {
