@@ -24,7 +24,7 @@ use dataplane::io::worker::{self, IoOptions, UnderlayRx, WorkerConfig, WorkerIo,
 use dataplane::snapshot::SnapshotCell;
 use ipnet::Ipv4Net;
 
-use crate::config::{BackendKind, Config, Encapsulation, PublicAddress};
+use crate::config::{BackendKind, Config, Encapsulation, PolicySource, PublicAddress};
 use crate::ctl::{self, CountersView, CtlServer, NodeView, ShowReply};
 use crate::datastore::{
     etcd, kube, static_peers, BackendChoice, Backoff, DatastoreKind, Lease, OwnNode, PeerSync,
@@ -94,6 +94,9 @@ pub enum AgentError {
     /// The egress masquerade rules could not be written (or their tool is missing).
     #[error(transparent)]
     Masq(#[from] crate::masq::MasqError),
+    /// The NetworkPolicy source could not start (stopped while the first lists loaded).
+    #[error("NetworkPolicy from the Kubernetes API: {0}")]
+    Policy(&'static str),
 }
 
 /// What the agent derived from its configuration and the host.
@@ -255,26 +258,42 @@ impl Agent {
         ));
         // NetworkPolicy: on before the CNI server attaches or re-adopts a pod, so no pod is
         // ever reachable outside its policy.
-        let policy_watch = match &cfg.policy.dir {
-            Some(dir) => {
+        let (policy_watch, kube_policy) = match &cfg.policy.source {
+            PolicySource::None => (None, None),
+            source => {
                 let mut state = crate::policy::PolicyState::new(
                     cfg.policy.conntrack_max,
                     cfg.policy.established,
                     vec![own.subnet.network(), own.public_ip],
                 );
-                if let Some(m) = crate::policy::watch::initial(dir) {
-                    state.set_manifests(m);
+                match source {
+                    PolicySource::Dir(dir) => {
+                        if let Some(m) = crate::policy::watch::initial(dir) {
+                            state.set_manifests(m);
+                        }
+                        inputs.enable_policy(state);
+                        let w = crate::policy::watch::spawn(dir.clone(), inputs.clone(), stop.clone())
+                            .map_err(AgentError::Spawn)?;
+                        (Some(w), None)
+                    }
+                    _ => {
+                        inputs.enable_policy(state);
+                        let client = match &prepared.session {
+                            Session::Kube { client } => client.clone(),
+                            _ => rt.block_on(kube::client(&cfg))?,
+                        };
+                        let mut w = crate::policy::kube::PolicyWatch::new(client, inputs.clone());
+                        rt.block_on(w.sync(&stop)).map_err(AgentError::Policy)?;
+                        (None, Some(w))
+                    }
                 }
-                inputs.enable_policy(state);
-                let figures = inputs.clone();
-                metrics.attach_policy(Arc::new(move || figures.policy_figures()));
-                Some(
-                    crate::policy::watch::spawn(dir.clone(), inputs.clone(), stop.clone())
-                        .map_err(AgentError::Spawn)?,
-                )
             }
-            None => None,
         };
+        if policy_watch.is_some() || kube_policy.is_some() {
+            let figures = inputs.clone();
+            metrics.attach_policy(Arc::new(move || figures.policy_figures()));
+        }
+        let pod_gate = kube_policy.as_ref().map(crate::policy::kube::PolicyWatch::gate);
         let mut sync = PeerSync::with_inputs(inputs.clone(), metrics.clone());
         // Kernel routes for peers reached without encapsulation.
         let routes = if cfg.backend.kind == BackendKind::HostGw
@@ -352,6 +371,7 @@ impl Agent {
                     switch: switch.then(|| crate::cni::SwitchPorts {
                         inputs: inputs.clone(),
                         workers: shared.clone(),
+                        pod_gate: pod_gate.clone(),
                     }),
                 },
             )?)
@@ -408,8 +428,18 @@ impl Agent {
         };
         let policy = {
             let shared = shared.clone();
+            let inputs = inputs.clone();
+            let source = match &cfg.policy.source {
+                PolicySource::Dir(dir) => format!("dir {}", dir.display()),
+                other => other.name().to_string(),
+            };
             move |q: &crate::policy::explain::PolicyQuery| {
-                crate::policy::explain::explain(shared.cell.load_full().policy.as_ref(), q)
+                crate::policy::explain::explain(
+                    shared.cell.load_full().policy.as_ref(),
+                    &source,
+                    inputs.policies_in_force().unwrap_or_default(),
+                    q,
+                )
             }
         };
         let ctl = CtlServer::start(&cfg.dataplane.control_socket, show, status, policy)?;
@@ -429,7 +459,14 @@ impl Agent {
             std::thread::Builder::new()
                 .name("weft-control".into())
                 .spawn(move || {
-                    rt.block_on(control_loop(cfg, session, sync, env, metrics, stop));
+                    rt.block_on(control_loop(
+                        cfg,
+                        session,
+                        sync,
+                        env,
+                        (metrics, stop),
+                        kube_policy,
+                    ));
                 })
                 .map_err(AgentError::Spawn)?
         };
@@ -623,9 +660,11 @@ async fn control_loop(
     session: Session,
     mut sync: PeerSync,
     env: SubnetEnv,
-    metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
+    (metrics, stop): (Arc<Metrics>, Arc<AtomicBool>),
+    policy: Option<crate::policy::kube::PolicyWatch>,
 ) {
+    // The policy watchers run on this runtime, the one their client was built on.
+    let policy_task = policy.map(|w| tokio::spawn(w.run(stop.clone())));
     let env_task = {
         let path = cfg.datastore.subnet_file.clone();
         let metrics = metrics.clone();
@@ -686,6 +725,9 @@ async fn control_loop(
         }
     }
     env_task.abort();
+    if let Some(t) = policy_task {
+        t.abort();
+    }
 }
 
 fn node_facts(cfg: &Config) -> Result<NodeFacts, AgentError> {

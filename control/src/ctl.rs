@@ -273,7 +273,7 @@ mod tests {
             &path,
             show,
             || status_of(show(), health()),
-            |q| crate::policy::explain::explain(None, q),
+            |q| crate::policy::explain::explain(None, "", Vec::new(), q),
         )
         .expect("listen");
         assert_eq!(request_show(&path).expect("show"), show());

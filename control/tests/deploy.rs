@@ -6,8 +6,8 @@
 //! - the probes hit the agent's health server on its configured port and paths;
 //! - the ConfigMap's conflist is `deploy/10-weft.conflist` byte for byte and a valid CNI network
 //!   configuration list, and its weftd.toml is a valid configuration;
-//! - the ClusterRole grants exactly `datastore::kube::API_CALLS`, and that list is exactly what
-//!   the code in `datastore/kube.rs` calls;
+//! - the ClusterRole grants exactly `datastore::kube::API_CALLS` and `policy::kube::API_CALLS`,
+//!   and those lists are exactly what the code in `datastore/kube.rs` and `policy/kube.rs` calls;
 //! - the Dockerfile copies only files that exist or that its build stage builds, and the
 //!   manifests run binaries the image has;
 //! - the systemd unit and the example configs are valid.
@@ -533,17 +533,27 @@ fn the_daemon_set_is_what_a_flannel_operator_expects() {
     }
 }
 
-/// `(resource, verb)` pairs a ClusterRole grants; wildcards and other API groups are refused.
+/// The API group of each resource the agent uses.
+fn api_group(resource: &str) -> &'static str {
+    match resource {
+        "networkpolicies" => "networking.k8s.io",
+        _ => "",
+    }
+}
+
+/// `(resource, verb)` pairs a ClusterRole grants; wildcards, and resources granted in another
+/// API group than their own, are refused.
 fn grants(role: &ClusterRole) -> BTreeSet<(String, String)> {
     let mut set = BTreeSet::new();
     for rule in role.rules.iter().flatten() {
-        assert_eq!(
-            rule.api_groups.as_deref(),
-            Some(&[String::new()][..]),
-            "the agent only uses the core API group"
-        );
         assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
         for r in rule.resources.iter().flatten() {
+            let group = r.split('/').next().map_or("", api_group);
+            assert_eq!(
+                rule.api_groups.as_deref(),
+                Some(&[group.to_string()][..]),
+                "{r} is granted in another API group than {group:?}"
+            );
             for v in &rule.verbs {
                 assert!(r != "*" && v != "*", "no wildcards");
                 set.insert((r.clone(), v.clone()));
@@ -553,9 +563,16 @@ fn grants(role: &ClusterRole) -> BTreeSet<(String, String)> {
     set
 }
 
+/// The two files that call the Kubernetes API, with the calls each declares.
+const API_FILES: [(&str, &[(&str, &str)]); 2] = [
+    ("datastore/kube.rs", control::datastore::kube::API_CALLS),
+    ("policy/kube.rs", control::policy::kube::API_CALLS),
+];
+
 fn api_calls() -> BTreeSet<(String, String)> {
-    control::datastore::kube::API_CALLS
+    API_FILES
         .iter()
+        .flat_map(|(_, calls)| calls.iter())
         .map(|(r, v)| (r.to_string(), v.to_string()))
         .collect()
 }
@@ -592,9 +609,10 @@ fn the_cluster_role_grants_exactly_the_agents_api_calls() {
     );
 }
 
-/// The API calls `datastore/kube.rs` makes, read from its source: the methods called on each
-/// `Api<...>` value and the watchers started on one, as RBAC pairs. Any other file of the agent
-/// that touches the API fails the test, so the list cannot miss a call made elsewhere.
+/// The API calls `datastore/kube.rs` and `policy/kube.rs` make, read from their source: the
+/// methods called on each `Api<...>` value and the watchers started on one, as RBAC pairs,
+/// compared with each file's `API_CALLS`. Any other file of the agent that touches the API fails
+/// the test, so the lists cannot miss a call made elsewhere.
 #[test]
 fn api_calls_is_what_the_code_calls() {
     let src_dir = repo().join("control/src");
@@ -610,21 +628,36 @@ fn api_calls_is_what_the_code_calls() {
         }
     }
     walk(&src_dir, &mut files);
-    let kube_rs = src_dir.join("datastore/kube.rs");
+    let api_files: Vec<PathBuf> = API_FILES.iter().map(|(f, _)| src_dir.join(f)).collect();
     for f in &files {
-        if *f == kube_rs {
+        if api_files.contains(f) {
             continue;
         }
         let text = std::fs::read_to_string(f).expect("read");
         for needle in ["Api<", "Api::all", "Api::namespaced", "watcher::watcher("] {
             assert!(
                 !text.contains(needle),
-                "{} uses the Kubernetes API ({needle}); move it to datastore/kube.rs or teach this test",
+                "{} uses the Kubernetes API ({needle}); move it to datastore/kube.rs or policy/kube.rs, or teach this test",
                 f.display()
             );
         }
     }
-    let text = std::fs::read_to_string(&kube_rs).expect("kube.rs");
+    for ((name, declared), path) in API_FILES.iter().zip(&api_files) {
+        let derived = calls_in(path);
+        let declared: BTreeSet<(String, String)> = declared
+            .iter()
+            .map(|(r, v)| (r.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(
+            derived, declared,
+            "API_CALLS of {name} and the calls in it differ"
+        );
+    }
+}
+
+/// The RBAC pairs the code of one file calls (see [`api_calls_is_what_the_code_calls`]).
+fn calls_in(path: &Path) -> BTreeSet<(String, String)> {
+    let text = std::fs::read_to_string(path).expect("read an API file");
     // Strip comments so prose does not count.
     let code: String = text
         .lines()
@@ -634,7 +667,7 @@ fn api_calls_is_what_the_code_calls() {
     let binding = regex::Regex::new(r"let\s+(\w+)\s*:\s*Api<(\w+)>").expect("regex");
     let mut derived = BTreeSet::new();
     let mut vars = 0;
-    let fn_start = regex::Regex::new(r"\n(pub )?(async )?fn ").expect("regex");
+    let fn_start = regex::Regex::new(r"\n\s*(pub )?(async )?fn ").expect("regex");
     for cap in binding.captures_iter(&code) {
         vars += 1;
         let (var, kind) = (&cap[1], &cap[2]);
@@ -643,7 +676,13 @@ fn api_calls_is_what_the_code_calls() {
         let scope = &after[..fn_start.find(after).map_or(after.len(), |m| m.start())];
         let resource = match kind {
             "Node" => "nodes",
-            other => panic!("kube.rs uses Api<{other}>: add its resource to this test"),
+            "Pod" => "pods",
+            "Namespace" => "namespaces",
+            "NetworkPolicy" => "networkpolicies",
+            other => panic!(
+                "{} uses Api<{other}>: add its resource to this test",
+                path.display()
+            ),
         };
         let call = regex::Regex::new(&format!(r"\b{var}\s*\.\s*(\w+)\s*\(")).expect("regex");
         for c in call.captures_iter(scope) {
@@ -659,7 +698,10 @@ fn api_calls_is_what_the_code_calls() {
                 "create" => ("", "create"),
                 "delete" => ("", "delete"),
                 "clone" => continue,
-                other => panic!("kube.rs calls {var}.{other}(): map it to an RBAC verb here"),
+                other => panic!(
+                    "{} calls {var}.{other}(): map it to an RBAC verb here",
+                    path.display()
+                ),
             };
             derived.insert((format!("{resource}{sub}"), verb.to_string()));
         }
@@ -671,13 +713,10 @@ fn api_calls_is_what_the_code_calls() {
     }
     assert!(
         vars >= 2,
-        "found {vars} Api bindings in kube.rs; has the code moved?"
+        "found {vars} Api bindings in {}; has the code moved?",
+        path.display()
     );
-    assert_eq!(
-        derived,
-        api_calls(),
-        "API_CALLS and the calls in kube.rs differ"
-    );
+    derived
 }
 
 /// The Dockerfile's instructions, continuation lines joined.

@@ -171,8 +171,8 @@ fn policy(cli: &Cli, q: &control::policy::explain::PolicyQuery) -> ExitCode {
             if reply.enforced {
                 let ct = reply.conntrack.clone().unwrap_or_default();
                 println!(
-                    "policy generation {}: {} isolated pods, {} rules; conntrack {} flows admitted, {} evicted, {} refused (capacity {})",
-                    reply.generation, reply.isolated_pods, reply.rules, ct.inserted, ct.evicted, ct.refused, ct.capacity
+                    "policy generation {} from {}: {} NetworkPolicies, {} isolated pods, {} rules; conntrack {} flows admitted, {} evicted, {} refused (capacity {})",
+                    reply.generation, reply.source, reply.policies.len(), reply.isolated_pods, reply.rules, ct.inserted, ct.evicted, ct.refused, ct.capacity
                 );
             }
             println!(

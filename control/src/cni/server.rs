@@ -68,12 +68,16 @@ pub struct SwitchPorts {
     pub inputs: Arc<TableInputs>,
     /// The workers.
     pub workers: Arc<WorkerShared>,
+    /// With `[policy] source = "kubernetes"`: the pods the policy in force knows. ADD of a pod
+    /// it does not know yet waits for it (its labels decide its policy).
+    pub pod_gate: Option<Arc<crate::policy::kube::PodGate>>,
 }
 
 impl std::fmt::Debug for SwitchPorts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SwitchPorts")
             .field("pods", &self.inputs.pods().len())
+            .field("pod_gate", &self.pod_gate.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -410,6 +414,21 @@ impl Handler {
         }
         let netns_path = env.netns.as_deref().unwrap_or_default();
         let ns = NetNs::open_path(Path::new(netns_path)).map_err(|e| netns_error(netns_path, e))?;
+        // Before anything is allocated, and outside the lock: other pods' ADDs and DELs go on.
+        let gate = self.ctx.switch.as_ref().and_then(|s| s.pod_gate.as_ref());
+        if let (Some(gate), Some(pod)) = (gate, pod_name(env)) {
+            let wait = crate::policy::kube::POD_WAIT;
+            if !gate.wait(&pod, env.arg("K8S_POD_UID"), wait) {
+                return Err(CniError::new(
+                    code::TRY_AGAIN_LATER,
+                    format!(
+                        "pod {}/{} is not in the Kubernetes API's pods as weftd's NetworkPolicy watcher sees them (waited {wait:?}): its labels, and so its policy, are unknown, so it is not attached",
+                        pod.namespace, pod.name
+                    ),
+                )
+                .details("the runtime retries; if this persists, check weftd's log for the policy watcher (its RBAC: pods list/watch)"));
+            }
+        }
         let key = key_of(env);
         let host_veth = plumbing::host_veth_name(&key.container_id, &key.ifname);
         let mut work = self.lock();

@@ -42,7 +42,9 @@
 //! neigh_stale_ms = 60000       # default: ...then STALE this long more, then gone
 //!
 //! [policy]
-//! dir = "/etc/weft/policies"  # default none: NetworkPolicy manifests (switch mode), re-read on change
+//! source = "kubernetes"        # default "none" ("dir" when dir is set): NetworkPolicy (switch mode)
+//!                              # from the API server's Pods, Namespaces and NetworkPolicies...
+//! dir = "/etc/weft/policies"   # ...or from a directory of manifests, re-read on change
 //! established = "recheck"      # default: a policy change cuts connections it denies; "keep"
 //! conntrack_max = 262144       # default: flows tracked at most
 //!
@@ -127,7 +129,7 @@ pub use node::{NodeSection, PublicAddress};
 pub use peers::PeerConfig;
 use peers::RawPeer;
 use policy::RawPolicy;
-pub use policy::{PolicySection, DEFAULT_CONNTRACK_MAX};
+pub use policy::{PolicySection, PolicySource, DEFAULT_CONNTRACK_MAX};
 
 /// flannel's default etcd prefix (`--etcd-prefix`).
 pub const DEFAULT_ETCD_PREFIX: &str = "/coreos.com/network";
@@ -542,9 +544,12 @@ impl Config {
         let cni = cni::validate(&raw.cni, &dataplane.control_socket)?;
         let peers = peers::validate(&raw.peers, &node, network.network, datastore.kind)?;
         let policy = policy::validate(&raw.policy)?;
-        if policy.dir.is_some() && dataplane.pod_ports == PodPortMode::Bridge {
+        if policy.source != PolicySource::None && dataplane.pod_ports == PodPortMode::Bridge {
             return Err(invalid(
-                "policy.dir",
+                match policy.source {
+                    PolicySource::Dir(_) => "policy.dir",
+                    _ => "policy.source",
+                },
                 "NetworkPolicy needs switch mode ([dataplane] pod_ports = \"switch\"): on the kernel bridge, traffic between a node's pods never passes through Weft",
             ));
         }

@@ -10,6 +10,8 @@ use super::{in_range, invalid, ConfigError};
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) established: Option<String>,
@@ -17,12 +19,36 @@ pub(super) struct RawPolicy {
     pub(super) conntrack_max: Option<i64>,
 }
 
+/// Where NetworkPolicies (and the Pods and Namespaces they select) come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PolicySource {
+    /// None: nothing enforced or tracked (the default without `dir`).
+    #[default]
+    None,
+    /// A directory of YAML manifests (NetworkPolicy, Namespace and Pod objects, several per
+    /// file), re-read when it changes: the source of etcd and static clusters.
+    Dir(PathBuf),
+    /// The Kubernetes API: Pods, Namespaces and NetworkPolicies through watchers, with the
+    /// client of `[datastore.kubernetes]` (its kubeconfig, else the service account).
+    Kubernetes,
+}
+
+impl PolicySource {
+    /// The name `policy.source` takes.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PolicySource::None => "none",
+            PolicySource::Dir(_) => "dir",
+            PolicySource::Kubernetes => "kubernetes",
+        }
+    }
+}
+
 /// `[policy]`: where NetworkPolicies come from and how flows are tracked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicySection {
-    /// A directory of YAML manifests (NetworkPolicy, Namespace and Pod objects, several per
-    /// file), re-read when it changes. `None`: no policy source, nothing enforced or tracked.
-    pub dir: Option<PathBuf>,
+    /// Where the policies come from.
+    pub source: PolicySource,
     /// What a policy change does to connections it admitted before: `Recheck` decides them
     /// again at their next packet and cuts those the new policy denies (the default); `Keep`
     /// lets them run until they end (Calico's behaviour).
@@ -48,6 +74,29 @@ pub(super) fn validate(raw: &RawPolicy) -> Result<PolicySection, ConfigError> {
             ));
         }
     }
+    let source = match (raw.source.as_deref(), &raw.dir) {
+        (None | Some("dir"), Some(dir)) => PolicySource::Dir(dir.clone()),
+        (None | Some("none"), None) => PolicySource::None,
+        (Some("kubernetes"), None) => PolicySource::Kubernetes,
+        (Some("dir"), None) => {
+            return Err(invalid(
+                "policy.dir",
+                "policy.source = \"dir\" needs the directory: dir = \"/etc/weft/policies\"",
+            ))
+        }
+        (Some(s @ ("none" | "kubernetes")), Some(_)) => {
+            return Err(invalid(
+                "policy.dir",
+                format!("is set, but policy.source = {s:?} reads no directory; remove one of them"),
+            ))
+        }
+        (Some(v), _) => {
+            return Err(invalid(
+                "policy.source",
+                format!("{v:?} is not \"none\", \"dir\" or \"kubernetes\""),
+            ))
+        }
+    };
     let established = match raw.established.as_deref() {
         None | Some("recheck") => OnPolicyChange::Recheck,
         Some("keep") => OnPolicyChange::Keep,
@@ -65,7 +114,7 @@ pub(super) fn validate(raw: &RawPolicy) -> Result<PolicySection, ConfigError> {
         1 << 26,
     )? as usize;
     Ok(PolicySection {
-        dir: raw.dir.clone(),
+        source,
         established,
         conntrack_max,
     })
@@ -74,7 +123,11 @@ pub(super) fn validate(raw: &RawPolicy) -> Result<PolicySection, ConfigError> {
 impl From<&PolicySection> for RawPolicy {
     fn from(s: &PolicySection) -> RawPolicy {
         RawPolicy {
-            dir: s.dir.clone(),
+            source: Some(s.source.name().to_string()),
+            dir: match &s.source {
+                PolicySource::Dir(d) => Some(d.clone()),
+                _ => None,
+            },
             established: Some(
                 match s.established {
                     dataplane::policy::OnPolicyChange::Recheck => "recheck",
@@ -98,14 +151,31 @@ mod tests {
         let c = Config::from_toml_str(&format!("{NODE}[policy]\ndir = \"/etc/weft/policies\"\n"))
             .expect("valid");
         assert_eq!(
-            c.policy.dir.as_deref(),
-            Some(std::path::Path::new("/etc/weft/policies"))
+            c.policy.source,
+            super::PolicySource::Dir("/etc/weft/policies".into())
+        );
+        let k = Config::from_toml_str(&format!("{NODE}[policy]\nsource = \"kubernetes\"\n"))
+            .expect("valid");
+        assert_eq!(k.policy.source, super::PolicySource::Kubernetes);
+        assert_eq!(
+            Config::from_toml_str(NODE).expect("valid").policy.source,
+            super::PolicySource::None
         );
         assert_eq!(c.policy.conntrack_max, super::DEFAULT_CONNTRACK_MAX);
         for (extra, field) in [
             ("[policy]\ndir = \"policies\"\n", "policy.dir"),
             ("[policy]\nestablished = \"drop\"\n", "policy.established"),
             ("[policy]\nconntrack_max = 10\n", "policy.conntrack_max"),
+            ("[policy]\nsource = \"calico\"\n", "policy.source"),
+            ("[policy]\nsource = \"dir\"\n", "policy.dir"),
+            (
+                "[policy]\nsource = \"kubernetes\"\ndir = \"/p\"\n",
+                "policy.dir",
+            ),
+            (
+                "[dataplane]\npod_ports = \"bridge\"\n[policy]\nsource = \"kubernetes\"\n",
+                "policy.source",
+            ),
             (
                 "[dataplane]\npod_ports = \"bridge\"\n[policy]\ndir = \"/p\"\n",
                 "policy.dir",

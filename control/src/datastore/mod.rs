@@ -430,6 +430,11 @@ impl TableInputs {
         Some((p.rule_flows(), p.conntrack().stats()))
     }
 
+    /// The NetworkPolicies (`namespace/name`) of the set in force; `None` without policy.
+    pub fn policies_in_force(&self) -> Option<Vec<String>> {
+        Some(self.lock().policy.as_ref()?.in_force().to_vec())
+    }
+
     /// Replaces the NetworkPolicy manifests and publishes what they compile to (policy on).
     pub fn set_policy_manifests(&self, manifests: crate::policy::Manifests) {
         let mut st = self.lock();

@@ -35,8 +35,14 @@ pub struct ConntrackView {
 /// The answer to a [`PolicyQuery`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyReply {
-    /// Whether this node enforces NetworkPolicy at all (`[policy] dir`).
+    /// Whether this node enforces NetworkPolicy at all (`[policy] source`).
     pub enforced: bool,
+    /// Where the policies come from (`kubernetes`, `dir /etc/weft/policies`).
+    #[serde(default)]
+    pub source: String,
+    /// The NetworkPolicies (`namespace/name`) of the set in force.
+    #[serde(default)]
+    pub policies: Vec<String>,
     /// The generation of the set in force.
     pub generation: u64,
     /// This node's pods some policy isolates.
@@ -86,11 +92,17 @@ fn words(set: &PolicySet, d: Decision, direction: Direction, pod: Ipv4Addr) -> S
     }
 }
 
-/// Explains `q` against the hook in force (`None`: no policy on this node).
-pub fn explain(hook: Option<&PolicyHook>, q: &PolicyQuery) -> PolicyReply {
+/// Explains `q` against the hook in force (`None`: no policy on this node); `source` and
+/// `policies` say where the set came from and what it holds.
+pub fn explain(
+    hook: Option<&PolicyHook>,
+    source: &str,
+    policies: Vec<String>,
+    q: &PolicyQuery,
+) -> PolicyReply {
     let Some(hook) = hook else {
         return PolicyReply {
-            egress: "no NetworkPolicy on this node ([policy] dir is not set)".into(),
+            egress: "no NetworkPolicy on this node ([policy] source is \"none\")".into(),
             allowed: true,
             ..PolicyReply::default()
         };
@@ -99,6 +111,8 @@ pub fn explain(hook: Option<&PolicyHook>, q: &PolicyQuery) -> PolicyReply {
     let stats = hook.conntrack.stats();
     let mut reply = PolicyReply {
         enforced: true,
+        source: source.to_string(),
+        policies,
         generation: set.generation(),
         isolated_pods: set.pods().count(),
         rules: set.rule_count(),

@@ -6,7 +6,11 @@
 //!   which direction, and by which rules; named ports resolved, `ipBlock`s cut, selectors
 //!   evaluated. The module docs state the semantics and where Kubernetes leaves a choice.
 //! - [`manifests`]: a directory of YAML manifests, the policy source of the etcd and static
-//!   datastores.
+//!   datastores, and [`watch`], which follows it.
+//! - [`kube`](mod@kube): the Kubernetes source, watchers of Pods, Namespaces and NetworkPolicies,
+//!   and the gate that holds a CNI ADD until its pod is known.
+//! - [`state`]: the manifests joined with this node's pods and compiled at each publish;
+//!   [`explain`]: `weftctl policy`.
 //!
 //! The dataplane side (the decision, conntrack, the stateful filter) is `dataplane::policy`.
 //! `control/tests/netpol_model.rs` runs the upstream NetworkPolicy e2e suite's truth-table model
@@ -14,6 +18,7 @@
 
 pub mod compile;
 pub mod explain;
+pub mod kube;
 pub mod manifests;
 pub mod selector;
 pub mod state;

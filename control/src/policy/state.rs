@@ -50,6 +50,8 @@ pub struct PolicyState {
     /// publish that changes neither (a peer came or went) reuses the set, so established
     /// flows are not re-checked for nothing.
     compiled_for: Option<Vec<LocalPod>>,
+    /// The NetworkPolicies (`namespace/name`) `last` was compiled from.
+    in_force: Vec<String>,
 }
 
 impl PolicyState {
@@ -69,6 +71,7 @@ impl PolicyState {
             last: Arc::new(PolicySet::empty(0)),
             folded: std::collections::BTreeMap::new(),
             compiled_for: None,
+            in_force: Vec::new(),
         }
     }
 
@@ -76,6 +79,11 @@ impl PolicyState {
     pub fn set_manifests(&mut self, manifests: Manifests) {
         self.manifests = manifests;
         self.compiled_for = None;
+    }
+
+    /// The NetworkPolicies (`namespace/name`, sorted) of the set in force.
+    pub fn in_force(&self) -> &[String] {
+        &self.in_force
     }
 
     /// The flows tracked.
@@ -129,6 +137,20 @@ impl PolicyState {
                     *self.folded.entry(rule.to_string()).or_default() += n;
                 }
                 self.last = Arc::new(set);
+                let mut names: Vec<String> = self
+                    .manifests
+                    .policies
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}/{}",
+                            p.metadata.namespace.as_deref().unwrap_or("default"),
+                            p.metadata.name.as_deref().unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                names.sort();
+                self.in_force = names;
             }
             Err(e) => tracing::error!("NetworkPolicy not applied, the previous set stays: {e}"),
         }
