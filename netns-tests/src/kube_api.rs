@@ -1,9 +1,10 @@
-//! A small stand-in for the Kubernetes API server's Node API, for tests (no API server can be
-//! installed here): `GET /api/v1/nodes/{name}`, list, chunked watch with replay from a
-//! `resourceVersion`, and PATCH of a Node or its status (annotations merged; every change is a
-//! MODIFIED watch event, as the real server sends). It records every request so tests can check
-//! what a client sent. It can listen inside a lab namespace so `weftd` agents reach it over the
-//! underlay.
+//! A small stand-in for the Kubernetes API server, for tests (no API server can be installed
+//! here): Nodes (`GET /api/v1/nodes/{name}`, PATCH of a Node or its status: annotations merged,
+//! every change a MODIFIED watch event, as the real server sends), and cluster-wide list and
+//! chunked watch, with replay from a `resourceVersion`, of Nodes, Pods, Namespaces and
+//! NetworkPolicies (the collections Weft's watchers follow). It records every request so tests can
+//! check what a client sent. It can listen inside a lab namespace so `weftd` agents reach it over
+//! the underlay.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
@@ -102,25 +103,67 @@ pub struct Recorded {
     pub body: String,
 }
 
+/// The collections served: (list path, object kind).
+const COLLECTIONS: [(&str, &str); 4] = [
+    ("/api/v1/nodes", "Node"),
+    ("/api/v1/pods", "Pod"),
+    ("/api/v1/namespaces", "Namespace"),
+    ("/apis/networking.k8s.io/v1/networkpolicies", "NetworkPolicy"),
+];
+
+/// The collection an object of `kind` is in.
+fn collection_of(kind: &str) -> &'static str {
+    COLLECTIONS
+        .iter()
+        .find(|(_, k)| *k == kind)
+        .map(|(c, _)| *c)
+        .unwrap_or_else(|| panic!("the test API server serves no {kind:?} objects"))
+}
+
+/// Whether two objects are the same one (namespace and name).
+fn same_object(a: &Value, b: &Value) -> bool {
+    a["metadata"]["name"] == b["metadata"]["name"]
+        && a["metadata"]["namespace"] == b["metadata"]["namespace"]
+}
+
 #[derive(Debug, Default)]
 struct Store {
-    nodes: Vec<Value>,
+    /// Objects by collection path.
+    objects: std::collections::BTreeMap<&'static str, Vec<Value>>,
     rv: u64,
-    /// Every change as a watch line, by resourceVersion, for replay.
-    history: Vec<(u64, String)>,
-    watchers: Vec<Sender<String>>,
+    /// Every change as a watch line, by resourceVersion and collection, for replay.
+    history: Vec<(u64, &'static str, String)>,
+    watchers: Vec<(&'static str, Sender<String>)>,
 }
 
 impl Store {
     /// Records a change: bumps the resourceVersion, stamps it on `obj`, keeps the event and
-    /// sends it to every open watch.
-    fn change(&mut self, kind: &str, mut obj: Value) -> Value {
+    /// sends it to every open watch of the collection.
+    fn change(&mut self, collection: &'static str, kind: &str, mut obj: Value) -> Value {
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         let line = json!({"type": kind, "object": obj}).to_string() + "\n";
-        self.history.push((self.rv, line.clone()));
-        self.watchers.retain(|w| w.send(line.clone()).is_ok());
+        self.history.push((self.rv, collection, line.clone()));
+        self.watchers
+            .retain(|(c, w)| *c != collection || w.send(line.clone()).is_ok());
         obj
+    }
+
+    fn nodes(&mut self) -> &mut Vec<Value> {
+        self.objects.entry("/api/v1/nodes").or_default()
+    }
+
+    /// `ADDED` and `MODIFIED` replace (or add) the object, `DELETED` removes it.
+    fn apply(&mut self, kind: &str, obj: Value) {
+        let collection = collection_of(obj["kind"].as_str().unwrap_or("Node"));
+        self.objects
+            .entry(collection)
+            .or_default()
+            .retain(|o| !same_object(o, &obj));
+        let obj = self.change(collection, kind, obj);
+        if kind != "DELETED" {
+            self.objects.entry(collection).or_default().push(obj);
+        }
     }
 }
 
@@ -128,6 +171,8 @@ impl Store {
 struct ApiState {
     store: Mutex<Store>,
     requests: Mutex<Vec<Recorded>>,
+    /// Down: every request gets 503 and open watches end (an API server restart).
+    down: AtomicBool,
 }
 
 /// The stand-in API server; stops accepting when dropped.
@@ -164,7 +209,7 @@ impl ApiServer {
         {
             let mut st = state.store.lock().expect("lock");
             st.rv = 1000;
-            st.nodes = nodes;
+            *st.nodes() = nodes;
         }
         let stop = Arc::new(AtomicBool::new(false));
         listener.set_nonblocking(true).expect("nonblocking");
@@ -204,25 +249,54 @@ impl ApiServer {
         path
     }
 
-    /// Applies a change as the API server would and sends it to every watch: `ADDED` and
-    /// `MODIFIED` replace (or add) the Node, `DELETED` removes it.
+    /// Applies a change as the API server would and sends it to every watch of the object's
+    /// collection (by its `kind`; a Node without one): `ADDED` and `MODIFIED` replace (or add)
+    /// the object, `DELETED` removes it.
     pub fn event(&self, kind: &str, obj: Value) {
+        self.events(vec![(kind, obj)]);
+    }
+
+    /// [`ApiServer::event`] for several changes at once: no request sees some of them only.
+    pub fn events(&self, changes: Vec<(&str, Value)>) {
         let mut st = self.state.store.lock().expect("lock");
-        let name = obj["metadata"]["name"].clone();
-        st.nodes.retain(|n| n["metadata"]["name"] != name);
-        let obj = st.change(kind, obj);
-        if kind != "DELETED" {
-            st.nodes.push(obj);
+        for (kind, obj) in changes {
+            st.apply(kind, obj);
+        }
+    }
+
+    /// Takes the server down (every request 503, open watches closed) or back up. Changes
+    /// made while down are kept, for the clients' relists and replays.
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::Relaxed);
+        if down {
+            self.state.store.lock().expect("lock").watchers.clear();
         }
     }
 
     /// Waits until at least one watch is open.
     pub fn wait_for_watch(&self, timeout: Duration) {
+        self.wait_for_watches(1, timeout);
+    }
+
+    /// Waits until at least `n` watches are open.
+    pub fn wait_for_watches(&self, n: usize, timeout: Duration) {
         let t = Instant::now();
-        while self.state.store.lock().expect("lock").watchers.is_empty() {
-            assert!(t.elapsed() < timeout, "no watch opened within {timeout:?}");
+        while self.state.store.lock().expect("lock").watchers.len() < n {
+            assert!(
+                t.elapsed() < timeout,
+                "fewer than {n} watches opened within {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The objects of `kind` as stored now.
+    pub fn objects(&self, kind: &str) -> Vec<Value> {
+        let st = self.state.store.lock().expect("lock");
+        st.objects
+            .get(collection_of(kind))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Every request so far.
@@ -236,7 +310,7 @@ impl ApiServer {
             .store
             .lock()
             .expect("lock")
-            .nodes
+            .nodes()
             .iter()
             .find(|n| n["metadata"]["name"] == name)
             .cloned()
@@ -256,7 +330,11 @@ fn respond(s: &mut TcpStream, status: u16, body: &str) -> std::io::Result<()> {
     write!(
         s,
         "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        if status == 200 { "OK" } else { "Not Found" },
+        match status {
+            200 => "OK",
+            503 => "Service Unavailable",
+            _ => "Not Found",
+        },
         body.len()
     )
 }
@@ -312,8 +390,17 @@ fn serve_conn(stream: TcpStream, state: &ApiState, stop: &AtomicBool) {
             content_type: ctype,
             body: body.clone(),
         });
-        let r = match (method.as_str(), path) {
-            ("GET", "/api/v1/nodes") if query_param(query, "watch") == Some("true") => {
+        if state.down.load(Ordering::Relaxed) {
+            let body = json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"ServiceUnavailable","code":503,
+                              "message": "the test API server is down"}).to_string();
+            if respond(&mut out, 503, &body).is_err() {
+                return;
+            }
+            continue;
+        }
+        let listed = COLLECTIONS.iter().find(|(c, _)| *c == path);
+        let r = match (method.as_str(), listed) {
+            ("GET", Some(&(collection, _))) if query_param(query, "watch") == Some("true") => {
                 let from: u64 = query_param(query, "resourceVersion")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
@@ -321,31 +408,32 @@ fn serve_conn(stream: TcpStream, state: &ApiState, stop: &AtomicBool) {
                 {
                     // Replay and register under one lock: no change falls between them.
                     let mut st = state.store.lock().expect("lock");
-                    for (rv, line) in &st.history {
-                        if *rv > from {
+                    for (rv, c, line) in &st.history {
+                        if *rv > from && *c == collection {
                             let _ = tx.send(line.clone());
                         }
                     }
-                    st.watchers.push(tx);
+                    st.watchers.push((collection, tx));
                 }
-                stream_watch(&mut out, &rx, stop);
+                stream_watch(&mut out, &rx, stop, &state.down);
                 return;
             }
-            ("GET", "/api/v1/nodes") => {
+            ("GET", Some(&(collection, kind))) => {
                 let st = state.store.lock().expect("lock");
                 let list = json!({
-                    "kind": "NodeList", "apiVersion": "v1",
+                    "kind": format!("{kind}List"),
+                    "apiVersion": if kind == "NetworkPolicy" { "networking.k8s.io/v1" } else { "v1" },
                     "metadata": {"resourceVersion": st.rv.to_string()},
-                    "items": st.nodes,
+                    "items": st.objects.get(collection).cloned().unwrap_or_default(),
                 });
                 drop(st);
                 respond(&mut out, 200, &list.to_string())
             }
-            (m, p) if p.starts_with("/api/v1/nodes/") => {
-                let rest = &p["/api/v1/nodes/".len()..];
+            (m, None) if path.starts_with("/api/v1/nodes/") => {
+                let rest = &path["/api/v1/nodes/".len()..];
                 let name = rest.trim_end_matches("/status");
                 let mut st = state.store.lock().expect("lock");
-                match st.nodes.iter().position(|n| n["metadata"]["name"] == name) {
+                match st.nodes().iter().position(|n| n["metadata"]["name"] == name) {
                     None => {
                         drop(st);
                         respond(
@@ -356,7 +444,7 @@ fn serve_conn(stream: TcpStream, state: &ApiState, stop: &AtomicBool) {
                         )
                     }
                     Some(i) => {
-                        let mut n = st.nodes[i].clone();
+                        let mut n = st.nodes()[i].clone();
                         if m == "PATCH" {
                             // Annotations merge (a strategic merge of a map is a merge); a
                             // condition replaces the one of its type.
@@ -375,8 +463,8 @@ fn serve_conn(stream: TcpStream, state: &ApiState, stop: &AtomicBool) {
                                     conds.push(c.clone());
                                 }
                             }
-                            n = st.change("MODIFIED", n);
-                            st.nodes[i] = n.clone();
+                            n = st.change("/api/v1/nodes", "MODIFIED", n);
+                            st.nodes()[i] = n.clone();
                         }
                         drop(st);
                         respond(&mut out, 200, &n.to_string())
@@ -391,7 +479,7 @@ fn serve_conn(stream: TcpStream, state: &ApiState, stop: &AtomicBool) {
     }
 }
 
-fn stream_watch(out: &mut TcpStream, rx: &Receiver<String>, stop: &AtomicBool) {
+fn stream_watch(out: &mut TcpStream, rx: &Receiver<String>, stop: &AtomicBool, down: &AtomicBool) {
     if write!(
         out,
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -401,7 +489,7 @@ fn stream_watch(out: &mut TcpStream, rx: &Receiver<String>, stop: &AtomicBool) {
         return;
     }
     let _ = out.flush();
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && !down.load(Ordering::Relaxed) {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(line) => {
                 if write!(out, "{:x}\r\n{line}\r\n", line.len()).is_err() {

@@ -1,6 +1,7 @@
-//! Kubernetes NetworkPolicy in the switch, in real namespaces: two Weft nodes in switch mode
-//! reading one manifest directory (`[policy] dir`), pods attached through the real `weft` plugin
-//! with kubelet's `CNI_ARGS`. Namespaces x and y; pods x/a and x/b on node-1, y/a on node-2.
+//! Kubernetes NetworkPolicy in the switch, in real namespaces: Weft nodes in switch mode reading
+//! one manifest directory (`[policy] dir`) or following the (test) Kubernetes API (`[policy]
+//! source = "kubernetes"`: the upstream e2e cases and the API-specific test), pods attached
+//! through the real `weft` plugin with kubelet's `CNI_ARGS`. Namespaces x and y; pods x/a and x/b on node-1, y/a on node-2.
 //! Each case writes the directory, waits for the agents to reload it, and compares the full
 //! probe matrix (every pod to every other pod, TCP 80 and 81, UDP 80) with its truth table.
 //! Then: established connections are cut by a policy that denies them (`established =
@@ -14,10 +15,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use control::ctl::request_show;
-use control::tooling::lab::{Lab, LabPod, NodeKind};
+use control::tooling::lab::{Lab, LabDatastore, LabPod, NodeKind, ETCD_IP};
 use netns_tests::cni::{attach, Attachment, Driver};
+use netns_tests::kube_api::{node_json, ApiServer};
 use netns_tests::{require_root, weftd_path};
-use serde_json::json;
+use serde_json::{json, Value};
 
 const PODS: [&str; 3] = ["x/a", "x/b", "y/a"];
 const PROBES: [(&str, u16); 3] = [("tcp", 80), ("tcp", 81), ("udp", 80)];
@@ -103,6 +105,88 @@ fn policy_lab(nodes: u8, policy_extra: &str) -> (Lab, std::path::PathBuf) {
     (lab, dir)
 }
 
+/// `nodes` Weft nodes in switch mode whose datastore and NetworkPolicy source is the test
+/// Kubernetes API server (in the underlay, where the lab's etcd would be), agents started.
+fn policy_lab_kube(nodes: u8) -> (Lab, ApiServer) {
+    require_root();
+    let mut lab = Lab::new(&weftd_path()).expect("lab");
+    lab.switch = true;
+    lab.workers = 2;
+    let api = ApiServer::start_in(
+        lab.underlay(),
+        ETCD_IP,
+        (1..=nodes)
+            .map(|i| {
+                node_json(
+                    &format!("node-{i}"),
+                    &format!("192.168.77.{i}"),
+                    Some(&format!("10.244.{i}.0/24")),
+                    None,
+                )
+            })
+            .collect(),
+    );
+    lab.datastore = LabDatastore::Kubernetes {
+        kubeconfig: api.kubeconfig(lab.dir()),
+    };
+    lab.config_extra = "[policy]\nsource = \"kubernetes\"\n".into();
+    for n in 1..=nodes {
+        lab.add_node(n, NodeKind::Weft).expect("node");
+    }
+    lab.start().expect("agents start");
+    (lab, api)
+}
+
+/// The documents of a YAML text as JSON objects (empty documents skipped), with
+/// `metadata.namespace` defaulted as `kubectl apply` does for namespaced kinds.
+fn objects(yaml: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| serde_yaml::Value::deserialize(d).expect("YAML"))
+        .filter(|v| !v.is_null())
+        .map(|v| {
+            let mut j: Value = serde_json::to_value(v).expect("YAML as JSON");
+            if j["kind"] != "Namespace" && j["metadata"]["namespace"].is_null() {
+                j["metadata"]["namespace"] = json!("default");
+            }
+            j
+        })
+        .collect()
+}
+
+/// The policy reply of every node.
+fn policy_replies(lab: &Lab) -> Vec<control::policy::explain::PolicyReply> {
+    let q = control::policy::explain::PolicyQuery {
+        src: std::net::Ipv4Addr::UNSPECIFIED,
+        dst: std::net::Ipv4Addr::UNSPECIFIED,
+        protocol: "tcp".into(),
+        port: 0,
+    };
+    lab.nodes
+        .iter()
+        .map(|n| control::ctl::request_policy(&n.ctl_socket, &q).expect("policy request"))
+        .collect()
+}
+
+/// Waits until every node's set in force was compiled from exactly the NetworkPolicies `want`
+/// (`namespace/name`), as `weftctl policy` reports them.
+fn wait_policies(lab: &Lab, want: &[String]) {
+    let mut want = want.to_vec();
+    want.sort();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now: Vec<Vec<String>> = policy_replies(lab).into_iter().map(|r| r.policies).collect();
+        if now.iter().all(|p| *p == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agents did not take the API's policies within 5 s: want {want:?}, have {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Pod `ns/pod` on node `node`, ADDed through the real `weft` plugin with kubelet's
 /// `CNI_ARGS`.
 fn attach_k8s(lab: &Lab, node: usize, ns: &str, pod: &str) -> LabPod {
@@ -118,20 +202,7 @@ fn attach_k8s(lab: &Lab, node: usize, ns: &str, pod: &str) -> LabPod {
 
 /// The policy generation in force on each node (every recompile raises it).
 fn generations(lab: &Lab) -> Vec<u64> {
-    let q = control::policy::explain::PolicyQuery {
-        src: std::net::Ipv4Addr::UNSPECIFIED,
-        dst: std::net::Ipv4Addr::UNSPECIFIED,
-        protocol: "tcp".into(),
-        port: 0,
-    };
-    lab.nodes
-        .iter()
-        .map(|n| {
-            control::ctl::request_policy(&n.ctl_socket, &q)
-                .expect("policy request")
-                .generation
-        })
-        .collect()
+    policy_replies(lab).into_iter().map(|r| r.generation).collect()
 }
 
 /// Waits until every node has compiled a newer set than `before` (the manifests just written
@@ -498,13 +569,26 @@ spec:
     );
 }
 
-/// The upstream e2e model in real namespaces: 3 switch nodes, pods x/a.. z/c with pod `i` on
-/// node `i % 3` (as the model places them), every case of `netpol_model::CASES` applied in turn
-/// and its 9x9 truth table compared on TCP 80, TCP 81, UDP 80 and UDP 81. SCTP is compared in
-/// the model test only: this machine's kernel has no SCTP (`modprobe sctp` finds no module).
+/// The upstream e2e model in real namespaces, through the Kubernetes source: 3 switch nodes
+/// following the test API server, pods x/a.. z/c with pod `i` on node `i % 3` (as the model
+/// places them), every case of `netpol_model::CASES` applied in turn through the API (the last
+/// case's policies deleted, this one's added, in one burst) and its 9x9 truth table compared on
+/// TCP 80, TCP 81, UDP 80 and UDP 81. SCTP is compared in the model test only: this machine's
+/// kernel has no SCTP (`modprobe sctp` finds no module).
 #[test]
 fn the_upstream_e2e_cases_hold_through_the_switch() {
-    let (lab, dir) = policy_lab(3, "");
+    let (lab, api) = policy_lab_kube(3);
+    // kubelet's order: the Pod object exists, then CNI ADD, then its status carries the address.
+    let unplaced = objects(&model::cluster_yaml_at(|_| std::net::Ipv4Addr::UNSPECIFIED));
+    api.events(
+        unplaced
+            .into_iter()
+            .map(|mut o| {
+                o.as_object_mut().expect("object").remove("status");
+                ("ADDED", o)
+            })
+            .collect(),
+    );
     let mut pods: Vec<LabPod> = Vec::new();
     let mut servers = Vec::new();
     for i in 0..N {
@@ -515,7 +599,12 @@ fn the_upstream_e2e_cases_hold_through_the_switch() {
         pods.push(p);
     }
     let ips: Vec<std::net::Ipv4Addr> = pods.iter().map(|p| p.ip).collect();
-    let cluster = model::cluster_yaml_at(|i| ips[i]);
+    api.events(
+        objects(&model::cluster_yaml_at(|i| ips[i]))
+            .into_iter()
+            .map(|o| ("MODIFIED", o))
+            .collect(),
+    );
     let probes = [("tcp", 80), ("tcp", 81), ("udp", 80), ("udp", 81)];
     let kind = |proto: &str, port: u16| {
         *model::PROBES
@@ -526,11 +615,29 @@ fn the_upstream_e2e_cases_hold_through_the_switch() {
     let pods = std::sync::Arc::new(pods);
     let started = Instant::now();
     let mut compared = 0;
+    let mut in_force: Vec<Value> = Vec::new();
     for (n, case) in CASES.iter().enumerate() {
-        let policies = case.policies_at(|i| ips[i]);
-        let before = generations(&lab);
-        write_atomically(&dir, "cluster.yaml", &format!("{cluster}\n---\n{policies}"));
-        wait_reload(&lab, &before);
+        // Each case's policies get names of their own, so "in force" names one case only.
+        let mut changes: Vec<(&str, Value)> =
+            in_force.drain(..).map(|p| ("DELETED", p)).collect();
+        for mut p in objects(&case.policies_at(|i| ips[i])) {
+            let name = format!("{}-case{n}", p["metadata"]["name"].as_str().expect("name"));
+            p["metadata"]["name"] = json!(name);
+            in_force.push(p.clone());
+            changes.push(("ADDED", p));
+        }
+        let want: Vec<String> = in_force
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}/{}",
+                    p["metadata"]["namespace"].as_str().expect("namespace"),
+                    p["metadata"]["name"].as_str().expect("name")
+                )
+            })
+            .collect();
+        api.events(changes);
+        wait_policies(&lab, &want);
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
             // Every probe of the case at once: a denied one costs its timeout.
