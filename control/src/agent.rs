@@ -272,8 +272,9 @@ impl Agent {
                             state.set_manifests(m);
                         }
                         inputs.enable_policy(state);
-                        let w = crate::policy::watch::spawn(dir.clone(), inputs.clone(), stop.clone())
-                            .map_err(AgentError::Spawn)?;
+                        let w =
+                            crate::policy::watch::spawn(dir.clone(), inputs.clone(), stop.clone())
+                                .map_err(AgentError::Spawn)?;
                         (Some(w), None)
                     }
                     _ => {
@@ -293,7 +294,9 @@ impl Agent {
             let figures = inputs.clone();
             metrics.attach_policy(Arc::new(move || figures.policy_figures()));
         }
-        let pod_gate = kube_policy.as_ref().map(crate::policy::kube::PolicyWatch::gate);
+        let pod_gate = kube_policy
+            .as_ref()
+            .map(crate::policy::kube::PolicyWatch::gate);
         let mut sync = PeerSync::with_inputs(inputs.clone(), metrics.clone());
         // Kernel routes for peers reached without encapsulation.
         let routes = if cfg.backend.kind == BackendKind::HostGw

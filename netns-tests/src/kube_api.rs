@@ -108,7 +108,10 @@ const COLLECTIONS: [(&str, &str); 4] = [
     ("/api/v1/nodes", "Node"),
     ("/api/v1/pods", "Pod"),
     ("/api/v1/namespaces", "Namespace"),
-    ("/apis/networking.k8s.io/v1/networkpolicies", "NetworkPolicy"),
+    (
+        "/apis/networking.k8s.io/v1/networkpolicies",
+        "NetworkPolicy",
+    ),
 ];
 
 /// The collection an object of `kind` is in.
@@ -433,7 +436,11 @@ fn serve_conn(stream: TcpStream, state: &ApiState, stop: &AtomicBool) {
                 let rest = &path["/api/v1/nodes/".len()..];
                 let name = rest.trim_end_matches("/status");
                 let mut st = state.store.lock().expect("lock");
-                match st.nodes().iter().position(|n| n["metadata"]["name"] == name) {
+                match st
+                    .nodes()
+                    .iter()
+                    .position(|n| n["metadata"]["name"] == name)
+                {
                     None => {
                         drop(st);
                         respond(

@@ -175,7 +175,10 @@ fn wait_policies(lab: &Lab, want: &[String]) {
     want.sort();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let now: Vec<Vec<String>> = policy_replies(lab).into_iter().map(|r| r.policies).collect();
+        let now: Vec<Vec<String>> = policy_replies(lab)
+            .into_iter()
+            .map(|r| r.policies)
+            .collect();
         if now.iter().all(|p| *p == want) {
             return;
         }
@@ -202,7 +205,10 @@ fn attach_k8s(lab: &Lab, node: usize, ns: &str, pod: &str) -> LabPod {
 
 /// The policy generation in force on each node (every recompile raises it).
 fn generations(lab: &Lab) -> Vec<u64> {
-    policy_replies(lab).into_iter().map(|r| r.generation).collect()
+    policy_replies(lab)
+        .into_iter()
+        .map(|r| r.generation)
+        .collect()
 }
 
 /// Waits until every node has compiled a newer set than `before` (the manifests just written
@@ -618,8 +624,7 @@ fn the_upstream_e2e_cases_hold_through_the_switch() {
     let mut in_force: Vec<Value> = Vec::new();
     for (n, case) in CASES.iter().enumerate() {
         // Each case's policies get names of their own, so "in force" names one case only.
-        let mut changes: Vec<(&str, Value)> =
-            in_force.drain(..).map(|p| ("DELETED", p)).collect();
+        let mut changes: Vec<(&str, Value)> = in_force.drain(..).map(|p| ("DELETED", p)).collect();
         for mut p in objects(&case.policies_at(|i| ips[i])) {
             let name = format!("{}-case{n}", p["metadata"]["name"].as_str().expect("name"));
             p["metadata"]["name"] = json!(name);
@@ -820,4 +825,211 @@ spec:
         !c.probe("x/b", "x/a", "tcp", 81),
         "and denied ones are still denied"
     );
+}
+
+/// The interfaces of the calling thread's network namespace (`/proc/thread-self/net/dev`: sysfs
+/// shows the namespace it was mounted in).
+fn links_here() -> usize {
+    std::fs::read_to_string("/proc/thread-self/net/dev")
+        .expect("/proc/thread-self/net/dev")
+        .lines()
+        .skip(2)
+        .count()
+}
+
+/// A Pod object as the API server holds it once scheduled: labels, and the address once
+/// kubelet has posted it.
+fn pod_object(ns: &str, name: &str, labels: Value, ip: Option<std::net::Ipv4Addr>) -> Value {
+    let mut p = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"namespace": ns, "name": name, "uid": format!("uid-{ns}-{name}"), "labels": labels},
+        "spec": {"containers": [{"name": "c", "image": "agnhost"}]},
+        "status": {"phase": "Pending"},
+    });
+    if let Some(ip) = ip {
+        p["status"] = json!({"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]});
+    }
+    p
+}
+
+/// The Kubernetes source end to end: two switch nodes following the test API server. A pod's
+/// ADD waits until the watcher has its Pod object, so its labels decide its policy from its
+/// first packet; a pod whose object never comes is refused with CNI error 11 and leaves
+/// nothing behind; an API outage keeps the set in force, and a change made meanwhile arrives
+/// when the API is back.
+#[test]
+fn the_kubernetes_source_holds_an_add_until_its_pod_is_known_and_rides_out_an_outage() {
+    let (lab, api) = policy_lab_kube(2);
+    let x = json!({"apiVersion": "v1", "kind": "Namespace",
+                   "metadata": {"name": "x", "labels": {"kubernetes.io/metadata.name": "x"}}});
+    api.events(vec![
+        ("ADDED", x),
+        ("ADDED", pod_object("x", "a", json!({"pod": "a"}), None)),
+        ("ADDED", pod_object("x", "b", json!({"pod": "b"}), None)),
+    ]);
+    let a = attach_k8s(&lab, 0, "x", "a");
+    let b = attach_k8s(&lab, 1, "x", "b");
+    let mut servers = serve(&a);
+    api.events(vec![
+        (
+            "MODIFIED",
+            pod_object("x", "a", json!({"pod": "a"}), Some(a.ip)),
+        ),
+        (
+            "MODIFIED",
+            pod_object("x", "b", json!({"pod": "b"}), Some(b.ip)),
+        ),
+    ]);
+    // Pods labelled pod=a take TCP 80 from pods labelled role=client, nothing else.
+    let policy = objects(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: x, name: a-from-clients}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: client}}}]
+    ports: [{protocol: TCP, port: 80}]
+",
+    )
+    .remove(0);
+    api.event("ADDED", policy.clone());
+    wait_policies(&lab, &["x/a-from-clients".to_string()]);
+    let wait_probe = |from: &LabPod, to: std::net::Ipv4Addr, want: bool, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while probe(from, to, "tcp", 80) != want {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_probe(&b, a.ip, false, "x/b (no role) is denied x/a:80");
+
+    // A second server pod, x/a2 (pod=a, so isolated), whose ADD runs before its Pod object is
+    // in the API: the ADD waits for it, and its first packet meets its policy.
+    let started = Instant::now();
+    let adding = {
+        let lab_nodes = lab.nodes[0].cni_socket.clone();
+        let node_ns = lab.nodes[0].ns.path().to_path_buf();
+        let netns = lab.empty_pod_ns("xa2").expect("pod ns");
+        std::thread::spawn(move || {
+            let list = json!({"cniVersion": "1.0.0", "name": "weft",
+                "plugins": [{"type": "weft", "socket": lab_nodes.display().to_string()}]});
+            let d = Driver::new(&node_ns, netns_tests::cni_path());
+            let mut att = Attachment::new("np-x-a2", netns.path());
+            att.args =
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=a2;K8S_POD_UID=uid-x-a2".into();
+            attach(&d, &list, &att, netns).0
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !adding.is_finished(),
+        "ADD returned before its Pod object was in the API"
+    );
+    api.event("ADDED", pod_object("x", "a2", json!({"pod": "a"}), None));
+    let a2 = adding.join().expect("ADD of x/a2");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1500), "ADD took {took:?}");
+    servers.extend(serve(&a2));
+    assert!(
+        !probe(&b, a2.ip, "tcp", 80),
+        "x/a2's first probe from x/b is denied: its labels were known when its port came up"
+    );
+    eprintln!("x/a2's ADD waited {took:?} for its Pod object; isolated from its first packet");
+
+    // A client pod (role=client, on node-2): allowed once its address is in the API (kubelet
+    // posts it after the ADD returns).
+    api.event(
+        "ADDED",
+        pod_object("x", "c", json!({"pod": "c", "role": "client"}), None),
+    );
+    let c = attach_k8s(&lab, 1, "x", "c");
+    api.event(
+        "MODIFIED",
+        pod_object("x", "c", json!({"pod": "c", "role": "client"}), Some(c.ip)),
+    );
+    wait_probe(&c, a.ip, true, "x/c (role=client) reaches x/a:80");
+    wait_probe(&c, a2.ip, true, "x/c (role=client) reaches x/a2:80");
+
+    // An ADD whose Pod object never comes: CNI error 11 after the wait, no veth, no address.
+    let node_links = || lab.nodes[0].ns.run(links_here).expect("enter node ns");
+    // What the IPAM state on disk says (snapshot and journal, read as text).
+    let ipam_text = || {
+        ["cni-ipam.json", "cni-ipam.journal"]
+            .iter()
+            .map(|f| std::fs::read_to_string(lab.nodes[0].cni_data_dir.join(f)).unwrap_or_default())
+            .collect::<String>()
+    };
+    let (links_before, show_before) = (
+        node_links(),
+        request_show(&lab.nodes[0].ctl_socket).expect("show"),
+    );
+    assert!(
+        ipam_text().contains("np-x-a2"),
+        "the IPAM state names its pods"
+    );
+    let list = json!({"cniVersion": "1.0.0", "name": "weft",
+        "plugins": [{"type": "weft", "socket": lab.nodes[0].cni_socket.display().to_string()}]});
+    let d = Driver::new(lab.nodes[0].ns.path(), netns_tests::cni_path());
+    let netns = lab.empty_pod_ns("xghost").expect("pod ns");
+    let mut att = Attachment::new("np-x-ghost", netns.path());
+    att.args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=ghost".into();
+    let t = Instant::now();
+    let err = d
+        .add(&list, &att)
+        .expect_err("ADD of a pod the API does not have");
+    let waited = t.elapsed();
+    assert_eq!(err.exec.code(), Some(11), "{err}");
+    assert!(err.exec.msg().contains("x/ghost"), "{err}");
+    assert!(waited >= Duration::from_secs(9), "waited {waited:?}");
+    let show_after = request_show(&lab.nodes[0].ctl_socket).expect("show");
+    assert_eq!(
+        show_after.neighbors.len(),
+        show_before.neighbors.len(),
+        "no port for the refused pod"
+    );
+    assert_eq!(node_links(), links_before, "no host veth was left behind");
+    let sandbox_links = netns.run(links_here).expect("enter pod ns");
+    assert_eq!(sandbox_links, 1, "the refused pod's sandbox has only lo");
+    assert!(
+        !ipam_text().contains("np-x-ghost"),
+        "no address was allocated to the refused pod"
+    );
+    d.del(&list, &att, None).expect("DEL of the refused pod");
+    eprintln!("an ADD without its Pod object was refused with CNI error 11 after {waited:?}");
+
+    // The API goes down: the set in force stays. A change made meanwhile (the policy deleted)
+    // reaches the agents once it is back.
+    api.set_down(true);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !probe(&b, a.ip, "tcp", 80),
+        "still denied while the API is down"
+    );
+    assert!(
+        probe(&c, a.ip, "tcp", 80),
+        "still allowed while the API is down"
+    );
+    api.event("DELETED", policy);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !probe(&b, a.ip, "tcp", 80),
+        "the agents cannot see a change while down"
+    );
+    let back = Instant::now();
+    api.set_down(false);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !policy_replies(&lab).iter().all(|r| r.policies.is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "the agents did not take the deletion within 40 s of the API's return"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_probe(&b, a.ip, true, "x/b reaches x/a:80 once the policy is gone");
+    eprintln!(
+        "after the outage the deletion arrived in {:?}",
+        back.elapsed()
+    );
+    drop(servers);
 }

@@ -24,9 +24,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, Namespace, Pod, PodSpec, PodStatus,
-};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, Namespace, Pod, PodSpec, PodStatus};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::{self, Event};
@@ -167,7 +165,10 @@ impl ClusterView {
             }
             Change::Namespace(Event::Apply(n)) => {
                 let n = slim_namespace(n);
-                self.namespaces.insert(key_of(&n.metadata), n.clone()).as_ref() != Some(&n)
+                self.namespaces
+                    .insert(key_of(&n.metadata), n.clone())
+                    .as_ref()
+                    != Some(&n)
             }
             Change::Policy(Event::Apply(p)) => {
                 let key = key_of(&p.metadata);
@@ -231,7 +232,10 @@ fn replace<T: PartialEq>(map: &mut BTreeMap<Key, T>, new: BTreeMap<Key, T>) -> b
 /// containers' ports; phase and addresses.
 pub fn slim(pod: Pod) -> Pod {
     let Pod {
-        metadata, spec, status, ..
+        metadata,
+        spec,
+        status,
+        ..
     } = pod;
     let ports = |cs: Vec<Container>| -> Vec<Container> {
         cs.into_iter()
@@ -572,11 +576,18 @@ mod tests {
         v.apply(Change::Pod(Event::InitApply(pod("x", "a", "web", None))));
         v.apply(Change::Pod(Event::InitApply(pod("x", "b", "db", None))));
         assert!(!v.apply(Change::Policy(Event::Init)));
-        assert!(v.manifests().pods.is_empty(), "nothing until the list is done");
+        assert!(
+            v.manifests().pods.is_empty(),
+            "nothing until the list is done"
+        );
         assert!(v.apply(Change::Pod(Event::InitDone)));
         assert!(!v.synced());
         v.apply(Change::Namespace(Event::InitDone));
-        v.apply(Change::Policy(Event::InitApply(policy("x", "deny", &["Ingress"]))));
+        v.apply(Change::Policy(Event::InitApply(policy(
+            "x",
+            "deny",
+            &["Ingress"],
+        ))));
         v.apply(Change::Policy(Event::InitDone));
         assert!(v.synced());
         let m = v.manifests();
@@ -585,7 +596,11 @@ mod tests {
         v.apply(Change::Pod(Event::Init));
         v.apply(Change::Pod(Event::InitApply(pod("x", "a", "web", None))));
         v.apply(Change::Pod(Event::InitApply(pod("x", "c", "db", None))));
-        assert_eq!(v.manifests().pods.len(), 2, "the old list stays during a relist");
+        assert_eq!(
+            v.manifests().pods.len(),
+            2,
+            "the old list stays during a relist"
+        );
         assert!(v.apply(Change::Pod(Event::InitDone)));
         let names: Vec<_> = v
             .manifests()
@@ -606,7 +621,12 @@ mod tests {
         let mut v = ClusterView::default();
         assert!(v.apply(Change::Pod(Event::Apply(pod("x", "a", "web", None)))));
         // kubelet's status update with the address matters...
-        assert!(v.apply(Change::Pod(Event::Apply(pod("x", "a", "web", Some("10.244.1.2"))))));
+        assert!(v.apply(Change::Pod(Event::Apply(pod(
+            "x",
+            "a",
+            "web",
+            Some("10.244.1.2")
+        )))));
         // ...an annotation or a resourceVersion does not.
         let mut same = pod("x", "a", "web", Some("10.244.1.2"));
         same.metadata.resource_version = Some("8".into());
