@@ -54,8 +54,8 @@ pub const POD_WAIT: Duration = Duration::from_secs(10);
 /// One watcher event, by kind.
 #[derive(Debug)]
 pub enum Change {
-    /// A Pod event.
-    Pod(Event<Pod>),
+    /// A Pod event (boxed: a Pod is large, and most events are of pods).
+    Pod(Box<Event<Pod>>),
     /// A Namespace event.
     Namespace(Event<Namespace>),
     /// A NetworkPolicy event.
@@ -105,101 +105,145 @@ fn key_of(meta: &ObjectMeta) -> Key {
     )
 }
 
+/// One kind's objects as its watcher shows them.
+#[derive(Debug)]
+struct Tracked<T> {
+    objects: BTreeMap<Key, T>,
+    /// A relist in progress: the objects seen since its `Init`.
+    relisting: Option<BTreeMap<Key, T>>,
+    listed: bool,
+}
+
+impl<T> Default for Tracked<T> {
+    fn default() -> Self {
+        Tracked {
+            objects: BTreeMap::new(),
+            relisting: None,
+            listed: false,
+        }
+    }
+}
+
+/// What a kind's objects are to policy: how one is slimmed, where its metadata is, and whether
+/// two versions differ in what policy reads.
+trait Object: Clone {
+    fn slim(self) -> Self;
+    fn meta(&self) -> &ObjectMeta;
+    fn same(&self, other: &Self) -> bool;
+}
+
+impl Object for Pod {
+    fn slim(self) -> Self {
+        slim(self)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn same(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
+impl Object for Namespace {
+    fn slim(self) -> Self {
+        slim_namespace(self)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn same(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
+impl Object for NetworkPolicy {
+    fn slim(self) -> Self {
+        self
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    /// The resourceVersion changes with every write; the spec is what matters.
+    fn same(&self, other: &Self) -> bool {
+        self.spec == other.spec && self.metadata.labels == other.metadata.labels
+    }
+}
+
+impl<T: Object> Tracked<T> {
+    /// Applies one event; whether what policy reads changed.
+    fn apply(&mut self, event: Event<T>) -> bool {
+        match event {
+            Event::Init => {
+                self.relisting = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(o) => {
+                let o = o.slim();
+                self.relisting
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(key_of(o.meta()), o);
+                false
+            }
+            Event::InitDone => {
+                let new = self.relisting.take().unwrap_or_default();
+                self.listed = true;
+                let changed = self.objects.len() != new.len()
+                    || self
+                        .objects
+                        .iter()
+                        .zip(&new)
+                        .any(|((ka, a), (kb, b))| ka != kb || !a.same(b));
+                self.objects = new;
+                changed
+            }
+            Event::Apply(o) => {
+                let o = o.slim();
+                let key = key_of(o.meta());
+                let before = self.objects.insert(key, o.clone());
+                before.is_none_or(|b| !b.same(&o))
+            }
+            Event::Delete(o) => self.objects.remove(&key_of(o.meta())).is_some(),
+        }
+    }
+}
+
 /// The cluster as the watchers show it: the pure half of this module.
 #[derive(Debug, Default)]
 pub struct ClusterView {
-    pods: BTreeMap<Key, Pod>,
-    namespaces: BTreeMap<Key, Namespace>,
-    policies: BTreeMap<Key, NetworkPolicy>,
-    /// A relist in progress, per kind: the objects seen since its `Init`.
-    relisting: [Option<Relist>; 3],
-    listed: [bool; 3],
-}
-
-#[derive(Debug, Default)]
-struct Relist {
-    pods: BTreeMap<Key, Pod>,
-    namespaces: BTreeMap<Key, Namespace>,
-    policies: BTreeMap<Key, NetworkPolicy>,
+    pods: Tracked<Pod>,
+    namespaces: Tracked<Namespace>,
+    policies: Tracked<NetworkPolicy>,
 }
 
 impl ClusterView {
     /// Applies one event; whether what policy sees changed.
     pub fn apply(&mut self, change: Change) -> bool {
-        let k = change.kind() as usize;
         match change {
-            Change::Pod(Event::InitApply(p)) => {
-                let p = slim(p);
-                self.relist(k).pods.insert(key_of(&p.metadata), p);
-                false
-            }
-            Change::Namespace(Event::InitApply(n)) => {
-                let n = slim_namespace(n);
-                self.relist(k).namespaces.insert(key_of(&n.metadata), n);
-                false
-            }
-            Change::Policy(Event::InitApply(p)) => {
-                self.relist(k).policies.insert(key_of(&p.metadata), p);
-                false
-            }
-            Change::Pod(Event::Init)
-            | Change::Namespace(Event::Init)
-            | Change::Policy(Event::Init) => {
-                self.relisting[k] = Some(Relist::default());
-                false
-            }
-            Change::Pod(Event::InitDone)
-            | Change::Namespace(Event::InitDone)
-            | Change::Policy(Event::InitDone) => {
-                let r = self.relisting[k].take().unwrap_or_default();
-                self.listed[k] = true;
-                match Kind::ALL[k] {
-                    Kind::Pods => replace(&mut self.pods, r.pods),
-                    Kind::Namespaces => replace(&mut self.namespaces, r.namespaces),
-                    Kind::NetworkPolicies => replace(&mut self.policies, r.policies),
-                }
-            }
-            Change::Pod(Event::Apply(p)) => {
-                let p = slim(p);
-                self.pods.insert(key_of(&p.metadata), p.clone()).as_ref() != Some(&p)
-            }
-            Change::Namespace(Event::Apply(n)) => {
-                let n = slim_namespace(n);
-                self.namespaces
-                    .insert(key_of(&n.metadata), n.clone())
-                    .as_ref()
-                    != Some(&n)
-            }
-            Change::Policy(Event::Apply(p)) => {
-                let key = key_of(&p.metadata);
-                // The resourceVersion changes with every write; the spec is what matters.
-                let before = self.policies.insert(key, p.clone());
-                before.is_none_or(|b| b.spec != p.spec || b.metadata.labels != p.metadata.labels)
-            }
-            Change::Pod(Event::Delete(p)) => self.pods.remove(&key_of(&p.metadata)).is_some(),
-            Change::Namespace(Event::Delete(n)) => {
-                self.namespaces.remove(&key_of(&n.metadata)).is_some()
-            }
-            Change::Policy(Event::Delete(p)) => {
-                self.policies.remove(&key_of(&p.metadata)).is_some()
-            }
+            Change::Pod(e) => self.pods.apply(*e),
+            Change::Namespace(e) => self.namespaces.apply(e),
+            Change::Policy(e) => self.policies.apply(e),
         }
     }
 
-    fn relist(&mut self, k: usize) -> &mut Relist {
-        self.relisting[k].get_or_insert_with(Relist::default)
+    fn listed(&self) -> [bool; 3] {
+        [
+            self.pods.listed,
+            self.namespaces.listed,
+            self.policies.listed,
+        ]
     }
 
     /// Whether every kind has been listed at least once.
     pub fn synced(&self) -> bool {
-        self.listed.iter().all(|&l| l)
+        self.listed().iter().all(|&l| l)
     }
 
     /// The kinds not listed yet.
     pub fn waiting_for(&self) -> Vec<&'static str> {
+        let listed = self.listed();
         Kind::ALL
             .iter()
-            .filter(|k| !self.listed[**k as usize])
+            .filter(|k| !listed[**k as usize])
             .map(|k| k.name())
             .collect()
     }
@@ -207,25 +251,20 @@ impl ClusterView {
     /// What the view holds, as the manifests a compile takes.
     pub fn manifests(&self) -> Manifests {
         Manifests {
-            policies: self.policies.values().cloned().collect(),
-            namespaces: self.namespaces.values().cloned().collect(),
-            pods: self.pods.values().cloned().collect(),
+            policies: self.policies.objects.values().cloned().collect(),
+            namespaces: self.namespaces.objects.values().cloned().collect(),
+            pods: self.pods.objects.values().cloned().collect(),
         }
     }
 
     /// The pods the view holds, with their uids, for the [`PodGate`].
     pub fn pod_uids(&self) -> HashMap<Key, Option<String>> {
         self.pods
+            .objects
             .iter()
             .map(|(k, p)| (k.clone(), p.metadata.uid.clone()))
             .collect()
     }
-}
-
-fn replace<T: PartialEq>(map: &mut BTreeMap<Key, T>, new: BTreeMap<Key, T>) -> bool {
-    let changed = *map != new;
-    *map = new;
-    changed
 }
 
 /// A Pod with only what policy reads: namespace, name, uid and labels; `hostNetwork` and the
@@ -359,7 +398,10 @@ impl PolicyWatch {
         let streams: Vec<Changes> = vec![
             watcher::watcher(pods, cfg())
                 .default_backoff()
-                .map(|r| r.map(Change::Pod).map_err(|e| (Kind::Pods, e)))
+                .map(|r| {
+                    r.map(|e| Change::Pod(Box::new(e)))
+                        .map_err(|e| (Kind::Pods, e))
+                })
                 .boxed(),
             watcher::watcher(namespaces, cfg())
                 .default_backoff()
@@ -555,15 +597,15 @@ mod tests {
         let p = slim(pod("x", "a", "web", Some("10.244.1.2")));
         assert_eq!(p.metadata.uid.as_deref(), Some("uid-a"));
         assert!(p.metadata.annotations.is_none() && p.metadata.resource_version.is_none());
-        let spec = p.spec.as_ref().unwrap();
+        let spec = p.spec.as_ref().expect("spec");
         assert!(spec.node_name.is_none());
         assert_eq!(spec.containers.len(), 1, "containers without ports go");
-        let port = &spec.containers[0].ports.as_ref().unwrap()[0];
+        let port = &spec.containers[0].ports.as_ref().expect("ports")[0];
         assert_eq!(
             (port.name.as_deref(), port.container_port, port.host_port),
             (Some("http"), 80, None)
         );
-        let status = p.status.as_ref().unwrap();
+        let status = p.status.as_ref().expect("status");
         assert_eq!(status.pod_ip.as_deref(), Some("10.244.1.2"));
         assert!(status.host_ip.is_none());
     }
@@ -572,15 +614,19 @@ mod tests {
     fn the_view_is_synced_after_all_three_lists_and_relists_replace_a_kind_whole() {
         let mut v = ClusterView::default();
         assert_eq!(v.waiting_for(), ["pods", "namespaces", "networkpolicies"]);
-        v.apply(Change::Pod(Event::Init));
-        v.apply(Change::Pod(Event::InitApply(pod("x", "a", "web", None))));
-        v.apply(Change::Pod(Event::InitApply(pod("x", "b", "db", None))));
+        v.apply(Change::Pod(Box::new(Event::Init)));
+        v.apply(Change::Pod(Box::new(Event::InitApply(pod(
+            "x", "a", "web", None,
+        )))));
+        v.apply(Change::Pod(Box::new(Event::InitApply(pod(
+            "x", "b", "db", None,
+        )))));
         assert!(!v.apply(Change::Policy(Event::Init)));
         assert!(
             v.manifests().pods.is_empty(),
             "nothing until the list is done"
         );
-        assert!(v.apply(Change::Pod(Event::InitDone)));
+        assert!(v.apply(Change::Pod(Box::new(Event::InitDone))));
         assert!(!v.synced());
         v.apply(Change::Namespace(Event::InitDone));
         v.apply(Change::Policy(Event::InitApply(policy(
@@ -593,45 +639,55 @@ mod tests {
         let m = v.manifests();
         assert_eq!((m.pods.len(), m.policies.len()), (2, 1));
         // A relist after a watch error: x/b is gone, x/c is new, as one change.
-        v.apply(Change::Pod(Event::Init));
-        v.apply(Change::Pod(Event::InitApply(pod("x", "a", "web", None))));
-        v.apply(Change::Pod(Event::InitApply(pod("x", "c", "db", None))));
+        v.apply(Change::Pod(Box::new(Event::Init)));
+        v.apply(Change::Pod(Box::new(Event::InitApply(pod(
+            "x", "a", "web", None,
+        )))));
+        v.apply(Change::Pod(Box::new(Event::InitApply(pod(
+            "x", "c", "db", None,
+        )))));
         assert_eq!(
             v.manifests().pods.len(),
             2,
             "the old list stays during a relist"
         );
-        assert!(v.apply(Change::Pod(Event::InitDone)));
+        assert!(v.apply(Change::Pod(Box::new(Event::InitDone))));
         let names: Vec<_> = v
             .manifests()
             .pods
             .iter()
-            .map(|p| p.metadata.name.clone().unwrap())
+            .map(|p| p.metadata.name.clone().expect("name"))
             .collect();
         assert_eq!(names, ["a", "c"]);
         // A relist that finds the same objects changes nothing.
-        v.apply(Change::Pod(Event::Init));
-        v.apply(Change::Pod(Event::InitApply(pod("x", "a", "web", None))));
-        v.apply(Change::Pod(Event::InitApply(pod("x", "c", "db", None))));
-        assert!(!v.apply(Change::Pod(Event::InitDone)));
+        v.apply(Change::Pod(Box::new(Event::Init)));
+        v.apply(Change::Pod(Box::new(Event::InitApply(pod(
+            "x", "a", "web", None,
+        )))));
+        v.apply(Change::Pod(Box::new(Event::InitApply(pod(
+            "x", "c", "db", None,
+        )))));
+        assert!(!v.apply(Change::Pod(Box::new(Event::InitDone))));
     }
 
     #[test]
     fn only_changes_policy_reads_count_as_changes() {
         let mut v = ClusterView::default();
-        assert!(v.apply(Change::Pod(Event::Apply(pod("x", "a", "web", None)))));
+        assert!(v.apply(Change::Pod(Box::new(Event::Apply(pod(
+            "x", "a", "web", None
+        ))))));
         // kubelet's status update with the address matters...
-        assert!(v.apply(Change::Pod(Event::Apply(pod(
+        assert!(v.apply(Change::Pod(Box::new(Event::Apply(pod(
             "x",
             "a",
             "web",
             Some("10.244.1.2")
-        )))));
+        ))))));
         // ...an annotation or a resourceVersion does not.
         let mut same = pod("x", "a", "web", Some("10.244.1.2"));
         same.metadata.resource_version = Some("8".into());
         same.metadata.annotations = None;
-        assert!(!v.apply(Change::Pod(Event::Apply(same))));
+        assert!(!v.apply(Change::Pod(Box::new(Event::Apply(same)))));
         assert!(v.apply(Change::Policy(Event::Apply(policy("x", "p", &["Ingress"])))));
         let mut touched = policy("x", "p", &["Ingress"]);
         touched.metadata.resource_version = Some("9".into());
@@ -639,7 +695,9 @@ mod tests {
         assert!(v.apply(Change::Policy(Event::Apply(policy("x", "p", &["Egress"])))));
         assert!(v.apply(Change::Policy(Event::Delete(policy("x", "p", &[])))));
         assert!(!v.apply(Change::Policy(Event::Delete(policy("x", "p", &[])))));
-        assert!(v.apply(Change::Pod(Event::Delete(pod("x", "a", "", None)))));
+        assert!(v.apply(Change::Pod(Box::new(Event::Delete(pod(
+            "x", "a", "", None
+        ))))));
     }
 
     #[test]
@@ -661,7 +719,7 @@ mod tests {
         let started = Instant::now();
         assert!(gate.wait(&a, Some("uid-1"), Duration::from_secs(5)));
         assert!(started.elapsed() >= Duration::from_millis(90));
-        t.join().unwrap();
+        t.join().expect("setter");
         assert!(gate.wait(&a, None, Duration::ZERO));
         assert!(
             !gate.wait(&a, Some("uid-2"), Duration::from_millis(20)),
