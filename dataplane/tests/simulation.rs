@@ -10,10 +10,10 @@ use std::net::Ipv4Addr;
 use dataplane::drop::DropReason;
 use dataplane::fib::NextHop;
 use dataplane::forward::{
-    forward, ipip_super_frame, plan_super_frame, Action, Encap, Ingress, SuperFramePlan, Verdict,
-    HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
+    forward, ipip_super_frame, plan_super_frame, Action, Encap, Ingress, IpipMerged,
+    SuperFramePlan, Verdict, HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
 };
-use dataplane::offload::{Gso, VnetRepr, VNET_HDR_LEN};
+use dataplane::offload::{Gso, Ipv4Segments, VnetRepr, VNET_HDR_LEN};
 use dataplane::snapshot::{NodeConfig, PodAddr, Port, PortKind, Snapshot, SourcePrefixes, Tables};
 use dataplane::time::{Duration, Instant};
 use dataplane::wire::{checksum, EthernetAddress};
@@ -750,9 +750,11 @@ fn a_gro_merged_ipip_datagram_becomes_one_tso_write() {
     outer.extend_from_slice(&inner);
 
     let mut buf = buffer(&outer);
-    let f = ipip_super_frame(&snap_b, &mut buf, HEADROOM, outer.len(), TUN)
-        .expect("deliverable")
-        .expect("a super frame");
+    let Some(IpipMerged::Tun(f)) =
+        ipip_super_frame(&snap_b, &mut buf, HEADROOM, outer.len(), TUN).expect("deliverable")
+    else {
+        panic!("a super frame for the TUN");
+    };
     assert_eq!(f.start, HEADROOM + 20 - VNET_HDR_LEN);
     assert_eq!(f.len, VNET_HDR_LEN + inner.len());
     assert_eq!(f.inner_len, inner.len());
@@ -779,12 +781,117 @@ fn a_gro_merged_ipip_datagram_becomes_one_tso_write() {
         ipip_super_frame(&snap_b, &mut sb, HEADROOM, small.len(), TUN),
         Ok(None)
     );
-    let mut elsewhere = outer.clone();
-    elsewhere[36..40].copy_from_slice(&[10, 99, 0, 1]); // inner dst off this node
-    let mut eb = buffer(&elsewhere);
+    // Not TCP: not deliverable as one.
+    let mut not_tcp = outer.clone();
+    not_tcp[20 + 9] = 17;
+    let mut nb = buffer(&not_tcp);
     assert_eq!(
-        ipip_super_frame(&snap_b, &mut eb, HEADROOM, elsewhere.len(), TUN),
+        ipip_super_frame(&snap_b, &mut nb, HEADROOM, not_tcp.len(), TUN),
         Err(DropReason::TooBig)
+    );
+}
+
+/// A merged IP-in-IP datagram for a pod port (switch mode): cut as the pod's own TSO send would
+/// be, the first segment delivered to the port by the core, the plan the whole super-frame.
+#[test]
+fn a_gro_merged_ipip_datagram_for_a_pod_port_is_cut_at_the_tunnel_mtu() {
+    let (a, b) = (node(1), node(2));
+    let snap_b = tables(&b, &a, Mode::Ipip);
+    let mtu = usize::from(snap_b.port(TUN).expect("tun").mtu);
+    let payload: Vec<u8> = (0..3 * 1400 + 77).map(|i| (i * 7 + 3) as u8).collect();
+    let mut inner = Vec::new();
+    etherparse::PacketBuilder::ipv4(a.pod_ip.octets(), b.pod_ip.octets(), 63)
+        .tcp(40000, 5201, 7, 65535)
+        .ack(99)
+        .write(&mut inner, &payload)
+        .expect("build");
+    let mut outer = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 4, 0, 0];
+    outer.extend_from_slice(&a.underlay.octets());
+    outer.extend_from_slice(&b.underlay.octets());
+    let total = (20 + inner.len()) as u16;
+    outer[2..4].copy_from_slice(&total.to_be_bytes());
+    let c = ipv4_header_checksum(&outer);
+    outer[10..12].copy_from_slice(&c.to_be_bytes());
+    outer.extend_from_slice(&inner);
+    let mut buf = buffer(&outer);
+    let Some(IpipMerged::Segment { inner: at, vnet }) =
+        ipip_super_frame(&snap_b, &mut buf, HEADROOM, outer.len(), TUN).expect("deliverable")
+    else {
+        panic!("a super-packet to cut");
+    };
+    assert_eq!(at, HEADROOM + 20..HEADROOM + outer.len());
+    assert_eq!(
+        &buf[at.clone()],
+        &inner[..],
+        "the inner packet is left as it came"
+    );
+    assert_eq!(
+        (
+            vnet.gso,
+            vnet.csum_start,
+            vnet.csum_offset,
+            usize::from(vnet.gso_size)
+        ),
+        (Gso::TcpV4, 20, 16, mtu - 40)
+    );
+    // The segments are what the sender's stack would have sent: each a valid TCP packet of at
+    // most the tunnel MTU, the payload in order.
+    let mut segs = Ipv4Segments::new(&buf[at.clone()], &vnet).expect("segments");
+    let mut got = Vec::new();
+    let mut first = None;
+    let mut n = 0;
+    loop {
+        let mut seg = vec![0u8; HEADROOM + mtu];
+        let Some(len) = segs.emit_next(&mut seg[HEADROOM..]) else {
+            break;
+        };
+        let len = len.expect("fits");
+        assert!(len <= mtu);
+        let p = SlicedPacket::from_ip(&seg[HEADROOM..HEADROOM + len]).expect("parses");
+        let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
+            panic!("TCP");
+        };
+        let Some(NetSlice::Ipv4(ip)) = &p.net else {
+            panic!("IPv4");
+        };
+        assert_eq!(
+            tcp.to_header()
+                .calc_checksum_ipv4_raw(
+                    ip.header().source(),
+                    ip.header().destination(),
+                    tcp.payload()
+                )
+                .expect("checksum"),
+            tcp.checksum(),
+            "segment {n}: a complete TCP checksum"
+        );
+        got.extend_from_slice(tcp.payload());
+        drop(p);
+        if first.is_none() {
+            first = Some((seg, len));
+        }
+        n += 1;
+    }
+    assert_eq!(got, payload);
+    assert_eq!(n, payload.len().div_ceil(mtu - 40));
+    // The first segment, through the core as a tunnelled packet: delivered to the pod port, and
+    // the plan covers the whole super-frame.
+    let (mut seg, len) = first.expect("a first segment");
+    let v = forward(
+        &snap_b,
+        Ingress::IpipInner,
+        &mut seg,
+        HEADROOM,
+        len,
+        Instant::ZERO,
+    );
+    assert!(
+        matches!(v, Verdict::Forward(Action::Deliver { port, .. }) if port == POD),
+        "{v:?}"
+    );
+    assert_eq!(
+        plan_super_frame(&snap_b, Ingress::IpipInner, &v),
+        SuperFramePlan::Whole { port: POD }
     );
 }
 

@@ -56,6 +56,10 @@ pub enum Ingress {
         /// The sender's underlay address.
         src: Ipv4Addr,
     },
+    /// The inner IPv4 packet of an IP-in-IP datagram whose outer header the shell already
+    /// checked (for us, not a fragment, checksum valid: [`ipip_super_frame`] does): a segment
+    /// of a merged datagram, routed as a tunnelled packet.
+    IpipInner,
 }
 
 /// How a packet sent into the underlay is wrapped.
@@ -222,6 +226,7 @@ pub fn forward(
         }
         Ingress::Underlay => from_underlay(snap, buf, start, len, now),
         Ingress::VxlanUdp { src: _ } => from_vxlan(snap, buf, start, len, now),
+        Ingress::IpipInner => route(snap, Origin::Tunnel, buf, start, len, now),
     }
 }
 
@@ -380,19 +385,38 @@ pub struct IpipSuperFrame {
     pub inner_len: usize,
 }
 
-/// If `buf[start..start + len]` is a merged IP-in-IP datagram for us whose inner packet (a TCP
-/// super-packet above the tunnel MTU) goes to local port `port`, writes a virtio-net header
-/// (TCPv4 GSO at `gso_size` = port MTU - headers, checksum partial) over the tail of the outer
-/// header and says where the result lies: a TUN with offloads takes it in one write and the
-/// kernel cuts it up only if it must. `Ok(None)` when the datagram is not such a frame (the
-/// normal path takes it); an error when it is one that cannot be delivered this way.
+/// What [`ipip_super_frame`] makes of a merged IP-in-IP datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpipMerged {
+    /// For the TUN: one write of what lies at the [`IpipSuperFrame`].
+    Tun(IpipSuperFrame),
+    /// For anywhere else (a pod port in switch mode): the inner TCP super-packet at
+    /// `buf[inner]`, to be cut by `vnet` (TCPv4 GSO at the tunnel MTU, offsets from the inner
+    /// IPv4 header) as a TSO send from a pod would be, its segments routed by the core from
+    /// [`Ingress::IpipInner`].
+    Segment {
+        /// Where the inner packet lies.
+        inner: core::ops::Range<usize>,
+        /// How to cut it.
+        vnet: crate::offload::VnetRepr,
+    },
+}
+
+/// If `buf[start..start + len]` is a merged IP-in-IP datagram for us (a TCP super-packet above
+/// the tunnel MTU inside, as the kernel's GRO leaves it): when the inner packet goes to the TUN
+/// (`port`), writes a virtio-net header (TCPv4 GSO at `gso_size` = port MTU - headers, checksum
+/// partial) over the tail of the outer header and says where the result lies
+/// ([`IpipMerged::Tun`]): a TUN with offloads takes it in one write and the kernel cuts it up
+/// only if it must. Anywhere else, says how to cut it ([`IpipMerged::Segment`]). `Ok(None)` when
+/// the datagram is not such a frame (the normal path takes it); an error when it is one that
+/// cannot be delivered (not TCP, a fragment, malformed).
 pub fn ipip_super_frame(
     snap: &Snapshot,
     buf: &mut [u8],
     start: usize,
     len: usize,
     port: PortId,
-) -> Result<Option<IpipSuperFrame>, DropReason> {
+) -> Result<Option<IpipMerged>, DropReason> {
     use crate::offload::{Gso, VnetHeader, VnetRepr, VNET_HDR_LEN};
     let Some(mtu) = snap.port(port).map(|p| usize::from(p.mtu)) else {
         return Ok(None);
@@ -424,13 +448,10 @@ pub fn ipip_super_frame(
     if inner.protocol() != ipv4::protocol::TCP || inner.is_fragment() || inner_len != len - hlen {
         return Err(DropReason::TooBig);
     }
-    let routed_here = snap
+    let to_tun = snap
         .fib
         .lookup(inner.dst_addr())
         .is_some_and(|r| r.next_hop == NextHop::Local { port });
-    if !routed_here {
-        return Err(DropReason::TooBig);
-    }
     let tcp = inner.payload();
     let Some(&off_byte) = tcp.get(12) else {
         return Err(DropReason::Truncated);
@@ -450,16 +471,22 @@ pub fn ipip_super_frame(
         csum_start: inner_hlen as u16,
         csum_offset: 16,
     };
+    if !to_tun {
+        return Ok(Some(IpipMerged::Segment {
+            inner: start + hlen..start + len,
+            vnet,
+        }));
+    }
     let vstart = start + hlen - VNET_HDR_LEN;
     vnet.emit(&mut VnetHeader::new_unchecked(
         &mut buf[vstart..vstart + VNET_HDR_LEN],
     ));
-    Ok(Some(IpipSuperFrame {
+    Ok(Some(IpipMerged::Tun(IpipSuperFrame {
         start: vstart,
         len: VNET_HDR_LEN + inner_len,
         segments: (inner_len - headers).div_ceil(gso_size),
         inner_len,
-    }))
+    })))
 }
 
 /// The facts of an IPv4 header the routing step needs, read once.

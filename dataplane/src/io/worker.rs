@@ -43,8 +43,8 @@ use super::udp::{Datagram, VxlanSender, VxlanSocket};
 use super::{clock, sys, Slots};
 use crate::drop::{Counters, DropReason};
 use crate::forward::{
-    forward, ipip_super_frame, plan_super_frame, Action, Encap, Ingress, SuperFramePlan, Verdict,
-    HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
+    forward, ipip_super_frame, plan_super_frame, Action, Encap, Ingress, IpipMerged,
+    SuperFramePlan, Verdict, HEADROOM, VXLAN_UDP_PAYLOAD_OFFSET,
 };
 use crate::offload::{
     complete_checksum, Coalescer, GatherCoalescer, Gso, Ipv4Segments, Push, VnetRepr, MAX_HDR_LEN,
@@ -631,7 +631,9 @@ pub fn run_worker(
             if udp_ready {
                 let n = match &underlay {
                     UnderlayRx::Vxlan(udp) => w.drain_udp(&snap, udp, &mut rx, now),
-                    UnderlayRx::Ipip(ipip) => w.drain_ipip(&snap, ipip, &mut rx, now),
+                    UnderlayRx::Ipip(ipip) => {
+                        w.drain_ipip(&snap, ipip, &mut rx, &mut tun_slots, now)
+                    }
                     UnderlayRx::None => 0,
                 };
                 busy |= n == cfg.batch;
@@ -964,7 +966,8 @@ impl Worker<'_> {
     /// From a pod port (`eth` is the frame's Ethernet header, written in front of each segment)
     /// Weft routes, so every segment's TTL is one less; and when the first segment is delivered
     /// to another pod port, nothing is carried out: the caller passes the whole super-frame on
-    /// ([`SuperFrame::ToPod`]).
+    /// ([`SuperFrame::ToPod`]). So it is for a merged IP-in-IP datagram from the underlay
+    /// delivered to a pod port.
     #[allow(clippy::too_many_arguments)]
     fn forward_super_frame(
         &mut self,
@@ -1000,14 +1003,20 @@ impl Worker<'_> {
         if let Some(eth) = eth {
             slot[HEADROOM..ip_at].copy_from_slice(eth);
         }
-        self.counters.rx_local.add(l2 + seg_len);
+        // A merged underlay datagram was counted as received whole.
+        let local = matches!(ingress, Ingress::Local(_));
+        if local {
+            self.counters.rx_local.add(l2 + seg_len);
+        }
         let verdict = forward(snap, ingress, slot, HEADROOM, l2 + seg_len, now);
         let plan = plan_super_frame(snap, ingress, &verdict);
         // Carrying the plan out needs the super-frame in a shape the sends take: an Ethernet
         // frame to pass to a pod port whole; the segments' outer headers within a stride.
         let gathered = match (plan, verdict) {
             (SuperFramePlan::Whole { port }, Verdict::Forward(Action::Deliver { start, .. }))
-                if eth.is_some() && port != self.tun_port && self.pods.get(port).is_some() =>
+                if (eth.is_some() || ingress == Ingress::IpipInner)
+                    && port != self.tun_port
+                    && self.pods.get(port).is_some() =>
             {
                 let mut out = [0u8; ETH_LEN];
                 if let Some(b) = slot.get(start..start + ETH_LEN) {
@@ -1071,7 +1080,9 @@ impl Worker<'_> {
                                 ip.decrement_ttl();
                             }
                         }
-                        self.counters.rx_local.add(l2 + hl + body.len());
+                        if local {
+                            self.counters.rx_local.add(l2 + hl + body.len());
+                        }
                         cut[k] = (prefix.len() + hl, body.start, body.end);
                         k += 1;
                     }
@@ -1102,6 +1113,52 @@ impl Worker<'_> {
             self.count_sent(&report);
         }
         SuperFrame::Done
+    }
+
+    /// What a gathered send did not take of `segs`: each segment into `slots` from `*next` on
+    /// (behind `eth` when the super-frame came from a pod port) and through the core, as the
+    /// packet it would have been; flushed at the end.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_each(
+        &mut self,
+        snap: &Snapshot,
+        ingress: Ingress,
+        eth: Option<&[u8; ETH_LEN]>,
+        slots: &mut Slots,
+        next: &mut usize,
+        segs: &mut Ipv4Segments<'_>,
+        now: Instant,
+    ) {
+        let l2 = if eth.is_some() { ETH_LEN } else { 0 };
+        while !segs.is_done() {
+            if *next == slots.len() {
+                self.flush(slots);
+                *next = 0;
+            }
+            let Some(out) = slots.slot_mut(*next) else {
+                break;
+            };
+            let Some(room) = out.get_mut(HEADROOM + l2..) else {
+                break;
+            };
+            match segs.emit_next(room) {
+                Some(Ok(seg_len)) => {
+                    if let Some(eth) = eth {
+                        out[HEADROOM..HEADROOM + ETH_LEN].copy_from_slice(eth);
+                    }
+                    if matches!(ingress, Ingress::Local(_)) {
+                        self.counters.rx_local.add(l2 + seg_len);
+                    }
+                    let verdict = forward(snap, ingress, out, HEADROOM, l2 + seg_len, now);
+                    self.carry_out(verdict, *next, out);
+                    *next += 1;
+                }
+                // A segment larger than a slot: the MTU is above the slot size.
+                Some(Err(_)) => self.counters.drop(DropReason::TooBig),
+                None => break,
+            }
+        }
+        self.flush(slots);
     }
 
     /// Receives one batch of frames from pod port `pid` and forwards them: a plain frame where it
@@ -1220,38 +1277,15 @@ impl Worker<'_> {
                             now,
                         );
                         if matches!(outcome, SuperFrame::Done) {
-                            // What a gathered send did not take: each segment through the core.
-                            while !segs.is_done() {
-                                if next == slots.len() {
-                                    self.flush(slots);
-                                    next = 0;
-                                }
-                                let Some(out) = slots.slot_mut(next) else {
-                                    break;
-                                };
-                                let Some(room) = out.get_mut(HEADROOM + ETH..) else {
-                                    break;
-                                };
-                                match segs.emit_next(room) {
-                                    Some(Ok(seg_len)) => {
-                                        out[HEADROOM..HEADROOM + ETH].copy_from_slice(&eth);
-                                        self.counters.rx_local.add(ETH + seg_len);
-                                        let verdict = forward(
-                                            snap,
-                                            ingress,
-                                            out,
-                                            HEADROOM,
-                                            ETH + seg_len,
-                                            now,
-                                        );
-                                        self.carry_out(verdict, next, out);
-                                        next += 1;
-                                    }
-                                    Some(Err(_)) => self.counters.drop(DropReason::TooBig),
-                                    None => break,
-                                }
-                            }
-                            self.flush(slots);
+                            self.forward_each(
+                                snap,
+                                ingress,
+                                Some(&eth),
+                                slots,
+                                &mut next,
+                                &mut segs,
+                                now,
+                            );
                         }
                         outcome
                     };
@@ -1265,23 +1299,11 @@ impl Worker<'_> {
                         if ip.ttl() > 1 {
                             ip.decrement_ttl();
                         }
-                        let mut hdr = [0u8; VNET_HDR_LEN];
-                        hdr.copy_from_slice(&slot[HEADROOM..frame_at]);
+                        let slot: &[u8] = slot;
+                        let hdr = &slot[HEADROOM..frame_at];
                         let frame = &slot[frame_at..frame_at + frame_len];
                         let segments = super_frame_segments(&vnet, frame_len);
-                        if !self.admit_to_pod(to, frame_len, segments) {
-                            continue;
-                        }
-                        let sent = self
-                            .pods
-                            .get(to)
-                            .is_some_and(|p| matches!(p.send_batch(&hdr, &[frame]), Ok(1)));
-                        if sent {
-                            self.counters.tx_local.packets += segments as u64;
-                            self.counters.tx_local.bytes += frame_len as u64;
-                        } else {
-                            self.counters.drops[DropReason::IoError.index()] += segments as u64;
-                        }
+                        self.send_to_pod(to, &[hdr, frame], segments, frame_len);
                     }
                 }
                 Gso::Udp | Gso::TcpV6 => {
@@ -1589,6 +1611,7 @@ impl Worker<'_> {
         snap: &Snapshot,
         ipip: &IpipSocket,
         rx: &mut RecvBatch,
+        slots: &mut Slots,
         now: Instant,
     ) -> usize {
         let n = match ipip.recv_batch(rx) {
@@ -1604,8 +1627,12 @@ impl Worker<'_> {
             }
             let Some(slot) = rx.slot_mut(i) else { break };
             match ipip_super_frame(snap, slot, HEADROOM, meta.len, self.tun_port) {
-                Ok(Some(f)) => {
+                Ok(Some(IpipMerged::Tun(f))) => {
                     self.write_super_frame(slot, f);
+                    continue;
+                }
+                Ok(Some(IpipMerged::Segment { inner, vnet })) => {
+                    self.forward_merged_ipip(snap, rx, i, inner, &vnet, slots, now);
                     continue;
                 }
                 Ok(None) => {}
@@ -1619,6 +1646,72 @@ impl Worker<'_> {
         }
         self.end_batch(rx.slots());
         n
+    }
+
+    /// A merged IP-in-IP datagram (rx slot `i`) whose inner TCP super-packet (`slot[inner]`) is
+    /// not for the TUN: cut by `vnet` as a pod's TSO send would be, its first segment routed
+    /// by the core (policy included). Delivered to a pod port, the whole super-packet goes there
+    /// as one GSO frame behind the core's Ethernet header, one hop off its TTL; otherwise each
+    /// segment is carried out as the core says.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_merged_ipip(
+        &mut self,
+        snap: &Snapshot,
+        rx: &mut RecvBatch,
+        i: usize,
+        inner: core::ops::Range<usize>,
+        vnet: &VnetRepr,
+        slots: &mut Slots,
+        now: Instant,
+    ) {
+        // Segments go into `slots`: what is pending from `rx` leaves first.
+        self.flush(rx.slots());
+        let outcome = {
+            let Some(ip) = rx.get(i).and_then(|(_, slot)| slot.get(inner.clone())) else {
+                return;
+            };
+            let Ok(mut segs) = Ipv4Segments::new(ip, vnet) else {
+                self.counters.drop(DropReason::IpipMalformed);
+                return;
+            };
+            let mut next = 0;
+            let ingress = Ingress::IpipInner;
+            let outcome =
+                self.forward_super_frame(snap, ingress, None, slots, &mut next, &mut segs, now);
+            if matches!(outcome, SuperFrame::Done) {
+                self.forward_each(snap, ingress, None, slots, &mut next, &mut segs, now);
+            }
+            outcome
+        };
+        let SuperFrame::ToPod { port, eth } = outcome else {
+            return;
+        };
+        // The Ethernet header goes over the tail of the outer IPv4 header (20 bytes at least).
+        let Some(frame_at) = inner.start.checked_sub(ETH_LEN) else {
+            return;
+        };
+        let Some(slot) = rx.slot_mut(i) else {
+            return;
+        };
+        slot[frame_at..inner.start].copy_from_slice(&eth);
+        let mut ip = Ipv4Packet::new_unchecked(&mut slot[inner.clone()]);
+        if ip.ttl() > 1 {
+            ip.decrement_ttl();
+        }
+        // The virtio-net header counts from the Ethernet header on an AF_PACKET socket.
+        let mut v = *vnet;
+        v.csum_start = v.csum_start.saturating_add(ETH_LEN as u16);
+        v.hdr_len = v.hdr_len.saturating_add(ETH_LEN as u16);
+        let hdr = v.to_bytes();
+        let frame_len = inner.end - frame_at;
+        let segments = super_frame_segments(&v, frame_len);
+        let slot: &[u8] = slot;
+        self.send_to_pod(
+            port,
+            &[&hdr, &slot[frame_at..inner.end]],
+            segments,
+            frame_len,
+        );
     }
 
     /// Writes a merged IP-in-IP datagram's inner super-packet to the TUN behind its virtio-net
