@@ -683,3 +683,130 @@ fn ipip_between_switch_nodes_carries_a_byte_exact_transfer() {
         );
     }
 }
+
+/// A merged IP-in-IP datagram for a switch-mode pod, as the kernel's GRO hands one to the raw
+/// socket on a NIC that merges IP-in-IP (the lab's veths do not): here the underlay sends an
+/// 8000-byte TCP packet in IP-in-IP without DF, the kernel fragments it and node-1's kernel
+/// reassembles it, so Weft's raw socket reads one datagram whose inner packet is far above the
+/// tunnel MTU. It reaches the pod whole and byte-exact (one GSO frame, or segments of at most
+/// the tunnel MTU), counted as sent, nothing dropped as too big.
+#[test]
+fn a_merged_ipip_datagram_reaches_a_switch_pod_whole() {
+    let mut lab = two_switch_nodes_with(|lab| lab.backend = "type = \"ipip\"\n".to_string());
+    let a = lab.add_pod(0, 2).expect("pod a");
+    let b = lab.add_pod(1, 2).expect("pod b");
+    ping_ok(&lab, b, a);
+    // The pod's own capture: every frame its eth0 receives, GSO frames whole.
+    let pod_ns = &lab.pod(a).expect("pod a").ns;
+    let cap = pod_ns
+        .run(|| dataplane::io::packet::PacketPort::open("eth0", 8 << 20))
+        .expect("enter pod")
+        .expect("AF_PACKET capture in the pod");
+    let payload: Vec<u8> = (0..8000u32).map(|i| (i * 31 + 7) as u8).collect();
+    let mut inner = Vec::new();
+    etherparse::PacketBuilder::ipv4(b.octets(), a.octets(), 64)
+        .tcp(40123, 5201, 1000, 65535)
+        .ack(1)
+        .write(&mut inner, &payload)
+        .expect("build the inner packet");
+    // The counters once the ping's are in (workers publish theirs when they next wake).
+    let before = {
+        let mut last = request_show(&lab.nodes[0].ctl_socket).expect("show");
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = request_show(&lab.nodes[0].ctl_socket).expect("show");
+            if now.counters == last.counters {
+                break now;
+            }
+            last = now;
+        }
+    };
+    // From the underlay namespace: IP-in-IP without DF, so the kernel may fragment it.
+    ns_command(
+        lab.underlay(),
+        "sysctl",
+        &["-qw", "net.ipv4.ip_no_pmtu_disc=1"],
+    );
+    let node1 = lab.nodes[0].public_ip;
+    lab.underlay()
+        .run(|| {
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::from(4)),
+            )?;
+            s.send_to(&inner, &std::net::SocketAddrV4::new(node1, 0).into())
+        })
+        .expect("enter the underlay")
+        .expect("send the IP-in-IP datagram");
+    // Collect what the pod receives of that flow for a second.
+    let mut rx = dataplane::io::batch::RecvBatch::new(16, dataplane::forward::HEADROOM + 70_000);
+    let mut got = Vec::new();
+    let mut frames = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while got.len() < payload.len() && Instant::now() < deadline {
+        let n = cap.recv_batch(&mut rx).unwrap_or(0);
+        for i in 0..n {
+            let Some((meta, slot)) = rx.get(i) else { break };
+            let at = dataplane::forward::HEADROOM + dataplane::offload::VNET_HDR_LEN;
+            let frame = &slot[at..dataplane::forward::HEADROOM + meta.len];
+            let Ok(p) = etherparse::SlicedPacket::from_ethernet(frame) else {
+                continue;
+            };
+            if let Some(etherparse::TransportSlice::Tcp(t)) = &p.transport {
+                if t.source_port() == 40123 {
+                    frames.push(frame.len());
+                    got.extend_from_slice(t.payload());
+                }
+            }
+        }
+        if n == 0 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // Counted as one datagram in from the underlay and its segments out to the pod (the
+    // workers publish their counters every few hundred milliseconds).
+    let segments = payload
+        .len()
+        .div_ceil(usize::from(before.node.tun_mtu) - 40) as u64;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let after = loop {
+        let after = request_show(&lab.nodes[0].ctl_socket).expect("show");
+        if after.counters.tx_local.packets >= before.counters.tx_local.packets + segments
+            || Instant::now() > deadline
+        {
+            break after;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!(
+        "the pod received the 8000-byte packet as {} frame(s) of {frames:?} bytes",
+        frames.len()
+    );
+    assert!(
+        got == payload,
+        "the pod received {} bytes of the packet's {}{}",
+        got.len(),
+        payload.len(),
+        if got.len() == payload.len() {
+            ", not the same"
+        } else {
+            ""
+        }
+    );
+    assert_eq!(drops(&lab, 0, "too_big"), 0, "nothing dropped as too big");
+    assert_eq!(
+        after.counters.rx_underlay.packets - before.counters.rx_underlay.packets,
+        1,
+        "one datagram in"
+    );
+    assert_eq!(
+        after.counters.tx_local.packets - before.counters.tx_local.packets,
+        segments,
+        "its segments out to the pod"
+    );
+    assert!(
+        after.counters.rx_local.packets - before.counters.rx_local.packets <= 1,
+        "from the pods only its reset (no listener), not the segments"
+    );
+}
