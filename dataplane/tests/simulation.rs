@@ -726,6 +726,20 @@ fn ipv4_header_checksum(h: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// `inner` in an RFC 2003 outer header from `src` to `dst` (DF set, TTL 64), as the kernel's GRO
+/// leaves a merged datagram.
+fn ipip_datagram(src: Ipv4Addr, dst: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
+    let mut outer = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 4, 0, 0];
+    outer.extend_from_slice(&src.octets());
+    outer.extend_from_slice(&dst.octets());
+    let total = (20 + inner.len()) as u16;
+    outer[2..4].copy_from_slice(&total.to_be_bytes());
+    let c = ipv4_header_checksum(&outer);
+    outer[10..12].copy_from_slice(&c.to_be_bytes());
+    outer.extend_from_slice(inner);
+    outer
+}
+
 #[test]
 fn a_gro_merged_ipip_datagram_becomes_one_tso_write() {
     let (a, b) = (node(1), node(2));
@@ -740,14 +754,7 @@ fn a_gro_merged_ipip_datagram_becomes_one_tso_write() {
         .tcp(40000, 5201, 7, 65535)
         .write(&mut inner, &payload)
         .expect("build");
-    let mut outer = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 4, 0, 0];
-    outer.extend_from_slice(&a.underlay.octets());
-    outer.extend_from_slice(&b.underlay.octets());
-    let total = (20 + inner.len()) as u16;
-    outer[2..4].copy_from_slice(&total.to_be_bytes());
-    let c = ipv4_header_checksum(&outer);
-    outer[10..12].copy_from_slice(&c.to_be_bytes());
-    outer.extend_from_slice(&inner);
+    let outer = ipip_datagram(a.underlay, b.underlay, &inner);
 
     let mut buf = buffer(&outer);
     let Some(IpipMerged::Tun(f)) =
@@ -805,14 +812,7 @@ fn a_gro_merged_ipip_datagram_for_a_pod_port_is_cut_at_the_tunnel_mtu() {
         .ack(99)
         .write(&mut inner, &payload)
         .expect("build");
-    let mut outer = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 4, 0, 0];
-    outer.extend_from_slice(&a.underlay.octets());
-    outer.extend_from_slice(&b.underlay.octets());
-    let total = (20 + inner.len()) as u16;
-    outer[2..4].copy_from_slice(&total.to_be_bytes());
-    let c = ipv4_header_checksum(&outer);
-    outer[10..12].copy_from_slice(&c.to_be_bytes());
-    outer.extend_from_slice(&inner);
+    let outer = ipip_datagram(a.underlay, b.underlay, &inner);
     let mut buf = buffer(&outer);
     let Some(IpipMerged::Segment { inner: at, vnet }) =
         ipip_super_frame(&snap_b, &mut buf, HEADROOM, outer.len(), TUN).expect("deliverable")

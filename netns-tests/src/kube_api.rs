@@ -233,6 +233,30 @@ impl ApiServer {
         ApiServer { addr, state, stop }
     }
 
+    /// Serves Nodes `node-1`..`node-{nodes}` (underlay 192.168.77.i, podCIDR 10.244.i.0/24, not
+    /// yet annotated) inside `lab`'s underlay, where its etcd would be, and points the lab's
+    /// agents at it (`LabDatastore::Kubernetes`).
+    pub fn for_lab(lab: &mut control::tooling::lab::Lab, nodes: u8) -> ApiServer {
+        let api = ApiServer::start_in(
+            lab.underlay(),
+            control::tooling::lab::ETCD_IP,
+            (1..=nodes)
+                .map(|i| {
+                    node_json(
+                        &format!("node-{i}"),
+                        &format!("192.168.77.{i}"),
+                        Some(&format!("10.244.{i}.0/24")),
+                        None,
+                    )
+                })
+                .collect(),
+        );
+        lab.datastore = control::tooling::lab::LabDatastore::Kubernetes {
+            kubeconfig: api.kubeconfig(lab.dir()),
+        };
+        api
+    }
+
     /// The server's address.
     pub fn addr(&self) -> SocketAddrV4 {
         self.addr

@@ -326,26 +326,10 @@ fn programs(lab: &control::tooling::lab::Lab, idx: usize, subnet: ipnet::Ipv4Net
 
 #[test]
 fn weftd_agents_in_kubernetes_mode_annotate_their_nodes_and_carry_pod_traffic() {
-    use control::tooling::lab::{Lab, LabDatastore, NodeKind, ETCD_IP};
+    use control::tooling::lab::{Lab, NodeKind};
     netns_tests::require_root();
     let mut lab = Lab::new(&netns_tests::weftd_path()).unwrap();
-    let api = ApiServer::start_in(
-        lab.underlay(),
-        ETCD_IP,
-        (1..=3)
-            .map(|i| {
-                node_json(
-                    &format!("node-{i}"),
-                    &format!("192.168.77.{i}"),
-                    Some(&format!("10.244.{i}.0/24")),
-                    None,
-                )
-            })
-            .collect(),
-    );
-    lab.datastore = LabDatastore::Kubernetes {
-        kubeconfig: api.kubeconfig(lab.dir()),
-    };
+    let api = ApiServer::for_lab(&mut lab, 3);
     for i in 1..=3 {
         lab.add_node(i, NodeKind::Weft).unwrap();
     }

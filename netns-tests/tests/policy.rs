@@ -15,9 +15,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use control::ctl::request_show;
-use control::tooling::lab::{Lab, LabDatastore, LabPod, NodeKind, ETCD_IP};
+use control::tooling::lab::{Lab, LabPod, NodeKind};
 use netns_tests::cni::{attach, Attachment, Driver};
-use netns_tests::kube_api::{node_json, ApiServer};
+use netns_tests::kube_api::ApiServer;
 use netns_tests::{require_root, weftd_path};
 use serde_json::{json, Value};
 
@@ -112,23 +112,7 @@ fn policy_lab_kube(nodes: u8) -> (Lab, ApiServer) {
     let mut lab = Lab::new(&weftd_path()).expect("lab");
     lab.switch = true;
     lab.workers = 2;
-    let api = ApiServer::start_in(
-        lab.underlay(),
-        ETCD_IP,
-        (1..=nodes)
-            .map(|i| {
-                node_json(
-                    &format!("node-{i}"),
-                    &format!("192.168.77.{i}"),
-                    Some(&format!("10.244.{i}.0/24")),
-                    None,
-                )
-            })
-            .collect(),
-    );
-    lab.datastore = LabDatastore::Kubernetes {
-        kubeconfig: api.kubeconfig(lab.dir()),
-    };
+    let api = ApiServer::for_lab(&mut lab, nodes);
     lab.config_extra = "[policy]\nsource = \"kubernetes\"\n".into();
     for n in 1..=nodes {
         lab.add_node(n, NodeKind::Weft).expect("node");
