@@ -201,6 +201,9 @@ pub const HEALTH_PORT: u16 = 9472;
 
 /// Cluster network of every lab.
 pub const NETWORK: &str = "10.244.0.0/16";
+/// The Kubernetes namespace the lab's switch-mode pods are in (`K8S_POD_NAMESPACE`).
+pub const LAB_NAMESPACE: &str = "lab";
+
 /// The underlay namespace's own address on `ul0`: a vantage point for tests that send raw frames
 /// to a node's VXLAN port.
 pub const UNDERLAY_HOST: &str = "192.168.77.254/24";
@@ -701,7 +704,9 @@ impl Lab {
             netns,
             ifname: Some("eth0".into()),
             // As kubelet's runtimes do: NetworkPolicy selects the pod by namespace and name.
-            args: Some(format!("K8S_POD_NAMESPACE=lab;K8S_POD_NAME={id}")),
+            args: Some(format!(
+                "K8S_POD_NAMESPACE={LAB_NAMESPACE};K8S_POD_NAME={id}"
+            )),
         };
         let config = serde_json::json!({
             "cniVersion": "1.1.0",
@@ -722,11 +727,17 @@ impl Lab {
         }
     }
 
+    /// The container ID, and the pod name in namespace [`LAB_NAMESPACE`] (`CNI_ARGS`), of the
+    /// pod [`Lab::add_pod`] puts on node `idx` with host number `host` in switch mode.
+    pub fn pod_id(idx: usize, host: u8) -> String {
+        format!("lab-{idx}-{host}")
+    }
+
     fn add_pod_cni(&mut self, idx: usize, host: u8) -> Result<Ipv4Addr, LabError> {
         let pod_name = format!("{}-p{}x{host}", self.prefix, idx + 1);
         let ns = netns(&pod_name)?;
         in_ns(&ns, |nl| nl.set_up("lo"))?;
-        let id = format!("lab-{idx}-{host}");
+        let id = Self::pod_id(idx, host);
         let result = self
             .cni_request(idx, "ADD", &id, Some(ns.path().display().to_string()))?
             .unwrap_or_default();
@@ -761,7 +772,7 @@ impl Lab {
                 .next()
                 .and_then(|h| h.parse::<u8>().ok())
                 .unwrap_or(0);
-            self.cni_request(idx, "DEL", &format!("lab-{idx}-{host}"), None)?;
+            self.cni_request(idx, "DEL", &Self::pod_id(idx, host), None)?;
         }
         self.nodes[idx].pods.remove(at);
         Ok(())
