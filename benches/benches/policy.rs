@@ -13,8 +13,8 @@
 //! - `conntrack/filter_established`: the same through `policy::filter` with the 1,000-rule set
 //!   (the hit plus the generation check).
 //! - `conntrack/admit_established`: what the routing step pays per packet of an established
-//!   flow: `PacketFlow::of_ipv4` of the packet's bytes (an IPv4/TCP ACK with timestamps), then
-//!   `policy::filter` as above.
+//!   flow, `policy::admit_ipv4` of the packet's bytes (an IPv4/TCP ACK with timestamps): the
+//!   parse (`PacketFlow::of_ipv4`), then `policy::filter` as above.
 //! - `policy_compile/1000_rules`: building the 1,000-rule table and its index (control side).
 
 use std::hint::black_box;
@@ -23,8 +23,8 @@ use std::net::Ipv4Addr;
 use benches::{prefix, Rng};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dataplane::policy::{
-    filter, Conntrack, ConntrackConfig, Direction, FlowKey, IpSet, OnPolicyChange, PacketFlow,
-    PolicySet, PolicySetBuilder, PortRange, PortSet, Protocol, Rule, RuleId, RuleTable,
+    admit_ipv4, filter, Conntrack, ConntrackConfig, Direction, FlowKey, IpSet, OnPolicyChange,
+    PacketFlow, PolicySet, PolicySetBuilder, PortRange, PortSet, Protocol, Rule, RuleId, RuleTable,
 };
 use dataplane::time::Instant;
 use dataplane::wire::tcp::flags::{ACK, SYN};
@@ -223,13 +223,10 @@ fn bench_conntrack(c: &mut Criterion) {
         b.iter(|| {
             for ip in &ips {
                 now += 1;
-                let Some(p) = PacketFlow::of_ipv4(black_box(ip)) else {
-                    continue;
-                };
-                black_box(filter(
+                black_box(admit_ipv4(
                     &set,
                     &ct,
-                    &p,
+                    black_box(ip),
                     Instant::from_micros(now),
                     OnPolicyChange::Recheck,
                 ));

@@ -26,6 +26,7 @@ use crate::drop::DropReason;
 use crate::fdb::FdbEntry;
 use crate::fib::NextHop;
 use crate::neigh::NeighborAnswer;
+use crate::policy::admit_ipv4;
 use crate::snapshot::{Port, PortKind, Snapshot};
 use crate::time::Instant;
 use crate::wire::ipv4::{self, Ipv4Packet};
@@ -532,8 +533,9 @@ fn route(
     };
 
     // NetworkPolicy: every flow is tracked, and a new one decided at both ends.
-    if let Some(policy) = &snap.policy {
-        if origin != Origin::Generated && !admitted(policy, &buf[start..start + len], now) {
+    if let Some(policy) = snap.policy.as_ref().filter(|_| origin != Origin::Generated) {
+        let ip = &buf[start..start + len];
+        if !admit_ipv4(&policy.set, &policy.conntrack, ip, now, policy.on_change) {
             return Verdict::Drop(DropReason::PolicyDenied);
         }
     }
@@ -643,25 +645,6 @@ fn route(
         }),
         NextHop::Blackhole => Verdict::Drop(DropReason::Blackhole),
     }
-}
-
-/// Whether NetworkPolicy lets IPv4 packet `ip` pass: a packet of a tracked flow does, as does an
-/// ICMP error about one (path MTU discovery must reach an isolated pod); a new flow does when
-/// policy allows it at both ends, and is then tracked.
-#[inline]
-fn admitted(policy: &crate::snapshot::PolicyHook, ip: &[u8], now: Instant) -> bool {
-    use crate::policy::{filter, PacketFlow};
-    let Some(flow) = PacketFlow::of_ipv4(ip) else {
-        return false;
-    };
-    if flow.key.protocol == crate::policy::Protocol::ICMP {
-        if let Some(about) = PacketFlow::icmp_error_about(ip) {
-            if policy.conntrack.get(&about, now).is_some() {
-                return true;
-            }
-        }
-    }
-    filter(&policy.set, &policy.conntrack, &flow, now, policy.on_change).passes()
 }
 
 /// Writes the IPv4 packet to a local port, with an Ethernet header on an L2 port: to the MAC

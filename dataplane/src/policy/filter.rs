@@ -145,6 +145,32 @@ impl FlowVerdict {
     }
 }
 
+/// Whether IPv4 packet `ip` (header first) may pass, filtered against `set` and `ct` at `now`:
+/// the question the routing step asks of every packet. A packet of a tracked flow passes, as
+/// does an ICMP error about one (path MTU discovery must reach an isolated pod); a new flow
+/// passes when policy allows it at both ends, and is then tracked; a packet whose header is not
+/// whole does not pass.
+#[inline]
+pub fn admit_ipv4(
+    set: &PolicySet,
+    ct: &Conntrack,
+    ip: &[u8],
+    now: Instant,
+    on_change: OnPolicyChange,
+) -> bool {
+    let Some(flow) = PacketFlow::of_ipv4(ip) else {
+        return false;
+    };
+    if flow.key.protocol == Protocol::ICMP {
+        if let Some(about) = PacketFlow::icmp_error_about(ip) {
+            if ct.get(&about, now).is_some() {
+                return true;
+            }
+        }
+    }
+    filter(set, ct, &flow, now, on_change).passes()
+}
+
 /// Filters one packet against `set` and `ct` at `now` (see the module docs).
 #[inline]
 pub fn filter(
