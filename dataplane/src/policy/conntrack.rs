@@ -525,6 +525,30 @@ fn pack_state(state: FlowState, orig_is_low: bool, fins: u64, expiry_ms: u64) ->
         | (fins & (FIN_LOW | FIN_HIGH))
 }
 
+/// The row of [`Conntrack::timeout_ms`] for `protocol`: TCP, UDP, ICMP, other.
+#[inline]
+fn protocol_class(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::TCP => 0,
+        Protocol::UDP => 1,
+        Protocol::ICMP => 2,
+        _ => 3,
+    }
+}
+
+/// What a packet does to the entry it was found in.
+#[derive(Debug, PartialEq, Eq)]
+enum Advance {
+    /// Nothing to write: the same state, and the expiry within [`REFRESH_MS`] of the stored one.
+    Unchanged(Tracked),
+    /// The entry's state word becomes this.
+    Write(Tracked, u64),
+    /// A SYN on a closed tuple: the entry goes, and the packet is a miss.
+    Reopen,
+    /// The state bits name no state, which no write leaves: treated as a miss.
+    Invalid,
+}
+
 /// What a TCP packet does to an entry.
 enum TcpStep {
     To(FlowState, u64),
@@ -576,8 +600,9 @@ pub struct Conntrack {
     tags: Box<[AtomicU64]>,
     mask: usize,
     timeouts: Timeouts,
-    /// `timeouts` in milliseconds, by protocol class (TCP, UDP, ICMP, other) and state.
-    timeout_ms: [[u64; 9]; 4],
+    /// `timeouts` in milliseconds, by protocol class ([`protocol_class`]) and state bits (16
+    /// rows, so any four bits index it without a bounds check).
+    timeout_ms: [[u64; 16]; 4],
     seed: u64,
     inserted: AtomicU64,
     evicted: AtomicU64,
@@ -598,7 +623,7 @@ impl Conntrack {
             mask: buckets - 1,
             timeouts: config.timeouts,
             timeout_ms: [Protocol::TCP, Protocol::UDP, Protocol::ICMP, Protocol(0)].map(|p| {
-                let mut row = [0; 9];
+                let mut row = [0; 16];
                 for state in FlowState::ALL {
                     row[state as usize] = config.timeouts.of(p, state).as_micros() / 1000;
                 }
@@ -633,13 +658,7 @@ impl Conntrack {
     /// How long an entry of `protocol` in `state` lives after its last packet, in ms.
     #[inline]
     fn timeout_ms(&self, protocol: Protocol, state: FlowState) -> u64 {
-        let class = match protocol {
-            Protocol::TCP => 0,
-            Protocol::UDP => 1,
-            Protocol::ICMP => 2,
-            _ => 3,
-        };
-        self.timeout_ms[class][state as usize]
+        self.timeout_ms[protocol_class(protocol)][state as usize]
     }
 
     /// The two buckets a flow may live in, and its tag.
@@ -665,7 +684,7 @@ impl Conntrack {
     }
 
     /// The live entry for `n`, with a consistent copy of it.
-    #[inline]
+    #[inline(always)]
     fn find(&self, n: &Normal, now_ms: u64) -> Option<(Loc, Snap)> {
         let (buckets, tag) = self.place(n);
         // Both tag words first: two independent loads, so a flow in its second bucket does not
@@ -712,44 +731,120 @@ impl Conntrack {
     /// Looks up the flow of a packet with `key` and TCP `flags` (ignored for other protocols) at
     /// `now` and advances its entry: the per-packet call. `None` is a miss: no live entry, or a
     /// SYN reopening a closed tuple (whose entry this removes), to be decided by policy.
-    // Always inlined into the worker's loop: the call and its register saves were a tenth of
-    // the 20 ns a hit may cost (`conntrack/hit_established` in benches/benches/policy.rs).
+    // Always inlined into the worker's loop, with `find`: the call and its register saves were
+    // a tenth of the 20 ns a hit may cost (`conntrack/hit_established` in
+    // benches/benches/policy.rs), and a found entry handed back through memory cost a stalled
+    // load on top. What writes the entry (a state change, a refresh) is out of line.
     #[inline(always)]
     pub fn track(&self, key: &FlowKey, flags: u8, now: Instant) -> Option<Tracked> {
         let n = Normal::of(key);
         let now_ms = millis(now);
-        let protocol = key.protocol;
+        let (at, s) = self.find(&n, now_ms)?;
+        if let Some(tracked) = self.unchanged(&n, &s, key.protocol, flags, now_ms) {
+            return Some(tracked);
+        }
+        self.track_write(&n, key.protocol, flags, now_ms, (at, s))
+    }
+
+    /// The entry `s` as a packet that leaves it as it is finds it, or `None` when the packet
+    /// may change its state or is due to refresh its expiry: then [`Conntrack::advance`]
+    /// decides. The state machine's common case on the state's bits: a TCP segment without SYN,
+    /// FIN or RST changes no state but SYN_RECV (the originator's ACK completes the handshake);
+    /// a datagram changes none when it goes the original way or the entry is REPLIED already.
+    /// (`unchanged_agrees_with_advance` checks this against the state machine.)
+    #[inline(always)]
+    fn unchanged(
+        &self,
+        n: &Normal,
+        s: &Snap,
+        protocol: Protocol,
+        flags: u8,
+        now_ms: u64,
+    ) -> Option<Tracked> {
+        let bits = (s.state >> STATE_SHIFT) & STATE_MASK;
+        let from_orig = n.from_low == (s.state & ORIG_IS_LOW != 0);
+        let (same, class) = if protocol == Protocol::TCP {
+            let changing = tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST;
+            let same = flags & changing == 0 && bits != FlowState::TcpSynRecv as u64;
+            (same, 0)
+        } else {
+            let same = from_orig || bits == FlowState::Replied as u64;
+            (same, protocol_class(protocol))
+        };
+        let expiry = now_ms + self.timeout_ms[class][bits as usize];
+        if !same || expiry > s.expiry_ms() + REFRESH_MS {
+            return None;
+        }
+        Some(Tracked {
+            direction: if from_orig {
+                FlowDirection::Original
+            } else {
+                FlowDirection::Reply
+            },
+            state: FlowState::from_bits(bits)?,
+            generation: (s.version >> 32) as u32,
+        })
+    }
+
+    /// What a packet with `flags` of `protocol`, found in entry `s`, does to it at `now_ms`.
+    fn advance(&self, n: &Normal, s: &Snap, protocol: Protocol, flags: u8, now_ms: u64) -> Advance {
+        let Some(state) = s.flow_state() else {
+            return Advance::Invalid;
+        };
+        let orig_is_low = s.state & ORIG_IS_LOW != 0;
+        let from_orig = n.from_low == orig_is_low;
+        let fins = s.state & (FIN_LOW | FIN_HIGH);
+        let (next, next_fins) = if protocol == Protocol::TCP {
+            match tcp_step(state, fins, n.from_low, from_orig, flags) {
+                TcpStep::To(st, f) => (st, f),
+                TcpStep::Reopen => return Advance::Reopen,
+            }
+        } else if !from_orig {
+            (FlowState::Replied, fins)
+        } else {
+            (state, fins)
+        };
+        let expiry = now_ms + self.timeout_ms(protocol, next);
+        let tracked = Self::tracked(n, s, next);
+        if next == state && next_fins == fins && expiry <= s.expiry_ms() + REFRESH_MS {
+            Advance::Unchanged(tracked)
+        } else {
+            Advance::Write(tracked, pack_state(next, orig_is_low, next_fins, expiry))
+        }
+    }
+
+    /// [`Conntrack::track`] for a packet that changes its entry, found at `found`: writes it,
+    /// finding it again after each race lost to another writer.
+    #[cold]
+    #[inline(never)]
+    fn track_write(
+        &self,
+        n: &Normal,
+        protocol: Protocol,
+        flags: u8,
+        now_ms: u64,
+        mut found: (Loc, Snap),
+    ) -> Option<Tracked> {
         let mut last = None;
         for _ in 0..WRITE_TRIES {
-            let (at, s) = self.find(&n, now_ms)?;
+            let (at, s) = found;
             let slot = self.slot(at);
-            let state = s.flow_state()?;
-            let orig_is_low = s.state & ORIG_IS_LOW != 0;
-            let from_orig = n.from_low == orig_is_low;
-            let fins = s.state & (FIN_LOW | FIN_HIGH);
-            let (next, next_fins) = if protocol == Protocol::TCP {
-                match tcp_step(state, fins, n.from_low, from_orig, flags) {
-                    TcpStep::To(st, f) => (st, f),
-                    TcpStep::Reopen => {
-                        slot.write(&s, (0, 0, 0), (s.version >> 32) as u32, self.key_tag(at, 0));
-                        return None;
+            let generation = (s.version >> 32) as u32;
+            match self.advance(n, &s, protocol, flags, now_ms) {
+                Advance::Unchanged(tracked) => return Some(tracked),
+                Advance::Write(tracked, word) => {
+                    if slot.write(&s, (s.key0, s.key1, word), generation, None) {
+                        return Some(tracked);
                     }
+                    last = Some(tracked);
                 }
-            } else if !from_orig {
-                (FlowState::Replied, fins)
-            } else {
-                (state, fins)
-            };
-            let expiry = now_ms + self.timeout_ms(protocol, next);
-            let tracked = Self::tracked(&n, &s, next);
-            if next == state && next_fins == fins && expiry <= s.expiry_ms() + REFRESH_MS {
-                return Some(tracked);
+                Advance::Reopen => {
+                    slot.write(&s, (0, 0, 0), generation, self.key_tag(at, 0));
+                    return None;
+                }
+                Advance::Invalid => return None,
             }
-            let word = pack_state(next, orig_is_low, next_fins, expiry);
-            if slot.write(&s, (s.key0, s.key1, word), (s.version >> 32) as u32, None) {
-                return Some(tracked);
-            }
-            last = Some(tracked);
+            found = self.find(n, now_ms)?;
         }
         // Lost every race to other writers of this entry: the packet still belongs to the flow.
         last
@@ -980,6 +1075,71 @@ mod tests {
         // TIME_WAIT lasts 120 s after the last packet.
         assert!(ct.get(&k, at(4 + 119)).is_some());
         assert!(ct.get(&k, at(4 + 120)).is_none());
+    }
+
+    #[test]
+    fn unchanged_agrees_with_advance() {
+        // The quick test of the per-packet path against the state machine: whenever it says a
+        // packet changes nothing, the state machine agrees, for every state (with the FINs it
+        // can hold), flag byte, direction and protocol class, just inside and outside the
+        // refresh granularity. And it says so for the steady case, an established flow's ACKs.
+        let ct = small(64);
+        let now_ms = 1_000_000;
+        let fins_of = |state| match state {
+            FlowState::TcpFinWait => vec![FIN_LOW, FIN_HIGH],
+            FlowState::TcpTimeWait => vec![FIN_LOW | FIN_HIGH],
+            FlowState::TcpClose => vec![0, FIN_LOW, FIN_HIGH, FIN_LOW | FIN_HIGH],
+            _ => vec![0],
+        };
+        let mut quick = 0;
+        for protocol in [Protocol::TCP, Protocol::UDP, Protocol::ICMP, Protocol(47)] {
+            for state in FlowState::ALL {
+                let timeout = ct.timeout_ms(protocol, state);
+                for fins in fins_of(state) {
+                    for (orig_is_low, from_low) in [(true, true), (true, false), (false, true)] {
+                        for slack in [0, REFRESH_MS - 1, REFRESH_MS, REFRESH_MS + 1] {
+                            let expiry = now_ms + timeout - slack;
+                            let snap = Snap {
+                                version: (7 << 32) | 2,
+                                key0: 1,
+                                key1: VALID,
+                                state: pack_state(state, orig_is_low, fins, expiry),
+                            };
+                            let n = Normal {
+                                key0: 1,
+                                key1: VALID,
+                                from_low,
+                            };
+                            for flags in 0..=u8::MAX {
+                                let Some(t) = ct.unchanged(&n, &snap, protocol, flags, now_ms)
+                                else {
+                                    continue;
+                                };
+                                quick += 1;
+                                assert_eq!(
+                                    ct.advance(&n, &snap, protocol, flags, now_ms),
+                                    Advance::Unchanged(t),
+                                    "{protocol:?} {state:?} fins {fins:x} flags {flags:#x}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(quick > 0);
+        let n = Normal::of(&tcp());
+        let snap = Snap {
+            version: 2,
+            key0: n.key0,
+            key1: n.key1,
+            state: pack_state(FlowState::TcpEstablished, true, 0, now_ms + 6 * 3600 * 1000),
+        };
+        for flags in [ACK, ACK | tcp_flags::PSH] {
+            assert!(ct
+                .unchanged(&n, &snap, Protocol::TCP, flags, now_ms)
+                .is_some());
+        }
     }
 
     #[test]
