@@ -349,9 +349,9 @@ const WRITE_TRIES: usize = 4;
 struct Slot {
     /// Sequence (low 32 bits; odd while written) and policy generation tag (high 32 bits).
     version: AtomicU64,
-    /// Low end's address (high 32 bits) and high end's address.
+    /// High end's port (bits 48..64), low end's address (16..48) and port (0..16).
     key0: AtomicU64,
-    /// Low end's port (bits 48..64), high end's port (32..48), protocol (8..16), [`VALID`].
+    /// High end's address (bits 32..64), protocol (8..16), [`VALID`].
     key1: AtomicU64,
     /// See the `EXPIRY_*`/`STATE_*` constants.
     state: AtomicU64,
@@ -472,17 +472,15 @@ struct Normal {
 impl Normal {
     #[inline]
     fn of(k: &FlowKey) -> Normal {
-        // Each end as one number, address then port, so the comparison is one instruction.
+        // Each end as one 48-bit number, address then port, so the comparison is one
+        // instruction, and the words a few shifts of the two.
         let a = (u64::from(u32::from(k.src)) << 16) | u64::from(k.src_port);
         let b = (u64::from(u32::from(k.dst)) << 16) | u64::from(k.dst_port);
         let from_low = a <= b;
         let (low, high) = (a.min(b), a.max(b));
         Normal {
-            key0: ((low >> 16) << 32) | (high >> 16),
-            key1: ((low & 0xffff) << 48)
-                | ((high & 0xffff) << 32)
-                | (u64::from(k.protocol.0) << 8)
-                | VALID,
+            key0: (high << 48) | low,
+            key1: ((high >> 16) << 32) | (u64::from(k.protocol.0) << 8) | VALID,
             from_low,
         }
     }
@@ -1392,7 +1390,8 @@ mod tests {
     fn readers_never_see_torn_entries_under_writes() {
         // One flow updated over and over (its state flips through FIN/RST/reopen) by two
         // writers while two readers look it up and a second flow in the same buckets: every
-        // hit has a valid state, and the steady flow is always found.
+        // hit has a valid state, and the steady flow is always found. The writers' clock stays
+        // within the steady flow's 30 s (unreplied UDP): past it, its slot is free to them.
         let ct = Arc::new(small(16));
         let k = tcp();
         let steady = udp_flow(7);
@@ -1406,12 +1405,12 @@ mod tests {
                     while !stop.load(Ordering::Relaxed) {
                         t += 1;
                         let k = if w == 0 { k } else { k.reversed() };
-                        if ct.track(&k, SYN, at(t % 100)).is_none() {
-                            ct.insert(&k, SYN, t, at(t % 100));
+                        if ct.track(&k, SYN, at(t % 20)).is_none() {
+                            ct.insert(&k, SYN, t, at(t % 20));
                         }
-                        ct.track(&k.reversed(), SYN | ACK, at(t % 100));
-                        ct.track(&k, FIN | ACK, at(t % 100));
-                        ct.track(&k, RST, at(t % 100));
+                        ct.track(&k.reversed(), SYN | ACK, at(t % 20));
+                        ct.track(&k, FIN | ACK, at(t % 20));
+                        ct.track(&k, RST, at(t % 20));
                     }
                 })
             })
