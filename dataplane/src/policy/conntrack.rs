@@ -394,26 +394,37 @@ impl Slot {
     /// A consistent copy, or `None` if a writer held the slot through every try.
     #[inline]
     fn read(&self) -> Option<Snap> {
-        for _ in 0..READ_SPINS {
-            let version = self.version.load(Ordering::Acquire);
-            if version & 1 == 1 {
-                spin_loop();
-                continue;
-            }
-            let key0 = self.key0.load(Ordering::Relaxed);
-            let key1 = self.key1.load(Ordering::Relaxed);
-            let state = self.state.load(Ordering::Relaxed);
-            fence(Ordering::Acquire);
-            if self.version.load(Ordering::Relaxed) == version {
-                return Some(Snap {
-                    version,
-                    key0,
-                    key1,
-                    state,
-                });
-            }
+        // One try inline; a slot a writer holds is rare, and the retries are out of line.
+        self.try_read().or_else(|| self.read_contended())
+    }
+
+    /// A consistent copy, if no writer held or changed the slot while it was read.
+    #[inline(always)]
+    fn try_read(&self) -> Option<Snap> {
+        let version = self.version.load(Ordering::Acquire);
+        if version & 1 == 1 {
+            return None;
         }
-        None
+        let key0 = self.key0.load(Ordering::Relaxed);
+        let key1 = self.key1.load(Ordering::Relaxed);
+        let state = self.state.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        (self.version.load(Ordering::Relaxed) == version).then_some(Snap {
+            version,
+            key0,
+            key1,
+            state,
+        })
+    }
+
+    /// [`Slot::read`] after a first try that met a writer.
+    #[cold]
+    #[inline(never)]
+    fn read_contended(&self) -> Option<Snap> {
+        (1..READ_SPINS).find_map(|_| {
+            spin_loop();
+            self.try_read()
+        })
     }
 
     /// Writes the fields if the slot is still as `seen` left it; false if it changed. The
