@@ -164,7 +164,12 @@ pub fn admit_ipv4(
     if flow.key.protocol == Protocol::ICMP && is_error_about_tracked(ct, ip, now) {
         return true;
     }
-    filter(set, ct, &flow, now, on_change).passes()
+    // `filter(..).passes()`, each case answering for itself.
+    match established(set, ct, &flow, now, on_change) {
+        Ok(_) => true,
+        Err(Some(t)) => recheck(set, ct, &flow, t, now).passes(),
+        Err(None) => new_flow(set, ct, &flow, now).passes(),
+    }
 }
 
 /// Whether ICMP packet `ip` is an error about a flow `ct` tracks at `now`.
@@ -174,9 +179,6 @@ fn is_error_about_tracked(ct: &Conntrack, ip: &[u8], now: Instant) -> bool {
 }
 
 /// Filters one packet against `set` and `ct` at `now` (see the module docs).
-// The conntrack hit of a flow admitted under the current generation is the per-packet case:
-// always inlined, with every other case out of line, so that the worker's loop holds only it
-// and a verdict does not come back through memory.
 #[inline(always)]
 pub fn filter(
     set: &PolicySet,
@@ -185,17 +187,33 @@ pub fn filter(
     now: Instant,
     on_change: OnPolicyChange,
 ) -> FlowVerdict {
+    match established(set, ct, packet, now, on_change) {
+        Ok(direction) => FlowVerdict::Established { direction },
+        Err(Some(t)) => recheck(set, ct, packet, t, now),
+        Err(None) => new_flow(set, ct, packet, now),
+    }
+}
+
+/// The per-packet case of [`filter`]: the direction of a packet of a tracked flow that needs no
+/// re-check; otherwise the flow's entry, if it has one. Always inlined, with every other case
+/// out of line, so that the worker's loop holds only this and its answer stays in registers
+/// (a verdict handed back by a call, or merged with one, went through memory).
+#[inline(always)]
+fn established(
+    set: &PolicySet,
+    ct: &Conntrack,
+    packet: &PacketFlow,
+    now: Instant,
+    on_change: OnPolicyChange,
+) -> Result<FlowDirection, Option<Tracked>> {
     match ct.track(&packet.key, packet.tcp_flags, now) {
         Some(t)
             if on_change == OnPolicyChange::Keep
                 || t.generation == generation_tag(set.generation()) =>
         {
-            FlowVerdict::Established {
-                direction: t.direction,
-            }
+            Ok(t.direction)
         }
-        Some(t) => recheck(set, ct, packet, t, now),
-        None => new_flow(set, ct, packet, now),
+        other => Err(other),
     }
 }
 
