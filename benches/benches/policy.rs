@@ -11,7 +11,10 @@
 //! - `conntrack/hit_established`: `Conntrack::track` of an established TCP flow's ACKs, in a
 //!   table holding 100,000 flows, alternating directions; `now` advances 1 µs per packet.
 //! - `conntrack/filter_established`: the same through `policy::filter` with the 1,000-rule set
-//!   (the hit plus the generation check), as the worker will call it.
+//!   (the hit plus the generation check).
+//! - `conntrack/admit_established`: what the routing step pays per packet of an established
+//!   flow, `policy::admit_ipv4` of the packet's bytes (an IPv4/TCP ACK with timestamps): the
+//!   parse (`PacketFlow::of_ipv4`), then `policy::filter` as above.
 //! - `policy_compile/1000_rules`: building the 1,000-rule table and its index (control side).
 
 use std::hint::black_box;
@@ -20,8 +23,8 @@ use std::net::Ipv4Addr;
 use benches::{prefix, Rng};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dataplane::policy::{
-    filter, Conntrack, ConntrackConfig, Direction, FlowKey, IpSet, OnPolicyChange, PacketFlow,
-    PolicySet, PolicySetBuilder, PortRange, PortSet, Protocol, Rule, RuleId, RuleTable,
+    admit_ipv4, filter, Conntrack, ConntrackConfig, Direction, FlowKey, IpSet, OnPolicyChange,
+    PacketFlow, PolicySet, PolicySetBuilder, PortRange, PortSet, Protocol, Rule, RuleId, RuleTable,
 };
 use dataplane::time::Instant;
 use dataplane::wire::tcp::flags::{ACK, SYN};
@@ -215,7 +218,38 @@ fn bench_conntrack(c: &mut Criterion) {
             }
         })
     });
+    let ips: Vec<[u8; IP_TCP_LEN]> = packets.iter().map(ack_packet).collect();
+    g.bench_function("admit_established", |b| {
+        b.iter(|| {
+            for ip in &ips {
+                now += 1;
+                black_box(admit_ipv4(
+                    &set,
+                    &ct,
+                    black_box(ip),
+                    Instant::from_micros(now),
+                    OnPolicyChange::Recheck,
+                ));
+            }
+        })
+    });
     g.finish();
+}
+
+/// An IPv4 header and a TCP header with the timestamp option: a bare ACK.
+const IP_TCP_LEN: usize = 20 + 32;
+
+/// The bytes of a bare ACK of flow `k`.
+fn ack_packet(k: &FlowKey) -> [u8; IP_TCP_LEN] {
+    let mut out = Vec::with_capacity(IP_TCP_LEN);
+    etherparse::PacketBuilder::ipv4(k.src.octets(), k.dst.octets(), 64)
+        .tcp(k.src_port, k.dst_port, 1, 64_000)
+        .ack(1)
+        .options(&[etherparse::TcpOptionElement::Timestamp(1, 2)])
+        .expect("the timestamp option fits")
+        .write(&mut out, &[])
+        .expect("write to a Vec");
+    out.try_into().expect("20 + 32 bytes")
 }
 
 criterion_group!(benches, bench_decide, bench_conntrack);

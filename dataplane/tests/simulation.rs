@@ -1079,26 +1079,26 @@ fn the_first_segments_verdict_plans_the_whole_super_frame() {
     );
     let (v, _) = run(&snap, Ingress::Local(POD), &pod_frame);
     assert_eq!(
-        plan_super_frame(&snap, Ingress::Local(POD), &v),
+        plan_super_frame(&snap, Ingress::Local(POD), &v, &pod_frame[14..], NOW),
         SuperFramePlan::AsTheFirst { routed: true },
         "from a pod Weft routes: each segment loses a hop"
     );
     let from_tun = udp_packet(a.pod_ip, b.pod_ip, 64, 100, false);
     let (v, _) = run(&snap, Ingress::Local(TUN), &from_tun);
     assert_eq!(
-        plan_super_frame(&snap, Ingress::Local(TUN), &v),
+        plan_super_frame(&snap, Ingress::Local(TUN), &v, &from_tun, NOW),
         SuperFramePlan::AsTheFirst { routed: false }
     );
     let to_pod = udp_packet(Ipv4Addr::new(10, 244, 1, 1), a.pod_ip, 64, 100, false);
     let (v, _) = run(&snap, Ingress::Local(TUN), &to_pod);
     assert_eq!(
-        plan_super_frame(&snap, Ingress::Local(TUN), &v),
+        plan_super_frame(&snap, Ingress::Local(TUN), &v, &to_pod, NOW),
         SuperFramePlan::Whole { port: POD }
     );
     let nowhere = udp_packet(a.pod_ip, Ipv4Addr::new(10, 99, 0, 1), 64, 100, false);
     let (v, _) = run(&snap, Ingress::Local(TUN), &nowhere);
     assert_eq!(
-        plan_super_frame(&snap, Ingress::Local(TUN), &v),
+        plan_super_frame(&snap, Ingress::Local(TUN), &v, &nowhere, NOW),
         SuperFramePlan::EachItsOwn
     );
 }
@@ -1185,4 +1185,163 @@ fn network_policy_admits_allowed_flows_and_their_replies_and_drops_the_rest() {
     assert_eq!(stats, Some(1), "one flow tracked");
     // A pod no policy selects is not held back, and without a hook nothing is looked at.
     assert_eq!(from_overlay(&plain, &syn(81), NOW).map(|(p, _)| p), Ok(POD));
+}
+
+/// `snap` with NetworkPolicy on (no pod isolated, so every flow is allowed and tracked).
+fn with_policy(snap: &Snapshot) -> Snapshot {
+    use dataplane::policy::{Conntrack, ConntrackConfig, OnPolicyChange, PolicySet};
+    use dataplane::snapshot::PolicyHook;
+    let mut snap = snap.clone();
+    snap.policy = Some(PolicyHook {
+        set: std::sync::Arc::new(PolicySet::empty(1)),
+        conntrack: std::sync::Arc::new(Conntrack::new(ConntrackConfig {
+            capacity: 1024,
+            ..ConntrackConfig::default()
+        })),
+        on_change: OnPolicyChange::Recheck,
+    });
+    snap
+}
+
+/// The state of the tracked flow of `key` in `snap`, if any.
+fn flow_state(snap: &Snapshot, key: &dataplane::policy::FlowKey) -> Option<&'static str> {
+    let ct = &snap.policy.as_ref().expect("policy on").conntrack;
+    ct.get(key, NOW).map(|t| t.state.name())
+}
+
+/// A TSO super-frame of TCP `flags` (0x01 FIN, 0x08 PSH, 0x10 ACK) from `src`:40000 to `dst`:80,
+/// three segments of 1,400 bytes, as a pod's TSO send hands it to its veth.
+fn tcp_super_frame(src: Ipv4Addr, dst: Ipv4Addr, flags: u8) -> (Vec<u8>, VnetRepr) {
+    let mut b = etherparse::PacketBuilder::ipv4(src.octets(), dst.octets(), 64)
+        .tcp(40000, 80, 1000, 64000)
+        .ack(1);
+    if flags & 0x01 != 0 {
+        b = b.fin();
+    }
+    if flags & 0x08 != 0 {
+        b = b.psh();
+    }
+    let payload: Vec<u8> = (0..3 * 1400).map(|i| (i * 7 + 3) as u8).collect();
+    let mut frame = Vec::new();
+    b.write(&mut frame, &payload).expect("write to a Vec");
+    let vnet = VnetRepr {
+        needs_csum: true,
+        gso: Gso::TcpV4,
+        ecn: false,
+        hdr_len: 40,
+        gso_size: 1400,
+        csum_start: 20,
+        csum_offset: 16,
+    };
+    (frame, vnet)
+}
+
+/// What a worker does with a TSO super-frame from pod port `ingress` behind Ethernet header
+/// `eth`: the first segment through the core, the plan from its verdict, and through the core
+/// again only the segments the plan leaves to their own decisions. Returns the plan.
+fn through_the_core(
+    snap: &Snapshot,
+    ingress: Ingress,
+    eth: &[u8],
+    frame: &[u8],
+    vnet: &VnetRepr,
+) -> SuperFramePlan {
+    use dataplane::offload::Ipv4Segments;
+    let mut segs = Ipv4Segments::new(frame, vnet).expect("a valid super-frame");
+    let mut first = None;
+    while !segs.is_done() {
+        let mut buf = vec![0u8; HEADROOM + 2000];
+        buf[HEADROOM..HEADROOM + eth.len()].copy_from_slice(eth);
+        let seg_len = segs
+            .emit_next(&mut buf[HEADROOM + eth.len()..])
+            .expect("one more")
+            .expect("fits");
+        let v = forward(snap, ingress, &mut buf, HEADROOM, eth.len() + seg_len, NOW);
+        match first {
+            None => {
+                let plan = plan_super_frame(snap, ingress, &v, frame, NOW);
+                first = Some(plan);
+                if plan != SuperFramePlan::EachItsOwn {
+                    // The rest leave as the first did, with no decision of their own.
+                    break;
+                }
+            }
+            Some(_) => assert!(matches!(v, Verdict::Forward(_)), "{v:?}"),
+        }
+    }
+    first.expect("at least one segment")
+}
+
+#[test]
+fn a_fin_on_a_super_frames_last_segment_reaches_conntrack() {
+    use dataplane::policy::{FlowKey, Protocol};
+    let (a, b) = (node(1), node(2));
+    // Pod A's connection to pod B on the other node: handshake, then a TSO send that ends with
+    // FIN (the segmentation leaves it on the last segment only; the rest follow the first into
+    // VXLAN without a decision of their own).
+    let snap = with_policy(&tables(&a, &b, Mode::Vxlan));
+    let key = FlowKey {
+        src: a.pod_ip,
+        dst: b.pod_ip,
+        protocol: Protocol::TCP,
+        src_port: 40000,
+        dst_port: 80,
+    };
+    let from_pod = |ip: &[u8]| ethernet(a.pod_mac, POD_PORT_MAC, 0x0800, ip);
+    let syn = from_pod(&tcp_packet(a.pod_ip, b.pod_ip, 40000, 80, 0x02));
+    assert!(matches!(
+        run(&snap, Ingress::Local(POD), &syn).0,
+        Verdict::Forward(Action::Transmit { .. })
+    ));
+    let syn_ack = tcp_packet(b.pod_ip, a.pod_ip, 80, 40000, 0x12);
+    assert_eq!(from_overlay(&snap, &syn_ack, NOW).map(|(p, _)| p), Ok(POD));
+    let ack = from_pod(&tcp_packet(a.pod_ip, b.pod_ip, 40000, 80, 0x10));
+    run(&snap, Ingress::Local(POD), &ack);
+    assert_eq!(flow_state(&snap, &key), Some("ESTABLISHED"));
+
+    // Data without FIN changes nothing.
+    let (frame, vnet) = tcp_super_frame(a.pod_ip, b.pod_ip, 0x10);
+    let eth = &from_pod(&[])[..];
+    let plan = through_the_core(&snap, Ingress::Local(POD), eth, &frame, &vnet);
+    assert_eq!(plan, SuperFramePlan::AsTheFirst { routed: true });
+    assert_eq!(flow_state(&snap, &key), Some("ESTABLISHED"));
+    let (fin, vnet) = tcp_super_frame(a.pod_ip, b.pod_ip, 0x10 | 0x08 | 0x01);
+    through_the_core(&snap, Ingress::Local(POD), eth, &fin, &vnet);
+    assert_eq!(flow_state(&snap, &key), Some("FIN_WAIT"));
+    // The peer's FIN closes it.
+    let mut peer_fin = tcp_packet(b.pod_ip, a.pod_ip, 80, 40000, 0x10);
+    peer_fin[20 + 13] |= 0x01;
+    from_overlay(&snap, &peer_fin, NOW).expect("delivered");
+    assert_eq!(flow_state(&snap, &key), Some("TIME_WAIT"));
+
+    // Pod to pod on the node: the super-frame passes whole to the other pod's port.
+    let (t, [(p1, ip1, mac1), (p2, ip2, mac2)]) = vip_tables("10.244.1.200/32");
+    let snap = with_policy(&t.snapshot());
+    let key = FlowKey {
+        src: ip1,
+        dst: ip2,
+        ..key
+    };
+    let frame_from = |mac, ip: &[u8]| ethernet(mac, POD_PORT_MAC, 0x0800, ip);
+    run(
+        &snap,
+        Ingress::Local(p1),
+        &frame_from(mac1, &tcp_packet(ip1, ip2, 40000, 80, 0x02)),
+    );
+    run(
+        &snap,
+        Ingress::Local(p2),
+        &frame_from(mac2, &tcp_packet(ip2, ip1, 80, 40000, 0x12)),
+    );
+    run(
+        &snap,
+        Ingress::Local(p1),
+        &frame_from(mac1, &tcp_packet(ip1, ip2, 40000, 80, 0x10)),
+    );
+    assert_eq!(flow_state(&snap, &key), Some("ESTABLISHED"));
+    let (fin, vnet) = tcp_super_frame(ip1, ip2, 0x10 | 0x01);
+    let eth = &frame_from(mac1, &[])[..];
+    let plan = through_the_core(&snap, Ingress::Local(p1), eth, &fin, &vnet);
+    assert_eq!(plan, SuperFramePlan::Whole { port: p2 });
+    assert_eq!(flow_state(&snap, &key), Some("FIN_WAIT"));
 }

@@ -26,9 +26,11 @@ use crate::drop::DropReason;
 use crate::fdb::FdbEntry;
 use crate::fib::NextHop;
 use crate::neigh::NeighborAnswer;
+use crate::policy::{admit_ipv4, Conntrack, PacketFlow, Protocol};
 use crate::snapshot::{Port, PortKind, Snapshot};
 use crate::time::Instant;
 use crate::wire::ipv4::{self, Ipv4Packet};
+use crate::wire::tcp;
 use crate::wire::udp::UdpPacket;
 use crate::wire::{ethernet, ipip, EtherType, EthernetFrame, EthernetRepr};
 use crate::PortId;
@@ -177,10 +179,27 @@ pub enum SuperFramePlan {
 }
 
 /// The plan for a super-frame from `ingress` whose first segment got `first` (see
-/// [`SuperFramePlan`]).
+/// [`SuperFramePlan`]). `frame` is the super-frame's IPv4 packet (only its headers are read):
+/// its TCP header stands for every segment's.
+///
+/// When the plan lets the other segments follow the first without a decision of their own
+/// ([`SuperFramePlan::Whole`], [`SuperFramePlan::AsTheFirst`]), what they carry that the first
+/// did not reaches connection tracking here: a FIN. The header of a TSO/GSO send holds the flags
+/// of the whole, and its segmentation (Linux `tcp_gso_segment`, [`Ipv4Segments`]) leaves FIN
+/// and PSH on the last segment only (RST, SYN and the rest stay on every one, so the first's
+/// verdict saw them); without this, a connection a pod ends with its last send would stay
+/// ESTABLISHED until the peer's FIN or the timeout.
+///
+/// [`Ipv4Segments`]: crate::offload::Ipv4Segments
 #[inline]
-pub fn plan_super_frame(snap: &Snapshot, ingress: Ingress, first: &Verdict) -> SuperFramePlan {
-    match *first {
+pub fn plan_super_frame(
+    snap: &Snapshot,
+    ingress: Ingress,
+    first: &Verdict,
+    frame: &[u8],
+    now: Instant,
+) -> SuperFramePlan {
+    let plan = match *first {
         Verdict::Forward(Action::Deliver { port, .. }) => SuperFramePlan::Whole { port },
         Verdict::Forward(Action::Transmit {
             encap: Encap::Vxlan { .. },
@@ -192,6 +211,28 @@ pub fn plan_super_frame(snap: &Snapshot, ingress: Ingress, first: &Verdict) -> S
             ),
         },
         _ => SuperFramePlan::EachItsOwn,
+    };
+    if let Some(policy) = snap
+        .policy
+        .as_ref()
+        .filter(|_| plan != SuperFramePlan::EachItsOwn)
+    {
+        track_last_segment(&policy.conntrack, frame, now);
+    }
+    plan
+}
+
+/// Tells `ct` of the FIN on the last segment of TCP super-frame `frame` (see
+/// [`plan_super_frame`]), which the first segment's decision did not see. A FIN the first
+/// segment carried too (a super-frame of one segment) is seen twice, which changes nothing.
+fn track_last_segment(ct: &Conntrack, frame: &[u8], now: Instant) {
+    let Some(flow) = PacketFlow::of_ipv4(frame) else {
+        return;
+    };
+    if flow.key.protocol == Protocol::TCP && flow.tcp_flags & tcp::flags::FIN != 0 {
+        // No entry (the table refused it): the segments passed on the first's decision all
+        // the same, and nothing is to be advanced.
+        ct.track(&flow.key, flow.tcp_flags, now);
     }
 }
 
@@ -559,8 +600,9 @@ fn route(
     };
 
     // NetworkPolicy: every flow is tracked, and a new one decided at both ends.
-    if let Some(policy) = &snap.policy {
-        if origin != Origin::Generated && !admitted(policy, &buf[start..start + len], now) {
+    if let Some(policy) = snap.policy.as_ref().filter(|_| origin != Origin::Generated) {
+        let ip = &buf[start..start + len];
+        if !admit_ipv4(&policy.set, &policy.conntrack, ip, now, policy.on_change) {
             return Verdict::Drop(DropReason::PolicyDenied);
         }
     }
@@ -670,25 +712,6 @@ fn route(
         }),
         NextHop::Blackhole => Verdict::Drop(DropReason::Blackhole),
     }
-}
-
-/// Whether NetworkPolicy lets IPv4 packet `ip` pass: a packet of a tracked flow does, as does an
-/// ICMP error about one (path MTU discovery must reach an isolated pod); a new flow does when
-/// policy allows it at both ends, and is then tracked.
-#[inline]
-fn admitted(policy: &crate::snapshot::PolicyHook, ip: &[u8], now: Instant) -> bool {
-    use crate::policy::{filter, PacketFlow};
-    let Some(flow) = PacketFlow::of_ipv4(ip) else {
-        return false;
-    };
-    if flow.key.protocol == crate::policy::Protocol::ICMP {
-        if let Some(about) = PacketFlow::icmp_error_about(ip) {
-            if policy.conntrack.get(&about, now).is_some() {
-                return true;
-            }
-        }
-    }
-    filter(&policy.set, &policy.conntrack, &flow, now, policy.on_change).passes()
 }
 
 /// Writes the IPv4 packet to a local port, with an Ethernet header on an L2 port: to the MAC

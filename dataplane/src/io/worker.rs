@@ -1009,7 +1009,7 @@ impl Worker<'_> {
             self.counters.rx_local.add(l2 + seg_len);
         }
         let verdict = forward(snap, ingress, slot, HEADROOM, l2 + seg_len, now);
-        let plan = plan_super_frame(snap, ingress, &verdict);
+        let plan = plan_super_frame(snap, ingress, &verdict, segs.frame(), now);
         // Carrying the plan out needs the super-frame in a shape the sends take: an Ethernet
         // frame to pass to a pod port whole; the segments' outer headers within a stride.
         let gathered = match (plan, verdict) {
@@ -1432,7 +1432,13 @@ impl Worker<'_> {
             received.copy_from_slice(b);
         }
         let verdict = forward(snap, ingress, slot, HEADROOM, first, now);
-        let plan = plan_super_frame(snap, ingress, &verdict);
+        // The segments the coalescer joins to the first share its TCP header but for PSH (it
+        // takes none with FIN, RST or SYN: those get their own decision), so the first's inner
+        // packet stands for them.
+        let inner = slot
+            .get(HEADROOM + VXLAN_ETH_LEN..HEADROOM + first)
+            .unwrap_or(&[]);
+        let plan = plan_super_frame(snap, ingress, &verdict, inner, now);
         let (start, len) = match (plan, verdict) {
             (
                 SuperFramePlan::Whole { port },

@@ -53,7 +53,9 @@
 //! descheduled thread on the lookup path. Slots are 32 bytes and buckets 256 bytes aligned to
 //! cache lines; beside the buckets, one tag word per bucket holds a byte of each slot's key
 //! hash, so a lookup reads the tag words of its two buckets and, as a rule, the one slot whose
-//! byte matches (about 20 ns a hit, `conntrack/hit_established` in `benches/benches/policy.rs`).
+//! byte matches. A hit that changes nothing (an established flow's data, within the refresh
+//! granularity) is recognised from the state bits without the state machine and writes
+//! nothing: about 14 ns (`conntrack/hit_established` in `benches/benches/policy.rs`).
 //!
 //! Two threads inserting the same new flow at the same instant may both succeed, leaving a
 //! duplicate that simply expires; lookups return the first.
@@ -349,9 +351,9 @@ const WRITE_TRIES: usize = 4;
 struct Slot {
     /// Sequence (low 32 bits; odd while written) and policy generation tag (high 32 bits).
     version: AtomicU64,
-    /// Low end's address (high 32 bits) and high end's address.
+    /// High end's port (bits 48..64), low end's address (16..48) and port (0..16).
     key0: AtomicU64,
-    /// Low end's port (bits 48..64), high end's port (32..48), protocol (8..16), [`VALID`].
+    /// High end's address (bits 32..64), protocol (8..16), [`VALID`].
     key1: AtomicU64,
     /// See the `EXPIRY_*`/`STATE_*` constants.
     state: AtomicU64,
@@ -394,26 +396,37 @@ impl Slot {
     /// A consistent copy, or `None` if a writer held the slot through every try.
     #[inline]
     fn read(&self) -> Option<Snap> {
-        for _ in 0..READ_SPINS {
-            let version = self.version.load(Ordering::Acquire);
-            if version & 1 == 1 {
-                spin_loop();
-                continue;
-            }
-            let key0 = self.key0.load(Ordering::Relaxed);
-            let key1 = self.key1.load(Ordering::Relaxed);
-            let state = self.state.load(Ordering::Relaxed);
-            fence(Ordering::Acquire);
-            if self.version.load(Ordering::Relaxed) == version {
-                return Some(Snap {
-                    version,
-                    key0,
-                    key1,
-                    state,
-                });
-            }
+        // One try inline; a slot a writer holds is rare, and the retries are out of line.
+        self.try_read().or_else(|| self.read_contended())
+    }
+
+    /// A consistent copy, if no writer held or changed the slot while it was read.
+    #[inline(always)]
+    fn try_read(&self) -> Option<Snap> {
+        let version = self.version.load(Ordering::Acquire);
+        if version & 1 == 1 {
+            return None;
         }
-        None
+        let key0 = self.key0.load(Ordering::Relaxed);
+        let key1 = self.key1.load(Ordering::Relaxed);
+        let state = self.state.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        (self.version.load(Ordering::Relaxed) == version).then_some(Snap {
+            version,
+            key0,
+            key1,
+            state,
+        })
+    }
+
+    /// [`Slot::read`] after a first try that met a writer.
+    #[cold]
+    #[inline(never)]
+    fn read_contended(&self) -> Option<Snap> {
+        (1..READ_SPINS).find_map(|_| {
+            spin_loop();
+            self.try_read()
+        })
     }
 
     /// Writes the fields if the slot is still as `seen` left it; false if it changed. The
@@ -472,17 +485,15 @@ struct Normal {
 impl Normal {
     #[inline]
     fn of(k: &FlowKey) -> Normal {
-        // Each end as one number, address then port, so the comparison is one instruction.
+        // Each end as one 48-bit number, address then port, so the comparison is one
+        // instruction, and the words a few shifts of the two.
         let a = (u64::from(u32::from(k.src)) << 16) | u64::from(k.src_port);
         let b = (u64::from(u32::from(k.dst)) << 16) | u64::from(k.dst_port);
         let from_low = a <= b;
         let (low, high) = (a.min(b), a.max(b));
         Normal {
-            key0: ((low >> 16) << 32) | (high >> 16),
-            key1: ((low & 0xffff) << 48)
-                | ((high & 0xffff) << 32)
-                | (u64::from(k.protocol.0) << 8)
-                | VALID,
+            key0: (high << 48) | low,
+            key1: ((high >> 16) << 32) | (u64::from(k.protocol.0) << 8) | VALID,
             from_low,
         }
     }
@@ -523,6 +534,30 @@ fn pack_state(state: FlowState, orig_is_low: bool, fins: u64, expiry_ms: u64) ->
         | ((state as u64) << STATE_SHIFT)
         | if orig_is_low { ORIG_IS_LOW } else { 0 }
         | (fins & (FIN_LOW | FIN_HIGH))
+}
+
+/// The row of [`Conntrack::timeout_ms`] for `protocol`: TCP, UDP, ICMP, other.
+#[inline]
+fn protocol_class(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::TCP => 0,
+        Protocol::UDP => 1,
+        Protocol::ICMP => 2,
+        _ => 3,
+    }
+}
+
+/// What a packet does to the entry it was found in.
+#[derive(Debug, PartialEq, Eq)]
+enum Advance {
+    /// Nothing to write: the same state, and the expiry within [`REFRESH_MS`] of the stored one.
+    Unchanged(Tracked),
+    /// The entry's state word becomes this.
+    Write(Tracked, u64),
+    /// A SYN on a closed tuple: the entry goes, and the packet is a miss.
+    Reopen,
+    /// The state bits name no state, which no write leaves: treated as a miss.
+    Invalid,
 }
 
 /// What a TCP packet does to an entry.
@@ -576,8 +611,9 @@ pub struct Conntrack {
     tags: Box<[AtomicU64]>,
     mask: usize,
     timeouts: Timeouts,
-    /// `timeouts` in milliseconds, by protocol class (TCP, UDP, ICMP, other) and state.
-    timeout_ms: [[u64; 9]; 4],
+    /// `timeouts` in milliseconds, by protocol class ([`protocol_class`]) and state bits (16
+    /// rows, so any four bits index it without a bounds check).
+    timeout_ms: [[u64; 16]; 4],
     seed: u64,
     inserted: AtomicU64,
     evicted: AtomicU64,
@@ -598,7 +634,7 @@ impl Conntrack {
             mask: buckets - 1,
             timeouts: config.timeouts,
             timeout_ms: [Protocol::TCP, Protocol::UDP, Protocol::ICMP, Protocol(0)].map(|p| {
-                let mut row = [0; 9];
+                let mut row = [0; 16];
                 for state in FlowState::ALL {
                     row[state as usize] = config.timeouts.of(p, state).as_micros() / 1000;
                 }
@@ -633,13 +669,7 @@ impl Conntrack {
     /// How long an entry of `protocol` in `state` lives after its last packet, in ms.
     #[inline]
     fn timeout_ms(&self, protocol: Protocol, state: FlowState) -> u64 {
-        let class = match protocol {
-            Protocol::TCP => 0,
-            Protocol::UDP => 1,
-            Protocol::ICMP => 2,
-            _ => 3,
-        };
-        self.timeout_ms[class][state as usize]
+        self.timeout_ms[protocol_class(protocol)][state as usize]
     }
 
     /// The two buckets a flow may live in, and its tag.
@@ -665,7 +695,7 @@ impl Conntrack {
     }
 
     /// The live entry for `n`, with a consistent copy of it.
-    #[inline]
+    #[inline(always)]
     fn find(&self, n: &Normal, now_ms: u64) -> Option<(Loc, Snap)> {
         let (buckets, tag) = self.place(n);
         // Both tag words first: two independent loads, so a flow in its second bucket does not
@@ -712,44 +742,120 @@ impl Conntrack {
     /// Looks up the flow of a packet with `key` and TCP `flags` (ignored for other protocols) at
     /// `now` and advances its entry: the per-packet call. `None` is a miss: no live entry, or a
     /// SYN reopening a closed tuple (whose entry this removes), to be decided by policy.
-    // Always inlined into the worker's loop: the call and its register saves were a tenth of
-    // the 20 ns a hit may cost (`conntrack/hit_established` in benches/benches/policy.rs).
+    // Always inlined into the worker's loop, with `find`: the call and its register saves were
+    // a tenth of a hit's cost (`conntrack/hit_established` in benches/benches/policy.rs), and a
+    // found entry handed back through memory cost a stalled load on top. What writes the entry
+    // (a state change, a refresh) is out of line.
     #[inline(always)]
     pub fn track(&self, key: &FlowKey, flags: u8, now: Instant) -> Option<Tracked> {
         let n = Normal::of(key);
         let now_ms = millis(now);
-        let protocol = key.protocol;
+        let (at, s) = self.find(&n, now_ms)?;
+        if let Some(tracked) = self.unchanged(&n, &s, key.protocol, flags, now_ms) {
+            return Some(tracked);
+        }
+        self.track_write(&n, key.protocol, flags, now_ms, (at, s))
+    }
+
+    /// The entry `s` as a packet that leaves it as it is finds it, or `None` when the packet
+    /// may change its state or is due to refresh its expiry: then [`Conntrack::advance`]
+    /// decides. The state machine's common case on the state's bits: a TCP segment without SYN,
+    /// FIN or RST changes no state but SYN_RECV (the originator's ACK completes the handshake);
+    /// a datagram changes none when it goes the original way or the entry is REPLIED already.
+    /// (`unchanged_agrees_with_advance` checks this against the state machine.)
+    #[inline(always)]
+    fn unchanged(
+        &self,
+        n: &Normal,
+        s: &Snap,
+        protocol: Protocol,
+        flags: u8,
+        now_ms: u64,
+    ) -> Option<Tracked> {
+        let bits = (s.state >> STATE_SHIFT) & STATE_MASK;
+        let from_orig = n.from_low == (s.state & ORIG_IS_LOW != 0);
+        let (same, class) = if protocol == Protocol::TCP {
+            let changing = tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST;
+            let same = flags & changing == 0 && bits != FlowState::TcpSynRecv as u64;
+            (same, 0)
+        } else {
+            let same = from_orig || bits == FlowState::Replied as u64;
+            (same, protocol_class(protocol))
+        };
+        let expiry = now_ms + self.timeout_ms[class][bits as usize];
+        if !same || expiry > s.expiry_ms() + REFRESH_MS {
+            return None;
+        }
+        Some(Tracked {
+            direction: if from_orig {
+                FlowDirection::Original
+            } else {
+                FlowDirection::Reply
+            },
+            state: FlowState::from_bits(bits)?,
+            generation: (s.version >> 32) as u32,
+        })
+    }
+
+    /// What a packet with `flags` of `protocol`, found in entry `s`, does to it at `now_ms`.
+    fn advance(&self, n: &Normal, s: &Snap, protocol: Protocol, flags: u8, now_ms: u64) -> Advance {
+        let Some(state) = s.flow_state() else {
+            return Advance::Invalid;
+        };
+        let orig_is_low = s.state & ORIG_IS_LOW != 0;
+        let from_orig = n.from_low == orig_is_low;
+        let fins = s.state & (FIN_LOW | FIN_HIGH);
+        let (next, next_fins) = if protocol == Protocol::TCP {
+            match tcp_step(state, fins, n.from_low, from_orig, flags) {
+                TcpStep::To(st, f) => (st, f),
+                TcpStep::Reopen => return Advance::Reopen,
+            }
+        } else if !from_orig {
+            (FlowState::Replied, fins)
+        } else {
+            (state, fins)
+        };
+        let expiry = now_ms + self.timeout_ms(protocol, next);
+        let tracked = Self::tracked(n, s, next);
+        if next == state && next_fins == fins && expiry <= s.expiry_ms() + REFRESH_MS {
+            Advance::Unchanged(tracked)
+        } else {
+            Advance::Write(tracked, pack_state(next, orig_is_low, next_fins, expiry))
+        }
+    }
+
+    /// [`Conntrack::track`] for a packet that changes its entry, found at `found`: writes it,
+    /// finding it again after each race lost to another writer.
+    #[cold]
+    #[inline(never)]
+    fn track_write(
+        &self,
+        n: &Normal,
+        protocol: Protocol,
+        flags: u8,
+        now_ms: u64,
+        mut found: (Loc, Snap),
+    ) -> Option<Tracked> {
         let mut last = None;
         for _ in 0..WRITE_TRIES {
-            let (at, s) = self.find(&n, now_ms)?;
+            let (at, s) = found;
             let slot = self.slot(at);
-            let state = s.flow_state()?;
-            let orig_is_low = s.state & ORIG_IS_LOW != 0;
-            let from_orig = n.from_low == orig_is_low;
-            let fins = s.state & (FIN_LOW | FIN_HIGH);
-            let (next, next_fins) = if protocol == Protocol::TCP {
-                match tcp_step(state, fins, n.from_low, from_orig, flags) {
-                    TcpStep::To(st, f) => (st, f),
-                    TcpStep::Reopen => {
-                        slot.write(&s, (0, 0, 0), (s.version >> 32) as u32, self.key_tag(at, 0));
-                        return None;
+            let generation = (s.version >> 32) as u32;
+            match self.advance(n, &s, protocol, flags, now_ms) {
+                Advance::Unchanged(tracked) => return Some(tracked),
+                Advance::Write(tracked, word) => {
+                    if slot.write(&s, (s.key0, s.key1, word), generation, None) {
+                        return Some(tracked);
                     }
+                    last = Some(tracked);
                 }
-            } else if !from_orig {
-                (FlowState::Replied, fins)
-            } else {
-                (state, fins)
-            };
-            let expiry = now_ms + self.timeout_ms(protocol, next);
-            let tracked = Self::tracked(&n, &s, next);
-            if next == state && next_fins == fins && expiry <= s.expiry_ms() + REFRESH_MS {
-                return Some(tracked);
+                Advance::Reopen => {
+                    slot.write(&s, (0, 0, 0), generation, self.key_tag(at, 0));
+                    return None;
+                }
+                Advance::Invalid => return None,
             }
-            let word = pack_state(next, orig_is_low, next_fins, expiry);
-            if slot.write(&s, (s.key0, s.key1, word), (s.version >> 32) as u32, None) {
-                return Some(tracked);
-            }
-            last = Some(tracked);
+            found = self.find(n, now_ms)?;
         }
         // Lost every race to other writers of this entry: the packet still belongs to the flow.
         last
@@ -980,6 +1086,71 @@ mod tests {
         // TIME_WAIT lasts 120 s after the last packet.
         assert!(ct.get(&k, at(4 + 119)).is_some());
         assert!(ct.get(&k, at(4 + 120)).is_none());
+    }
+
+    #[test]
+    fn unchanged_agrees_with_advance() {
+        // The quick test of the per-packet path against the state machine: whenever it says a
+        // packet changes nothing, the state machine agrees, for every state (with the FINs it
+        // can hold), flag byte, direction and protocol class, just inside and outside the
+        // refresh granularity. And it says so for the steady case, an established flow's ACKs.
+        let ct = small(64);
+        let now_ms = 1_000_000;
+        let fins_of = |state| match state {
+            FlowState::TcpFinWait => vec![FIN_LOW, FIN_HIGH],
+            FlowState::TcpTimeWait => vec![FIN_LOW | FIN_HIGH],
+            FlowState::TcpClose => vec![0, FIN_LOW, FIN_HIGH, FIN_LOW | FIN_HIGH],
+            _ => vec![0],
+        };
+        let mut quick = 0;
+        for protocol in [Protocol::TCP, Protocol::UDP, Protocol::ICMP, Protocol(47)] {
+            for state in FlowState::ALL {
+                let timeout = ct.timeout_ms(protocol, state);
+                for fins in fins_of(state) {
+                    for (orig_is_low, from_low) in [(true, true), (true, false), (false, true)] {
+                        for slack in [0, REFRESH_MS - 1, REFRESH_MS, REFRESH_MS + 1] {
+                            let expiry = now_ms + timeout - slack;
+                            let snap = Snap {
+                                version: (7 << 32) | 2,
+                                key0: 1,
+                                key1: VALID,
+                                state: pack_state(state, orig_is_low, fins, expiry),
+                            };
+                            let n = Normal {
+                                key0: 1,
+                                key1: VALID,
+                                from_low,
+                            };
+                            for flags in 0..=u8::MAX {
+                                let Some(t) = ct.unchanged(&n, &snap, protocol, flags, now_ms)
+                                else {
+                                    continue;
+                                };
+                                quick += 1;
+                                assert_eq!(
+                                    ct.advance(&n, &snap, protocol, flags, now_ms),
+                                    Advance::Unchanged(t),
+                                    "{protocol:?} {state:?} fins {fins:x} flags {flags:#x}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(quick > 0);
+        let n = Normal::of(&tcp());
+        let snap = Snap {
+            version: 2,
+            key0: n.key0,
+            key1: n.key1,
+            state: pack_state(FlowState::TcpEstablished, true, 0, now_ms + 6 * 3600 * 1000),
+        };
+        for flags in [ACK, ACK | tcp_flags::PSH] {
+            assert!(ct
+                .unchanged(&n, &snap, Protocol::TCP, flags, now_ms)
+                .is_some());
+        }
     }
 
     #[test]
@@ -1232,7 +1403,8 @@ mod tests {
     fn readers_never_see_torn_entries_under_writes() {
         // One flow updated over and over (its state flips through FIN/RST/reopen) by two
         // writers while two readers look it up and a second flow in the same buckets: every
-        // hit has a valid state, and the steady flow is always found.
+        // hit has a valid state, and the steady flow is always found. The writers' clock stays
+        // within the steady flow's 30 s (unreplied UDP): past it, its slot is free to them.
         let ct = Arc::new(small(16));
         let k = tcp();
         let steady = udp_flow(7);
@@ -1246,12 +1418,12 @@ mod tests {
                     while !stop.load(Ordering::Relaxed) {
                         t += 1;
                         let k = if w == 0 { k } else { k.reversed() };
-                        if ct.track(&k, SYN, at(t % 100)).is_none() {
-                            ct.insert(&k, SYN, t, at(t % 100));
+                        if ct.track(&k, SYN, at(t % 20)).is_none() {
+                            ct.insert(&k, SYN, t, at(t % 20));
                         }
-                        ct.track(&k.reversed(), SYN | ACK, at(t % 100));
-                        ct.track(&k, FIN | ACK, at(t % 100));
-                        ct.track(&k, RST, at(t % 100));
+                        ct.track(&k.reversed(), SYN | ACK, at(t % 20));
+                        ct.track(&k, FIN | ACK, at(t % 20));
+                        ct.track(&k, RST, at(t % 20));
                     }
                 })
             })

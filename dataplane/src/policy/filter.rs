@@ -21,7 +21,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::conntrack::{generation_tag, Conntrack, FlowDirection, FlowKey, Insert};
+use super::conntrack::{generation_tag, Conntrack, FlowDirection, FlowKey, Insert, Tracked};
 use super::portset::Protocol;
 use super::table::{Decision, FlowDecision, PolicySet};
 use crate::time::Instant;
@@ -145,8 +145,41 @@ impl FlowVerdict {
     }
 }
 
+/// Whether IPv4 packet `ip` (header first) may pass, filtered against `set` and `ct` at `now`:
+/// the question the routing step asks of every packet. A packet of a tracked flow passes, as
+/// does an ICMP error about one (path MTU discovery must reach an isolated pod); a new flow
+/// passes when policy allows it at both ends, and is then tracked; a packet whose header is not
+/// whole does not pass.
+#[inline(always)]
+pub fn admit_ipv4(
+    set: &PolicySet,
+    ct: &Conntrack,
+    ip: &[u8],
+    now: Instant,
+    on_change: OnPolicyChange,
+) -> bool {
+    let Some(flow) = PacketFlow::of_ipv4(ip) else {
+        return false;
+    };
+    if flow.key.protocol == Protocol::ICMP && is_error_about_tracked(ct, ip, now) {
+        return true;
+    }
+    // `filter(..).passes()`, each case answering for itself.
+    match established(set, ct, &flow, now, on_change) {
+        Ok(_) => true,
+        Err(Some(t)) => recheck(set, ct, &flow, t, now).passes(),
+        Err(None) => new_flow(set, ct, &flow, now).passes(),
+    }
+}
+
+/// Whether ICMP packet `ip` is an error about a flow `ct` tracks at `now`.
+#[inline(never)]
+fn is_error_about_tracked(ct: &Conntrack, ip: &[u8], now: Instant) -> bool {
+    PacketFlow::icmp_error_about(ip).is_some_and(|about| ct.get(&about, now).is_some())
+}
+
 /// Filters one packet against `set` and `ct` at `now` (see the module docs).
-#[inline]
+#[inline(always)]
 pub fn filter(
     set: &PolicySet,
     ct: &Conntrack,
@@ -154,23 +187,64 @@ pub fn filter(
     now: Instant,
     on_change: OnPolicyChange,
 ) -> FlowVerdict {
-    let key = &packet.key;
-    if let Some(t) = ct.track(key, packet.tcp_flags, now) {
-        if on_change == OnPolicyChange::Recheck && t.generation != generation_tag(set.generation())
-        {
-            let o = t.original(key);
-            let decision = set.decide_flow(o.src, o.dst, o.protocol, o.dst_port);
-            if !decision.allows() {
-                ct.remove(key);
-                return FlowVerdict::Cut { decision };
-            }
-            // Losing this race only means the next packet checks again.
-            ct.set_generation(key, set.generation(), now);
-        }
-        return FlowVerdict::Established {
-            direction: t.direction,
-        };
+    match established(set, ct, packet, now, on_change) {
+        Ok(direction) => FlowVerdict::Established { direction },
+        Err(Some(t)) => recheck(set, ct, packet, t, now),
+        Err(None) => new_flow(set, ct, packet, now),
     }
+}
+
+/// The per-packet case of [`filter`]: the direction of a packet of a tracked flow that needs no
+/// re-check; otherwise the flow's entry, if it has one. Always inlined, with every other case
+/// out of line, so that the worker's loop holds only this and its answer stays in registers
+/// (a verdict handed back by a call, or merged with one, went through memory).
+#[inline(always)]
+fn established(
+    set: &PolicySet,
+    ct: &Conntrack,
+    packet: &PacketFlow,
+    now: Instant,
+    on_change: OnPolicyChange,
+) -> Result<FlowDirection, Option<Tracked>> {
+    match ct.track(&packet.key, packet.tcp_flags, now) {
+        Some(t)
+            if on_change == OnPolicyChange::Keep
+                || t.generation == generation_tag(set.generation()) =>
+        {
+            Ok(t.direction)
+        }
+        other => Err(other),
+    }
+}
+
+/// [`filter`] for a tracked flow admitted under an older policy generation (`Recheck`): decided
+/// again in its original direction, cut if the current policy denies it.
+#[inline(never)]
+fn recheck(
+    set: &PolicySet,
+    ct: &Conntrack,
+    packet: &PacketFlow,
+    t: Tracked,
+    now: Instant,
+) -> FlowVerdict {
+    let key = &packet.key;
+    let o = t.original(key);
+    let decision = set.decide_flow(o.src, o.dst, o.protocol, o.dst_port);
+    if !decision.allows() {
+        ct.remove(key);
+        return FlowVerdict::Cut { decision };
+    }
+    // Losing this race only means the next packet checks again.
+    ct.set_generation(key, set.generation(), now);
+    FlowVerdict::Established {
+        direction: t.direction,
+    }
+}
+
+/// [`filter`] for a packet of no tracked flow: decided by policy, tracked when allowed.
+#[inline(never)]
+fn new_flow(set: &PolicySet, ct: &Conntrack, packet: &PacketFlow, now: Instant) -> FlowVerdict {
+    let key = &packet.key;
     let decision = set.decide_flow(key.src, key.dst, key.protocol, key.dst_port);
     if !decision.allows() {
         return FlowVerdict::Denied { decision };

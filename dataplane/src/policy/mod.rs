@@ -19,7 +19,8 @@
 //! - [`filter`](mod@filter): the two put together for one packet, [`filter()`]: a tracked flow passes
 //!   on a conntrack hit; a new flow is decided by policy at both ends and tracked when allowed.
 //!   What a policy change does to established flows is the caller's choice per call
-//!   ([`OnPolicyChange`]).
+//!   ([`OnPolicyChange`]). [`admit_ipv4`] is the same for a packet's bytes, as the routing step
+//!   asks it.
 //!
 //! Everything here is pure: the time is an argument, nothing reads a clock, makes a syscall or,
 //! on the per-packet path, allocates or takes a lock.
@@ -31,7 +32,7 @@ pub mod portset;
 pub mod table;
 
 pub use conntrack::{Conntrack, ConntrackConfig, FlowKey, Timeouts};
-pub use filter::{filter, FlowVerdict, OnPolicyChange, PacketFlow};
+pub use filter::{admit_ipv4, filter, FlowVerdict, OnPolicyChange, PacketFlow};
 pub use ipset::IpSet;
 pub use portset::{PortRange, PortSet, Protocol};
 pub use table::{
