@@ -890,7 +890,7 @@ fn a_gro_merged_ipip_datagram_for_a_pod_port_is_cut_at_the_tunnel_mtu() {
         "{v:?}"
     );
     assert_eq!(
-        plan_super_frame(&snap_b, Ingress::IpipInner, &v),
+        plan_super_frame(&snap_b, Ingress::IpipInner, &v, &buf[at], Instant::ZERO),
         SuperFramePlan::Whole { port: POD }
     );
 }
