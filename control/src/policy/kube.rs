@@ -10,7 +10,7 @@
 //! - Every change is applied to a [`ClusterView`]; changes that arrive together (a relist, a
 //!   `kubectl apply` of several objects) are gathered and published as one set.
 //! - Pods are kept slim (namespace, name, uid, labels, `hostNetwork`, container ports, phase and
-//!   addresses: what [`compile`](super::compile) reads), so a large cluster's pods cost little.
+//!   addresses: what [`compile`](mod@super::compile) reads), so a large cluster's pods cost little.
 //! - A watcher error keeps the view as it was (the set in force stays) and is logged once until
 //!   the watcher recovers; a relist replaces that kind's objects as one change.
 //! - [`PodGate`]: a CNI ADD for a pod the view has not seen yet (kubelet runs ADD right after
