@@ -485,6 +485,22 @@ fn a_policy_change_cuts_connections_it_denies_and_the_node_still_reaches_its_pod
     let (code, text) = explain("80");
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("allowed by x/a-from-b ingress[0]"), "{text}");
+    // Without a flow: the source and the NetworkPolicies in force.
+    let out = std::process::Command::new(&weftctl)
+        .args(["--socket", &c.lab.nodes[0].ctl_socket.display().to_string()])
+        .arg("policy")
+        .output()
+        .expect("run weftctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("from dir ") && text.contains("2 NetworkPolicies"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  x/a-from-b") && text.contains("  x/deny-ingress"),
+        "{text}"
+    );
     // The rule's flows are counted on /metrics.
     let (status, metrics) = c.lab.http_get(0, "/metrics").expect("GET /metrics");
     assert_eq!(status, 200);

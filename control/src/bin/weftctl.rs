@@ -42,12 +42,14 @@ enum Command {
     /// egress at the source and ingress at the destination, where each is a pod of this node.
     ///
     /// Example: `weftctl policy 10.244.1.5 10.244.2.7 --protocol tcp --port 80`. Exit code 0
-    /// when allowed, 1 when denied or on an error.
+    /// when allowed, 1 when denied or on an error. Without addresses: where the policies come
+    /// from, which NetworkPolicies are in force, and the connection table's figures.
     Policy {
         /// The flow's source address.
-        src: std::net::Ipv4Addr,
+        #[arg(requires = "dst")]
+        src: Option<std::net::Ipv4Addr>,
         /// The flow's destination address.
-        dst: std::net::Ipv4Addr,
+        dst: Option<std::net::Ipv4Addr>,
         /// tcp, udp, sctp, icmp, or an IP protocol number.
         #[arg(long, default_value = "tcp")]
         protocol: String,
@@ -78,11 +80,12 @@ fn main() -> ExitCode {
         } => policy(
             &cli,
             &control::policy::explain::PolicyQuery {
-                src,
-                dst,
+                src: src.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                dst: dst.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
                 protocol: protocol.clone(),
                 port,
             },
+            src.is_some(),
         ),
     }
 }
@@ -151,7 +154,7 @@ fn show(cli: &Cli) -> ExitCode {
     }
 }
 
-fn policy(cli: &Cli, q: &control::policy::explain::PolicyQuery) -> ExitCode {
+fn policy(cli: &Cli, q: &control::policy::explain::PolicyQuery, flow: bool) -> ExitCode {
     let reply = match request_policy(&cli.socket, q) {
         Ok(r) => r,
         Err(e) => {
@@ -174,6 +177,15 @@ fn policy(cli: &Cli, q: &control::policy::explain::PolicyQuery) -> ExitCode {
                     "policy generation {} from {}: {} NetworkPolicies, {} isolated pods, {} rules; conntrack {} flows admitted, {} evicted, {} refused (capacity {})",
                     reply.generation, reply.source, reply.policies.len(), reply.isolated_pods, reply.rules, ct.inserted, ct.evicted, ct.refused, ct.capacity
                 );
+            }
+            if !flow {
+                if !reply.enforced {
+                    println!("{}", reply.egress);
+                }
+                for p in &reply.policies {
+                    println!("  {p}");
+                }
+                return ExitCode::SUCCESS;
             }
             println!(
                 "{} -> {} {}/{}: {}",
