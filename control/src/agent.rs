@@ -419,16 +419,6 @@ impl Agent {
             let cfg = cfg.clone();
             move || show_reply(&cfg, &facts, &shared)
         };
-        let status = {
-            let show = show.clone();
-            let cfg = cfg.clone();
-            let metrics = metrics.clone();
-            let started = std::time::Instant::now();
-            let masq_backend = masq.as_ref().map_or("", |m| m.backend().name());
-            move || {
-                crate::status::status_of(show(), health_of(&cfg, &metrics, started, masq_backend))
-            }
-        };
         let policy = {
             let shared = shared.clone();
             let inputs = inputs.clone();
@@ -443,6 +433,30 @@ impl Agent {
                     inputs.policies_in_force().unwrap_or_default(),
                     q,
                 )
+            }
+        };
+        let status = {
+            let show = show.clone();
+            let cfg = cfg.clone();
+            let metrics = metrics.clone();
+            let started = std::time::Instant::now();
+            let masq_backend = masq.as_ref().map_or("", |m| m.backend().name());
+            let policy = policy.clone();
+            move || {
+                let mut h = health_of(&cfg, &metrics, started, masq_backend);
+                let p = policy(&crate::policy::explain::PolicyQuery {
+                    src: Ipv4Addr::UNSPECIFIED,
+                    dst: Ipv4Addr::UNSPECIFIED,
+                    protocol: "tcp".into(),
+                    port: 0,
+                });
+                h.policy = p.enforced.then(|| crate::status::PolicyView {
+                    source: p.source,
+                    generation: p.generation,
+                    policies: p.policies.len(),
+                    isolated_pods: p.isolated_pods,
+                });
+                crate::status::status_of(show(), h)
             }
         };
         let ctl = CtlServer::start(&cfg.dataplane.control_socket, show, status, policy)?;
@@ -796,6 +810,7 @@ fn health_of(
         subnet_file: d.subnet_file.display().to_string(),
         subnet_env_written: metrics.subnet_env_written.load(Ordering::Relaxed),
         peers: metrics.peers(),
+        policy: None,
         ip_forward: crate::forwarding::ip_forward_on(Path::new(PROC_SYS)),
         masq: crate::status::MasqView {
             enabled: metrics.masq_enabled(),

@@ -263,6 +263,7 @@ mod tests {
             peers: 0,
             ip_forward: Some(true),
             masq: crate::status::MasqView::default(),
+            policy: None,
         }
     }
 

@@ -93,6 +93,22 @@ pub struct StatusReply {
     /// Egress masquerade.
     #[serde(default)]
     pub masq: MasqView,
+    /// NetworkPolicy; `None` on a node without a policy source.
+    #[serde(default)]
+    pub policy: Option<PolicyView>,
+}
+
+/// NetworkPolicy in a status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyView {
+    /// Where the policies come from (`kubernetes`, `dir /etc/weft/policies`).
+    pub source: String,
+    /// The generation of the set in force (every recompile raises it).
+    pub generation: u64,
+    /// NetworkPolicies in force.
+    pub policies: usize,
+    /// This node's pods some policy isolates.
+    pub isolated_pods: usize,
 }
 
 /// Egress masquerade in a status.
@@ -131,6 +147,8 @@ pub struct Health {
     pub ip_forward: Option<bool>,
     /// Egress masquerade.
     pub masq: MasqView,
+    /// NetworkPolicy.
+    pub policy: Option<PolicyView>,
 }
 
 /// Builds the status from the tables view and the control plane's state, deciding health.
@@ -188,6 +206,7 @@ pub fn status_of(show: ShowReply, h: Health) -> StatusReply {
         counters: show.counters,
         ip_forward: h.ip_forward,
         masq: h.masq,
+        policy: h.policy,
     }
 }
 
@@ -278,6 +297,13 @@ impl StatusReply {
                 "off (ip_masq = false)".to_string()
             }
         );
+        if let Some(p) = &self.policy {
+            let _ = writeln!(
+                s,
+                "policy     {}: {} NetworkPolicies, {} isolated pods, generation {}",
+                p.source, p.policies, p.isolated_pods, p.generation
+            );
+        }
         let t = &self.tables;
         let _ = writeln!(
             s,
@@ -355,6 +381,12 @@ mod tests {
                 backend: "iptables".into(),
                 repairs: 0,
             },
+            policy: Some(PolicyView {
+                source: "kubernetes".into(),
+                generation: 7,
+                policies: 3,
+                isolated_pods: 2,
+            }),
         }
     }
 
@@ -372,6 +404,12 @@ mod tests {
         assert!(text.contains("drops      none"), "{text}");
         assert!(
             text.contains("masquerade on (iptables), 0 repairs"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "policy     kubernetes: 3 NetworkPolicies, 2 isolated pods, generation 7"
+            ),
             "{text}"
         );
     }

@@ -501,6 +501,15 @@ fn a_policy_change_cuts_connections_it_denies_and_the_node_still_reaches_its_pod
         text.contains("  x/a-from-b") && text.contains("  x/deny-ingress"),
         "{text}"
     );
+    // weftctl status carries the same in a line.
+    let status = control::ctl::request_status(&c.lab.nodes[0].ctl_socket).expect("status");
+    let p = status.policy.clone().expect("a policy line in the status");
+    assert!(p.source.starts_with("dir ") && p.policies == 2, "{p:?}");
+    assert!(
+        status.render().contains("policy     dir "),
+        "{}",
+        status.render()
+    );
     // The rule's flows are counted on /metrics.
     let (status, metrics) = c.lab.http_get(0, "/metrics").expect("GET /metrics");
     assert_eq!(status, 200);
