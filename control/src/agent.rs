@@ -450,7 +450,7 @@ impl Agent {
                     protocol: "tcp".into(),
                     port: 0,
                 });
-                h.policy = p.enforced.then(|| crate::status::PolicyView {
+                h.policy = p.enforced.then_some(crate::status::PolicyView {
                     source: p.source,
                     generation: p.generation,
                     policies: p.policies.len(),
