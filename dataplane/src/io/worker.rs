@@ -920,28 +920,7 @@ impl Worker<'_> {
                     };
                     let ingress = Ingress::Local(self.tun_port);
                     self.forward_super_frame(snap, ingress, None, slots, &mut next, &mut segs, now);
-                    // What a gathered send did not take: each segment through the core.
-                    while !segs.is_done() {
-                        if next == slots.len() {
-                            self.flush(slots);
-                            next = 0;
-                        }
-                        let Some(slot) = slots.slot_mut(next) else {
-                            break;
-                        };
-                        let Some(room) = slot.get_mut(HEADROOM..) else {
-                            break;
-                        };
-                        match segs.emit_next(room) {
-                            Some(Ok(seg_len)) => {
-                                self.forward_local(snap, slot, next, seg_len, now);
-                                next += 1;
-                            }
-                            // A segment larger than a slot: the MTU is above the slot size.
-                            Some(Err(_)) => self.counters.drop(DropReason::TooBig),
-                            None => break,
-                        }
-                    }
+                    self.forward_each(snap, ingress, None, slots, &mut next, &mut segs, now);
                 }
                 Gso::Udp | Gso::TcpV6 => {
                     self.counters.drop(DropReason::OffloadMalformed);
@@ -1117,7 +1096,8 @@ impl Worker<'_> {
 
     /// What a gathered send did not take of `segs`: each segment into `slots` from `*next` on
     /// (behind `eth` when the super-frame came from a pod port) and through the core, as the
-    /// packet it would have been; flushed at the end.
+    /// packet it would have been. What is carried out stays pending in `slots` (flushed when
+    /// they are full): the caller flushes before it reuses them from the first.
     #[allow(clippy::too_many_arguments)]
     fn forward_each(
         &mut self,
@@ -1158,7 +1138,30 @@ impl Worker<'_> {
                 None => break,
             }
         }
-        self.flush(slots);
+    }
+
+    /// Passes a super-frame whose first segment the core delivered to pod port `port` on
+    /// whole: `frame` (Ethernet header first) gets the core's Ethernet header `eth` and one hop
+    /// off its TTL, and leaves behind virtio-net header `vnet` as one GSO packet the port's
+    /// veth hands to the pod, counted as the `segments` it stands for.
+    fn pass_to_pod(
+        &mut self,
+        port: PortId,
+        eth: &[u8; ETH_LEN],
+        vnet: &[u8; VNET_HDR_LEN],
+        frame: &mut [u8],
+        segments: usize,
+    ) {
+        let Some(ip) = frame.get_mut(ETH_LEN..) else {
+            return;
+        };
+        let mut ip = Ipv4Packet::new_unchecked(ip);
+        if ip.ttl() > 1 {
+            ip.decrement_ttl();
+        }
+        frame[..ETH_LEN].copy_from_slice(eth);
+        let len = frame.len();
+        self.send_to_pod(port, &[vnet, frame], segments, len);
     }
 
     /// Receives one batch of frames from pod port `pid` and forwards them: a plain frame where it
@@ -1286,6 +1289,7 @@ impl Worker<'_> {
                                 &mut segs,
                                 now,
                             );
+                            self.flush(slots);
                         }
                         outcome
                     };
@@ -1294,16 +1298,11 @@ impl Worker<'_> {
                         // first segment's Ethernet header and one hop off its TTL; the
                         // destination veth hands it to the pod as one GSO packet.
                         let Some(slot) = rx.slot_mut(i) else { break };
-                        slot[frame_at..frame_at + ETH].copy_from_slice(&eth);
-                        let mut ip = Ipv4Packet::new_unchecked(&mut slot[frame_at + ETH..]);
-                        if ip.ttl() > 1 {
-                            ip.decrement_ttl();
-                        }
-                        let slot: &[u8] = slot;
-                        let hdr = &slot[HEADROOM..frame_at];
-                        let frame = &slot[frame_at..frame_at + frame_len];
+                        let mut hdr = [0u8; VNET_HDR_LEN];
+                        hdr.copy_from_slice(&slot[HEADROOM..frame_at]);
                         let segments = super_frame_segments(&vnet, frame_len);
-                        self.send_to_pod(to, &[hdr, frame], segments, frame_len);
+                        let frame = &mut slot[frame_at..frame_at + frame_len];
+                        self.pass_to_pod(to, &eth, &hdr, frame, segments);
                     }
                 }
                 Gso::Udp | Gso::TcpV6 => {
@@ -1686,6 +1685,7 @@ impl Worker<'_> {
                 self.forward_super_frame(snap, ingress, None, slots, &mut next, &mut segs, now);
             if matches!(outcome, SuperFrame::Done) {
                 self.forward_each(snap, ingress, None, slots, &mut next, &mut segs, now);
+                self.flush(slots);
             }
             outcome
         };
@@ -1699,24 +1699,17 @@ impl Worker<'_> {
         let Some(slot) = rx.slot_mut(i) else {
             return;
         };
-        slot[frame_at..inner.start].copy_from_slice(&eth);
-        let mut ip = Ipv4Packet::new_unchecked(&mut slot[inner.clone()]);
-        if ip.ttl() > 1 {
-            ip.decrement_ttl();
-        }
         // The virtio-net header counts from the Ethernet header on an AF_PACKET socket.
         let mut v = *vnet;
         v.csum_start = v.csum_start.saturating_add(ETH_LEN as u16);
         v.hdr_len = v.hdr_len.saturating_add(ETH_LEN as u16);
-        let hdr = v.to_bytes();
-        let frame_len = inner.end - frame_at;
-        let segments = super_frame_segments(&v, frame_len);
-        let slot: &[u8] = slot;
-        self.send_to_pod(
+        let segments = super_frame_segments(&v, inner.end - frame_at);
+        self.pass_to_pod(
             port,
-            &[&hdr, &slot[frame_at..inner.end]],
+            &eth,
+            &v.to_bytes(),
+            &mut slot[frame_at..inner.end],
             segments,
-            frame_len,
         );
     }
 
