@@ -688,8 +688,8 @@ fn ipip_between_switch_nodes_carries_a_byte_exact_transfer() {
 /// socket on a NIC that merges IP-in-IP (the lab's veths do not): here the underlay sends an
 /// 8000-byte TCP packet in IP-in-IP without DF, the kernel fragments it and node-1's kernel
 /// reassembles it, so Weft's raw socket reads one datagram whose inner packet is far above the
-/// tunnel MTU. It reaches the pod whole and byte-exact (one GSO frame, or segments of at most
-/// the tunnel MTU), counted as sent, nothing dropped as too big.
+/// tunnel MTU. It reaches the pod whole (one GSO frame: Ethernet header and the 8040-byte
+/// packet) and byte-exact, counted as the segments it stands for, nothing dropped as too big.
 #[test]
 fn a_merged_ipip_datagram_reaches_a_switch_pod_whole() {
     let mut lab = two_switch_nodes_with(|lab| lab.backend = "type = \"ipip\"\n".to_string());
@@ -793,6 +793,11 @@ fn a_merged_ipip_datagram_reaches_a_switch_pod_whole() {
         } else {
             ""
         }
+    );
+    assert_eq!(
+        frames,
+        [14 + inner.len()],
+        "one frame: the whole packet behind its Ethernet header"
     );
     assert_eq!(drops(&lab, 0, "too_big"), 0, "nothing dropped as too big");
     assert_eq!(
