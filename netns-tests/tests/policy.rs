@@ -238,20 +238,7 @@ impl Cluster {
 
     /// The matrix as `"x/a->x/b tcp/80"` entries that connect.
     fn matrix(&self) -> Vec<String> {
-        let mut ok = Vec::new();
-        for from in PODS {
-            for to in PODS {
-                if from == to {
-                    continue;
-                }
-                for (proto, port) in PROBES {
-                    if self.probe(from, to, proto, port) {
-                        ok.push(format!("{from}->{to} {proto}/{port}"));
-                    }
-                }
-            }
-        }
-        ok
+        matrix_where(|from, to, proto, port| self.probe(from, to, proto, port))
     }
 
     /// Applies `policies`, waits until every agent compiled them, then until the matrix is
@@ -313,6 +300,12 @@ fn write_atomically(dir: &Path, name: &str, text: &str) {
 
 /// Every probe of the matrix but those `deny` says no to.
 fn all_but(deny: impl Fn(&str, &str, &str, u16) -> bool) -> Vec<String> {
+    matrix_where(|from, to, proto, port| !deny(from, to, proto, port))
+}
+
+/// The probes of the matrix (every pod to every other, each of `PROBES`) that `keep` keeps, as
+/// `"x/a->x/b tcp/80"` entries.
+fn matrix_where(mut keep: impl FnMut(&str, &str, &str, u16) -> bool) -> Vec<String> {
     let mut v = Vec::new();
     for from in PODS {
         for to in PODS {
@@ -320,7 +313,7 @@ fn all_but(deny: impl Fn(&str, &str, &str, u16) -> bool) -> Vec<String> {
                 continue;
             }
             for (proto, port) in PROBES {
-                if !deny(from, to, proto, port) {
+                if keep(from, to, proto, port) {
                     v.push(format!("{from}->{to} {proto}/{port}"));
                 }
             }
