@@ -124,23 +124,20 @@ impl<T> Default for Tracked<T> {
     }
 }
 
-/// What a kind's objects are to policy: how one is slimmed, where its metadata is, and whether
-/// two versions differ in what policy reads.
-trait Object: Clone {
-    fn slim(self) -> Self;
-    fn meta(&self) -> &ObjectMeta;
-    fn same(&self, other: &Self) -> bool;
+/// What a kind's objects are to policy: how one is slimmed, and whether two versions differ in
+/// what policy reads (by default: kept whole, compared whole).
+trait Object: Clone + PartialEq + kube::Resource {
+    fn slim(self) -> Self {
+        self
+    }
+    fn same(&self, other: &Self) -> bool {
+        self == other
+    }
 }
 
 impl Object for Pod {
     fn slim(self) -> Self {
         slim(self)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn same(&self, other: &Self) -> bool {
-        self == other
     }
 }
 
@@ -148,21 +145,9 @@ impl Object for Namespace {
     fn slim(self) -> Self {
         slim_namespace(self)
     }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn same(&self, other: &Self) -> bool {
-        self == other
-    }
 }
 
 impl Object for NetworkPolicy {
-    fn slim(self) -> Self {
-        self
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
     /// The resourceVersion changes with every write; the spec is what matters.
     fn same(&self, other: &Self) -> bool {
         self.spec == other.spec && self.metadata.labels == other.metadata.labels
