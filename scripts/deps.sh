@@ -13,10 +13,11 @@ set -euo pipefail
 #   containernetworking-plugins         reference CNI plugins (portmap, bandwidth, host-local)
 #   tcpdump, tshark                     independent decoders for captured frames
 #   python3                             fixture helpers
+#   ethtool                             the harness's segmenting underlay (NIC-like offloads)
 PACKAGES=(
     iproute2 iputils-ping kmod python3 iptables nftables
     etcd-server etcd-client iperf3 containernetworking-plugins
-    tcpdump tshark
+    tcpdump tshark ethtool
 )
 
 missing=()

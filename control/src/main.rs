@@ -142,6 +142,11 @@ enum Command {
         /// false`).
         #[arg(long)]
         no_tun_offload: bool,
+        /// How the lab's underlay carries large packets: `ideal` passes 64 KiB GSO packets whole
+        /// between nodes (the kernel's cheapest case); `segmenting` behaves like NICs and a
+        /// switch, with MTU frames between nodes and GRO on receive (needs ethtool).
+        #[arg(long, value_enum, default_value_t = UnderlayArg::Ideal)]
+        underlay: UnderlayArg,
         /// Measure only these variants beside the kernel VXLAN reference (comma-separated:
         /// kernel-host-gw, weft-vxlan, weft-vxlan-switch,
         /// weft-vxlan-switch-policy (1000 NetworkPolicy rules per direction), weft-ipip, weft-host-gw,
@@ -175,6 +180,15 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+}
+
+/// `weftd bench --underlay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum UnderlayArg {
+    /// Veths and bridge pass 64 KiB GSO packets whole.
+    Ideal,
+    /// MTU frames between nodes (the bridge's ports segment), GRO on each node's receive.
+    Segmenting,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -255,13 +269,20 @@ fn main() -> ExitCode {
             no_gso,
             no_gro,
             no_tun_offload,
+            underlay,
             variants,
             baseline,
         } => report(harness::run(
             rounds,
             seconds,
             pings,
-            builtin,
+            harness::LabKnobs {
+                builtin,
+                underlay: match underlay {
+                    UnderlayArg::Ideal => control::tooling::lab::Underlay::Ideal,
+                    UnderlayArg::Segmenting => control::tooling::lab::Underlay::Segmenting,
+                },
+            },
             &harness::WeftKnobs {
                 workers,
                 busy_poll_us,

@@ -8,13 +8,18 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use control::ctl::request_show;
-use control::tooling::lab::{Lab, NodeKind, PingResult};
+use control::tooling::lab::{Lab, NodeKind, PingResult, Underlay};
 use dataplane::io::udp::{Datagram, VxlanSender};
 use netns_tests::{require_root, weftd_path, TRANSFER};
 
 fn lab(extra: &str) -> Lab {
+    lab_on(extra, Underlay::Ideal)
+}
+
+fn lab_on(extra: &str, underlay: Underlay) -> Lab {
     require_root();
     let mut lab = Lab::new(&weftd_path()).expect("lab");
+    lab.underlay_kind = underlay;
     lab.dataplane_extra = extra.to_string();
     lab.add_node(1, NodeKind::Weft).expect("node-1");
     lab.add_node(2, NodeKind::Weft).expect("node-2");
@@ -205,4 +210,52 @@ fn hundred_megabytes_each_way_without_udp_gro() {
 #[test]
 fn hundred_megabytes_each_way_without_tun_offloads() {
     all_directions("offload = false\n", [0, 1, 1]);
+}
+
+/// The harness's segmenting underlay (`weftd bench --underlay segmenting`) behaves as NICs and a
+/// switch do: what crosses it between nodes are frames of the MTU, however large the senders'
+/// GSO packets, and GRO merges them again on receive, so Weft's UDP GRO path takes datagrams
+/// the kernel merged rather than trains that crossed whole. 100 MB each way, Weft ↔ Weft and
+/// Weft ↔ kernel, byte for byte.
+#[test]
+fn a_segmenting_underlay_carries_mtu_frames_and_weft_moves_100_megabytes_each_way() {
+    let lab = lab_on("", Underlay::Segmenting);
+    let p = pods(&lab);
+    let pairs = [(p[0], p[1]), (p[1], p[0]), (p[0], p[2]), (p[2], p[0])];
+    for (port, (a, b)) in (7100..).zip(pairs) {
+        transfer(&lab, a, b, port);
+    }
+    for node in &lab.nodes {
+        let out = netns_tests::ns_command(&node.ns, "ip", &["-s", "-j", "link", "show", "eth0"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j");
+        let rx = &v[0]["stats64"]["rx"];
+        let (bytes, packets) = (
+            rx["bytes"].as_u64().expect("rx bytes"),
+            rx["packets"].as_u64().expect("rx packets"),
+        );
+        assert!(packets > 0, "{}: nothing received", node.name);
+        let largest_possible = bytes / packets;
+        assert!(
+            largest_possible <= 1514,
+            "{}: eth0 received {bytes} bytes in {packets} frames: larger than the MTU on the wire",
+            node.name
+        );
+        let features = netns_tests::ns_command(&node.ns, "ethtool", &["-k", "eth0"]);
+        assert!(
+            features.contains("generic-receive-offload: on"),
+            "{}: GRO off on eth0:\n{features}",
+            node.name
+        );
+    }
+    for node in lab.nodes.iter().take(2) {
+        let show = request_show(&node.ctl_socket).expect("show");
+        let c = &show.counters;
+        let malformed = c.drops.get("offload_malformed").copied().unwrap_or(0);
+        assert_eq!(malformed, 0, "{}: {c:?}", node.name);
+        assert!(
+            c.gathered_writes > 0,
+            "{}: no datagrams arrived merged by GRO: {c:?}",
+            node.name
+        );
+    }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::netns::spawn_in_netns;
-use crate::tooling::lab::{Lab, NodeKind, PingResult};
+use crate::tooling::lab::{Lab, NodeKind, PingResult, Underlay};
 use anyhow::{bail, Context};
 
 use crate::tooling::demo::CANCELLED;
@@ -215,12 +215,21 @@ impl WeftKnobs {
     }
 }
 
+/// What every variant's lab is built with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LabKnobs {
+    /// Use the built-in TCP generator even when iperf3 is installed.
+    pub builtin: bool,
+    /// How the underlay carries large packets ([`Underlay::Ideal`]: whole; `Segmenting`: as NICs).
+    pub underlay: Underlay,
+}
+
 /// Runs the harness: `rounds` rounds of `seconds` of TCP plus `pings` pings per variant.
 pub fn run(
     rounds: usize,
     seconds: u64,
     pings: usize,
-    builtin: bool,
+    lab_knobs: LabKnobs,
     knobs: &WeftKnobs,
     only: &[String],
     baseline: Option<&std::path::Path>,
@@ -235,6 +244,10 @@ pub fn run(
         bail!("weftd bench needs root (network namespaces, veths, TUN); run it with sudo");
     }
     crate::tooling::demo::watch_ctrl_c();
+    let LabKnobs { builtin, underlay } = lab_knobs;
+    if underlay == Underlay::Segmenting && !which("ethtool") {
+        bail!("--underlay segmenting needs ethtool to set the underlay's offloads; install it (apt-get install ethtool)");
+    }
     let generator = if !builtin && which("iperf3") {
         Generator::Iperf3
     } else {
@@ -243,11 +256,15 @@ pub fn run(
     let weftd = std::env::current_exe().context("cannot find the weftd binary itself")?;
     let started = Instant::now();
     eprintln!(
-        "weftd bench: {rounds} rounds x {} variants, {seconds} s single-stream TCP ({}) and {pings} pings each",
+        "weftd bench: {rounds} rounds x {} variants, {seconds} s single-stream TCP ({}) and {pings} pings each, {} underlay",
         selected.len(),
         match generator {
             Generator::Iperf3 => "iperf3",
             Generator::Builtin => "built-in generator; install iperf3 to use it",
+        },
+        match underlay {
+            Underlay::Ideal => "ideal",
+            Underlay::Segmenting => "segmenting",
         }
     );
     let mut variants = Vec::new();
@@ -281,6 +298,7 @@ pub fn run(
             _ => weftd.clone(),
         };
         let mut lab = Lab::new(&binary)?;
+        lab.underlay_kind = underlay;
         lab.workers = knobs.workers;
         lab.dataplane_extra = knobs.dataplane_lines();
         lab.backend = backend.to_string();
@@ -389,6 +407,14 @@ pub fn run(
         }
     }
     println!();
+    println!(
+        "Underlay: {}.",
+        match underlay {
+            Underlay::Ideal => "ideal (veths and bridge pass 64 KiB GSO packets whole)",
+            Underlay::Segmenting =>
+                "segmenting (MTU frames between nodes, cut at the bridge's ports; GRO on each node's receive)",
+        }
+    );
     println!(
         "Medians of {rounds} rounds; ratios to kernel VXLAN. TCP: iperf3 single stream and {STREAMS} streams; UDP: {UDP_LEN}-byte datagrams at full rate, received packets/s; CPU: Weft agents' user+system seconds per GB over the single-stream run."
     );

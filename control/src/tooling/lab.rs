@@ -9,6 +9,11 @@
 //! (192.168.78.0/24), in the same underlay namespace, which then routes between the two segments
 //! (.254 on each bridge): two underlay subnets, one router, as cross-subnet tests need.
 //!
+//! The underlay is [`Underlay::Ideal`] unless a lab says otherwise: its veths and bridge carry a
+//! 64 KiB GSO packet whole, so a GSO-capable sender never pays for segmentation.
+//! [`Underlay::Segmenting`] makes it behave like NICs and a switch: frames of the MTU on the
+//! wire, merged again by GRO on each node's receive.
+//!
 //! Every namespace and link name carries a per-process prefix, so concurrent labs never collide,
 //! and everything is removed in `Drop`, also when a test fails half-way. Agents run as child
 //! processes (`weftd run`) inside their node's namespace and are killed on drop.
@@ -144,6 +149,8 @@ pub struct Lab {
     pub workers: usize,
     /// Extra `[dataplane]` lines for every Weft agent's config, e.g. `"gso = false\n"`.
     pub dataplane_extra: String,
+    /// How the underlay carries large packets; set before adding nodes.
+    pub underlay_kind: Underlay,
     /// Whole sections appended to every Weft node's config (`[policy]` and the like).
     pub config_extra: String,
     /// The body of every Weft agent's `[backend]` section (default [`DEFAULT_BACKEND`]), e.g.
@@ -219,6 +226,55 @@ pub const BRIDGE: &str = "weft0";
 /// The `[backend]` body of a lab's Weft agents unless a test sets [`Lab::backend`].
 pub const DEFAULT_BACKEND: &str = "type = \"vxlan\"\n";
 
+/// How the lab's underlay carries packets larger than its MTU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Underlay {
+    /// Veths and the bridge pass a GSO packet (up to 64 KiB) whole, from one node's stack to the
+    /// other's: the kernel's cheapest case, and the default.
+    #[default]
+    Ideal,
+    /// As NICs and a switch do: each bridge port segments what it sends (TSO, USO and GSO lists
+    /// off, so GSO packets are cut into MTU frames there, as a NIC cuts them on the wire), and each
+    /// node's `eth0` runs GRO on receive (NAPI, as a NIC driver does). Needs `ethtool`.
+    Segmenting,
+}
+
+/// The `ethtool -K` settings [`Underlay::Segmenting`] gives the bridge's port of each node.
+pub const SEGMENTING_PORT: [&str; 6] = [
+    "tso",
+    "off",
+    "tx-udp-segmentation",
+    "off",
+    "tx-gso-list",
+    "off",
+];
+/// The `ethtool -K` settings [`Underlay::Segmenting`] gives each node's `eth0`.
+pub const SEGMENTING_NODE: [&str; 2] = ["gro", "on"];
+
+/// Runs `ethtool -K <dev> <settings>` in the named network namespace.
+fn ethtool_features(netns: &str, dev: &str, settings: &[&str]) -> Result<(), LabError> {
+    let what = format!("ethtool -K {dev} {} in {netns}", settings.join(" "));
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "ethtool", "-K", dev])
+        .args(settings)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io_err(what.clone()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let hint = if err.contains("ethtool") && err.contains("No such file") {
+            " (a segmenting underlay needs ethtool: apt-get install ethtool)"
+        } else {
+            ""
+        };
+        return Err(LabError::Io {
+            what,
+            source: std::io::Error::other(format!("{}{hint}", err.trim())),
+        });
+    }
+    Ok(())
+}
+
 static LAB_SEQ: AtomicU32 = AtomicU32::new(0);
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
@@ -254,6 +310,7 @@ impl Lab {
             underlay_mtu: 1500,
             workers: 0,
             dataplane_extra: String::new(),
+            underlay_kind: Underlay::Ideal,
             config_extra: String::new(),
             backend: DEFAULT_BACKEND.to_string(),
             datastore: LabDatastore::Static,
@@ -829,7 +886,12 @@ impl Lab {
             nl.set_mtu(ul_end, mtu)?;
             nl.set_master(ul_end, bridge)?;
             nl.set_up(ul_end)
-        })
+        })?;
+        if self.underlay_kind == Underlay::Segmenting {
+            ethtool_features(self.underlay.name(), ul_end, &SEGMENTING_PORT)?;
+            ethtool_features(ns.name(), "eth0", &SEGMENTING_NODE)?;
+        }
+        Ok(())
     }
 
     /// The pod with address `ip`.
