@@ -404,6 +404,15 @@ impl Agent {
                 source,
             })?);
         }
+        // Every worker's VXLAN socket is bound: steer the group by flow, as the pod ports are.
+        if let Some(first) = io.first() {
+            if let Err(e) = first.steer(io.len()) {
+                tracing::warn!(
+                    "cannot steer the VXLAN sockets by flow (SO_ATTACH_REUSEPORT_CBPF): {e}; \
+                     the kernel spreads datagrams by its own hash, and replies may wake a second worker"
+                );
+            }
+        }
         let gro = report_offloads(&cfg, &metrics, tun_offload, &io);
         let wcfg = WorkerConfig {
             gro,

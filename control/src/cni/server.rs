@@ -643,8 +643,12 @@ fn publish(
         .inputs
         .free_port()
         .ok_or_else(|| "no free switch port id (65535 pods on one node?)".to_string())?;
-    let sock = PacketPort::open(&plan.host_veth, dataplane::io::packet::DEFAULT_RCVBUF)
-        .map_err(|e| e.to_string())?;
+    let sock = PacketPort::open_steered(
+        &plan.host_veth,
+        dataplane::io::packet::DEFAULT_RCVBUF,
+        sw.workers.workers(),
+    )
+    .map_err(|e| e.to_string())?;
     let limits = options.bandwidth.and_then(|b| {
         PortLimits::new(
             (b.ingress_rate, b.ingress_burst),

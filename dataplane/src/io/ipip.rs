@@ -7,16 +7,16 @@
 //! core ([`Ingress::Underlay`](crate::forward::Ingress::Underlay)).
 //!
 //! Every raw socket of a protocol gets its own copy, so with several workers each socket carries
-//! a classic BPF filter ([`fanout_filter`]) that accepts a packet in exactly one of them: a hash
-//! of the inner source and destination addresses picks the worker, so one flow's packets stay
-//! on one worker and in order. Sending needs nothing special: the core writes the outer header
+//! a classic BPF filter ([`fanout_filter`]) that accepts a packet in exactly one of them: the
+//! flow hash of [`steer`] over the inner packet picks the worker, so one flow's packets stay on
+//! one worker and in order, on the worker its pod port steers the other direction to. Sending needs nothing special: the core writes the outer header
 //! and the raw sender ([`RawSender`](super::raw::RawSender)) sends it with `IP_HDRINCL`.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::batch::{set_buffer, Buffer, RecvBatch};
-use super::sys;
+use super::{steer, sys};
 
 /// IP protocol number of IP-in-IP.
 pub const IPPROTO_IPIP: i32 = 4;
@@ -58,57 +58,30 @@ impl AsFd for IpipSocket {
     }
 }
 
-// Classic BPF opcodes (linux/filter.h, linux/bpf_common.h).
-const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-const LD_W_LEN: u16 = 0x80; // BPF_LD | BPF_W | BPF_LEN
-const TAX: u16 = 0x07; // BPF_MISC | BPF_TAX
-const ADD_X: u16 = 0x0c; // BPF_ALU | BPF_ADD | BPF_X
-const MUL_K: u16 = 0x24; // BPF_ALU | BPF_MUL | BPF_K
-const RSH_K: u16 = 0x74; // BPF_ALU | BPF_RSH | BPF_K
-const MOD_K: u16 = 0x94; // BPF_ALU | BPF_MOD | BPF_K
-const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
-const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-/// "Keep this many bytes": more than any datagram, so the whole packet.
-const ACCEPT: u32 = 0x0010_0000;
-/// Outer (20, no options: what tunnel peers send) plus inner IPv4 header.
-const MIN_HASHED: u32 = 40;
+/// Outer (20, no options: what tunnel peers send) plus inner IPv4 header, plus the inner ports:
+/// shorter datagrams all go to worker 0.
+const MIN_HASHED: u32 = 44;
 
-fn insn(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
-    libc::sock_filter { code, jt, jf, k }
-}
-
-/// Fibonacci hashing's multiplier (2^32 / golden ratio): the product's high bits mix every input
-/// bit.
-const GOLDEN: u32 = 0x9e37_79b1;
-
-/// The filter for worker `worker` of `workers`: accepts a datagram when
-/// `((inner src + inner dst) * GOLDEN >> 16) % workers == worker`; datagrams too short to hold both headers all go to worker 0, which drops and counts
-/// them. Each datagram is thus accepted by exactly one worker's socket.
+/// The filter for worker `worker` of `workers`: accepts a datagram when the flow hash of its
+/// inner packet ([`steer::flow_program`], the hash the pod ports and the VXLAN sockets use too)
+/// picks this worker; datagrams too short to hold the headers and ports all go to worker 0,
+/// which drops and counts them. Each datagram is thus accepted by exactly one worker's socket.
 pub fn fanout_filter(worker: usize, workers: usize) -> Vec<libc::sock_filter> {
-    let n = workers.max(1) as u32;
-    let short = if worker == 0 { ACCEPT } else { 0 };
-    vec![
-        insn(LD_W_LEN, 0, 0, 0),          // 0: A = len
-        insn(JGE_K, 0, 10, MIN_HASHED),   // 1: short -> 12
-        insn(LD_W_ABS, 0, 0, 20 + 12),    // 2: A = inner src
-        insn(TAX, 0, 0, 0),               // 3: X = A
-        insn(LD_W_ABS, 0, 0, 20 + 16),    // 4: A = inner dst
-        insn(ADD_X, 0, 0, 0),             // 5: A += X (same for both directions)
-        insn(MUL_K, 0, 0, GOLDEN),        // 6
-        insn(RSH_K, 0, 0, 16),            // 7
-        insn(MOD_K, 0, 0, n),             // 8
-        insn(JEQ_K, 0, 1, worker as u32), // 9
-        insn(RET_K, 0, 0, ACCEPT),        // 10
-        insn(RET_K, 0, 0, 0),             // 11
-        insn(RET_K, 0, 0, short),         // 12
-    ]
+    let body = steer::flow_program(20, workers, steer::Tail::Accept(worker));
+    let short = if worker == 0 { steer::ACCEPT } else { 0 };
+    let mut p = vec![
+        steer::insn(steer::LD_W_LEN, 0, 0, 0),
+        steer::insn(steer::JGE_K, 0, body.len() as u8, MIN_HASHED),
+    ];
+    p.extend(body);
+    p.push(steer::insn(steer::RET_K, 0, 0, short));
+    p
 }
 
-/// What [`fanout_filter`] computes, for tests and for choosing which worker sees a flow.
+/// What [`fanout_filter`] computes for a datagram whose inner packet has no ports (ICMP, say),
+/// for tests.
 pub fn fanout_worker(inner_src: [u8; 4], inner_dst: [u8; 4], workers: usize) -> usize {
-    let a = u32::from_be_bytes(inner_src).wrapping_add(u32::from_be_bytes(inner_dst));
-    ((a.wrapping_mul(GOLDEN) >> 16) % workers.max(1) as u32) as usize
+    steer::flow_worker(inner_src, inner_dst, None, workers)
 }
 
 #[cfg(test)]

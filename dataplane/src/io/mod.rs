@@ -36,6 +36,7 @@ pub mod clock;
 pub mod ipip;
 pub mod packet;
 pub mod raw;
+pub mod steer;
 mod sys;
 pub mod tun;
 pub mod udp;

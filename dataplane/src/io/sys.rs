@@ -186,6 +186,27 @@ pub(crate) fn setsockopt_int(
 /// `setsockopt(SO_ATTACH_FILTER)`: runs the classic BPF program `prog` on every packet queued to
 /// the socket; a packet for which it returns 0 is not queued.
 pub(crate) fn attach_filter(fd: BorrowedFd<'_>, prog: &[libc::sock_filter]) -> io::Result<()> {
+    set_program(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, prog)
+}
+
+/// `SO_ATTACH_REUSEPORT_CBPF` (linux/asm-generic/socket.h).
+pub(crate) const SO_ATTACH_REUSEPORT_CBPF: c_int = 51;
+/// `PACKET_FANOUT` and `PACKET_FANOUT_DATA` (linux/if_packet.h).
+pub(crate) const PACKET_FANOUT: c_int = 18;
+pub(crate) const PACKET_FANOUT_DATA: c_int = 22;
+/// Fanout mode "a classic BPF program picks the socket", and the flag asking the kernel for an
+/// unused group id.
+pub(crate) const PACKET_FANOUT_CBPF: c_int = 6;
+pub(crate) const PACKET_FANOUT_FLAG_UNIQUEID: c_int = 0x2000;
+
+/// `setsockopt(fd, level, name, &sock_fprog)`: hands the classic BPF program `prog` to the
+/// kernel as a socket filter, a reuseport group's selector or a fanout group's demultiplexer.
+pub(crate) fn set_program(
+    fd: BorrowedFd<'_>,
+    level: c_int,
+    name: c_int,
+    prog: &[libc::sock_filter],
+) -> io::Result<()> {
     let len = u16::try_from(prog.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?;
     let fprog = libc::sock_fprog {
@@ -197,13 +218,18 @@ pub(crate) fn attach_filter(fd: BorrowedFd<'_>, prog: &[libc::sock_filter]) -> i
     cvt(unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
+            level,
+            name,
             (&fprog as *const libc::sock_fprog).cast::<c_void>(),
             mem::size_of::<libc::sock_fprog>() as socklen_t,
         )
     })?;
     Ok(())
+}
+
+/// `setsockopt(SO_DETACH_FILTER)`: removes the socket's filter.
+pub(crate) fn detach_filter(fd: BorrowedFd<'_>) -> io::Result<()> {
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DETACH_FILTER, 0)
 }
 
 /// `getsockopt(2)` of an `int` option.

@@ -21,6 +21,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::batch::{send_batch_with_policy, set_buffer, Buffer, MmsgBatch, SendReport};
 pub use super::batch::{RecvBatch, RecvMeta};
+use super::steer;
 use super::sys::{self, TrainBatch};
 
 /// A nonblocking UDP socket bound for VXLAN.
@@ -49,6 +50,22 @@ impl VxlanSocket {
     /// waiting. Returns how many arrived (0 when none was waiting); see [`RecvBatch::iter_mut`].
     pub fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
         batch.recv_from(self.sock.as_fd())
+    }
+
+    /// Steers the datagrams of this socket's `SO_REUSEPORT` group by flow ([`steer`]): socket
+    /// `i` of the group (the `i`-th bound) receives the flows worker `i` handles, the same
+    /// worker the pod ports hand the flows' other direction to. Set once, on any socket of the
+    /// group, after all `workers` are bound; without it the kernel spreads by its own hash.
+    pub fn steer(&self, workers: usize) -> io::Result<()> {
+        // The program sees the datagram from its UDP payload on: VXLAN (8) and the inner
+        // Ethernet header (14) come before the inner IPv4 header.
+        let prog = steer::flow_program(8 + 14, workers, steer::Tail::Index);
+        sys::set_program(
+            self.sock.as_fd(),
+            libc::SOL_SOCKET,
+            sys::SO_ATTACH_REUSEPORT_CBPF,
+            &prog,
+        )
     }
 
     /// Asks the kernel to merge consecutive datagrams of one flow before handing them over
@@ -295,6 +312,63 @@ fn train_segment(seg: usize, count: usize) -> u16 {
 mod tests {
     use super::*;
     use crate::forward::HEADROOM;
+
+    /// A VXLAN payload around an inner IPv4/UDP header `src:sport -> dst:dport`.
+    fn vxlan_payload(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 8 + 14 + 28];
+        p[0] = 0x08;
+        p[8 + 12..8 + 14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let ip = &mut p[22..];
+        ip[0] = 0x45;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&dst);
+        ip[20..22].copy_from_slice(&sport.to_be_bytes());
+        ip[22..24].copy_from_slice(&dport.to_be_bytes());
+        p
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn a_steered_reuseport_group_hands_each_flow_to_the_socket_the_hash_names() {
+        let first = VxlanSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 0, 0).unwrap();
+        let addr = first.local_addr().unwrap();
+        let second = VxlanSocket::bind(addr, 0, 0).unwrap();
+        first.steer(2).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut want = Vec::new();
+        for i in 0..32u16 {
+            let (x, y) = ([10, 244, 1, 2 + i as u8], [10, 244, 2, 7]);
+            let (px, py) = (40_000 + i * 7, 53);
+            tx.send_to(&vxlan_payload(x, y, px, py), addr).unwrap();
+            tx.send_to(&vxlan_payload(y, x, py, px), addr).unwrap();
+            let w = steer::flow_worker(x, y, Some((px, py)), 2);
+            want.push(w);
+            want.push(w);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut batch = RecvBatch::new(64, HEADROOM + 2048);
+        let mut got = [Vec::new(), Vec::new()];
+        for (k, sock) in [&first, &second].into_iter().enumerate() {
+            let n = sock.recv_batch(&mut batch).unwrap();
+            for i in 0..n {
+                let (meta, slot) = batch.get(i).unwrap();
+                got[k].push(slot[HEADROOM..HEADROOM + meta.len].to_vec());
+            }
+        }
+        assert_eq!(got[0].len() + got[1].len(), 64, "every datagram once");
+        for (i, w) in (0u16..).zip(want.iter().step_by(2)) {
+            let (x, y) = ([10, 244, 1, 2 + i as u8], [10, 244, 2, 7]);
+            let (px, py) = (40_000 + i * 7, 53);
+            for d in [vxlan_payload(x, y, px, py), vxlan_payload(y, x, py, px)] {
+                assert!(got[*w].contains(&d), "flow {i} on socket {w}");
+            }
+        }
+        assert!(
+            !got[0].is_empty() && !got[1].is_empty(),
+            "both sockets used"
+        );
+    }
 
     #[test]
     fn batch_allocates_once_and_starts_empty() {

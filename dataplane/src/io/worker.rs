@@ -133,8 +133,9 @@ impl WorkerConfig {
 }
 
 /// The pod ports (switch mode) by port id: what the workers receive from and send to, published
-/// like a snapshot. A port is received from by one worker only, [`PodPorts::owner`]; any worker
-/// sends to it.
+/// like a snapshot. A port with one socket per worker ([`PacketPort::open_steered`]) is received
+/// from by every worker, each on its own socket, the kernel steering by flow; a port with one
+/// socket is received from by one worker only, [`PodPorts::owner`]. Any worker sends to it.
 #[derive(Debug, Clone, Default)]
 pub struct PodPorts {
     ports: Vec<Option<PodPort>>,
@@ -256,6 +257,12 @@ impl WorkerShared {
                 .map(|_| sys::eventfd().expect("eventfd for a worker"))
                 .collect(),
         }
+    }
+
+    /// How many workers there are: what a pod port is opened for
+    /// ([`PacketPort::open_steered`]).
+    pub fn workers(&self) -> usize {
+        self.acks.len()
     }
 
     /// Publishes the pod ports; workers pick them up at their next wakeup ([`WorkerShared::sync`]
@@ -417,6 +424,16 @@ impl WorkerIo {
         matches!(&self.rx, UnderlayRx::Vxlan(udp) if udp.enable_gro().is_ok())
     }
 
+    /// Steers the VXLAN sockets' reuseport group by flow ([`VxlanSocket::steer`]), once every
+    /// worker's socket is bound; nothing to do for other underlays (IP-in-IP sockets carry their
+    /// share's filter from the start).
+    pub fn steer(&self, workers: usize) -> io::Result<()> {
+        match &self.rx {
+            UnderlayRx::Vxlan(udp) if workers > 1 => udp.steer(workers),
+            _ => Ok(()),
+        }
+    }
+
     /// A worker's handles around `tun` and an underlay receive socket already opened.
     pub fn open_rx(tun: TunQueue, rx: UnderlayRx, o: IoOptions) -> io::Result<WorkerIo> {
         Ok(WorkerIo {
@@ -535,7 +552,8 @@ pub fn run_worker(
     // those ports in order. Rebuilt when the epoch moves.
     let workers = shared.acks.len();
     let waker = shared.wakers.get(id).map(AsFd::as_fd);
-    let mut mine: Vec<(PortId, Arc<PacketPort>)> = Vec::new();
+    // (port, its socket, which of its sockets is this worker's)
+    let mut mine: Vec<(PortId, Arc<PacketPort>, usize)> = Vec::new();
     let mut pfds: Vec<libc::pollfd> = Vec::new();
     let mut pod_rx: Option<RecvBatch> = None;
     let mut seen_epoch = u64::MAX;
@@ -555,8 +573,13 @@ pub fn run_worker(
             mine = w
                 .pods
                 .iter()
-                .filter(|(pid, _)| PodPorts::owner(*pid, workers) == id)
-                .map(|(pid, p)| (pid, Arc::clone(p)))
+                .filter_map(|(pid, p)| {
+                    if p.receivers() == workers && workers > 1 {
+                        Some((pid, Arc::clone(p), id))
+                    } else {
+                        (PodPorts::owner(pid, workers) == id).then(|| (pid, Arc::clone(p), 0))
+                    }
+                })
                 .collect();
             if !mine.is_empty() && pod_rx.is_none() {
                 pod_rx = Some(RecvBatch::new(POD_RX_SLOTS, POD_RX_SLOT));
@@ -576,7 +599,7 @@ pub fn run_worker(
             pfds.push(fd(tun.as_fd()));
             pfds.push(fd(rx_fd));
             pfds.push(fd(waker.unwrap_or(tun.as_fd())));
-            pfds.extend(mine.iter().map(|(_, p)| fd(p.as_fd())));
+            pfds.extend(mine.iter().map(|(_, p, k)| fd(p.receiver(*k))));
             seen_epoch = epoch;
             if let Some(a) = shared.acks.get(id) {
                 a.store(epoch, Ordering::Release);
@@ -640,11 +663,11 @@ pub fn run_worker(
                 moved |= n > 0;
             }
             if let Some(prx) = pod_rx.as_mut() {
-                for ((pid, port), pfd) in mine.iter().zip(&pfds[3..]) {
+                for ((pid, port, k), pfd) in mine.iter().zip(&pfds[3..]) {
                     if !ready(pfd) {
                         continue;
                     }
-                    let n = w.drain_pod(&snap, *pid, port, prx, &mut tun_slots, now);
+                    let n = w.drain_pod(&snap, *pid, port, *k, prx, &mut tun_slots, now);
                     busy |= n == POD_RX_SLOTS;
                     moved |= n > 0;
                 }
@@ -1168,16 +1191,19 @@ impl Worker<'_> {
     /// lies (its checksum completed first if the pod left it partial), a super-frame cut into
     /// segments in `slots`, each behind the frame's own Ethernet header, so the core checks and
     /// routes every segment as the frame it would have been. Returns how many frames arrived.
+    /// `socket` is which of the port's sockets this worker receives on.
+    #[allow(clippy::too_many_arguments)]
     fn drain_pod(
         &mut self,
         snap: &Snapshot,
         pid: PortId,
         port: &PacketPort,
+        socket: usize,
         rx: &mut RecvBatch,
         slots: &mut Slots,
         now: Instant,
     ) -> usize {
-        let n = match port.recv_batch(rx) {
+        let n = match port.recv_batch_on(socket, rx) {
             Ok(n) => n,
             Err(_) => return 0,
         };
