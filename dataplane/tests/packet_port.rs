@@ -31,18 +31,27 @@ fn frame(dst: [u8; 6], src: [u8; 6], n: u8, len: usize) -> Vec<u8> {
     f
 }
 
-#[test]
-fn frames_cross_a_veth_with_vnet_headers_in_batches() {
+/// Runs `f` on a thread of its own, in a network namespace that dies with it, holding a veth pair
+/// `pa`/`pb`, both up.
+fn on_a_veth_pair(f: impl FnOnce() + Send + 'static) {
     assert!(
         is_root(),
         "this test needs root (CAP_NET_ADMIN, CAP_NET_RAW); CI runs as root"
     );
-    // Everything on a thread of its own, in a namespace that dies with it.
     std::thread::spawn(|| {
         dataplane::io::unshare_net().expect("unshare(CLONE_NEWNET)");
         ip(&["link", "add", "pa", "type", "veth", "peer", "name", "pb"]);
         ip(&["link", "set", "pa", "up"]);
         ip(&["link", "set", "pb", "up"]);
+        f();
+    })
+    .join()
+    .expect("test thread");
+}
+
+#[test]
+fn frames_cross_a_veth_with_vnet_headers_in_batches() {
+    on_a_veth_pair(|| {
         let a = PacketPort::open("pa", 1 << 20).expect("port on pa");
         let b = PacketPort::open("pb", 1 << 20).expect("port on pb");
         assert_ne!(a.ifindex(), b.ifindex());
@@ -84,9 +93,7 @@ fn frames_cross_a_veth_with_vnet_headers_in_batches() {
         );
         let st = b.stats().expect("stats");
         assert!(st.packets >= 20 && st.drops == 0, "{st:?}");
-    })
-    .join()
-    .expect("test thread");
+    });
 }
 
 fn is_root() -> bool {
@@ -127,15 +134,7 @@ fn tcp_frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
 #[test]
 fn a_steered_port_hands_both_directions_of_a_flow_to_the_worker_the_hash_names() {
     use dataplane::io::steer::flow_worker;
-    assert!(
-        is_root(),
-        "this test needs root (CAP_NET_ADMIN, CAP_NET_RAW); CI runs as root"
-    );
-    std::thread::spawn(|| {
-        dataplane::io::unshare_net().expect("unshare(CLONE_NEWNET)");
-        ip(&["link", "add", "pa", "type", "veth", "peer", "name", "pb"]);
-        ip(&["link", "set", "pa", "up"]);
-        ip(&["link", "set", "pb", "up"]);
+    on_a_veth_pair(|| {
         let a = PacketPort::open("pa", 1 << 20).expect("port on pa");
         let b = PacketPort::open_steered("pb", 1 << 20, 2).expect("steered port on pb");
         assert_eq!(b.receivers(), 2);
@@ -189,7 +188,5 @@ fn a_steered_port_hands_both_directions_of_a_flow_to_the_worker_the_hash_names()
         );
         let stats = b.stats().expect("stats");
         assert_eq!(stats.packets as usize, frames.len(), "{stats:?}");
-    })
-    .join()
-    .expect("test thread");
+    });
 }
