@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use control::config::{Config, Overrides};
+use control::tooling::lab::Underlay;
 use control::tooling::{bench_control, demo, harness};
 
 /// Weft: a userspace pod-network dataplane, wire-compatible with flannel's VXLAN backend.
@@ -145,8 +146,8 @@ enum Command {
         /// How the lab's underlay carries large packets: `ideal` passes 64 KiB GSO packets whole
         /// between nodes (the kernel's cheapest case); `segmenting` behaves like NICs and a
         /// switch, with MTU frames between nodes and GRO on receive (needs ethtool).
-        #[arg(long, value_enum, default_value_t = UnderlayArg::Ideal)]
-        underlay: UnderlayArg,
+        #[arg(long, value_enum, default_value_t = Underlay::Ideal)]
+        underlay: Underlay,
         /// Measure only these variants beside the kernel VXLAN reference (comma-separated:
         /// kernel-host-gw, weft-vxlan, weft-vxlan-switch,
         /// weft-vxlan-switch-policy (1000 NetworkPolicy rules per direction), weft-ipip, weft-host-gw,
@@ -180,15 +181,6 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
-}
-
-/// `weftd bench --underlay`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum UnderlayArg {
-    /// Veths and bridge pass 64 KiB GSO packets whole.
-    Ideal,
-    /// MTU frames between nodes (the bridge's ports segment), GRO on each node's receive.
-    Segmenting,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -276,13 +268,7 @@ fn main() -> ExitCode {
             rounds,
             seconds,
             pings,
-            harness::LabKnobs {
-                builtin,
-                underlay: match underlay {
-                    UnderlayArg::Ideal => control::tooling::lab::Underlay::Ideal,
-                    UnderlayArg::Segmenting => control::tooling::lab::Underlay::Segmenting,
-                },
-            },
+            harness::LabKnobs { builtin, underlay },
             &harness::WeftKnobs {
                 workers,
                 busy_poll_us,

@@ -256,16 +256,13 @@ pub fn run(
     let weftd = std::env::current_exe().context("cannot find the weftd binary itself")?;
     let started = Instant::now();
     eprintln!(
-        "weftd bench: {rounds} rounds x {} variants, {seconds} s single-stream TCP ({}) and {pings} pings each, {} underlay",
+        "weftd bench: {rounds} rounds x {} variants, {seconds} s single-stream TCP ({}) and {pings} pings each, underlay {}",
         selected.len(),
         match generator {
             Generator::Iperf3 => "iperf3",
             Generator::Builtin => "built-in generator; install iperf3 to use it",
         },
-        match underlay {
-            Underlay::Ideal => "ideal",
-            Underlay::Segmenting => "segmenting",
-        }
+        underlay.describe()
     );
     let mut variants = Vec::new();
     // With --baseline, every Weft variant also runs with that binary, right after this one's, in
@@ -407,14 +404,7 @@ pub fn run(
         }
     }
     println!();
-    println!(
-        "Underlay: {}.",
-        match underlay {
-            Underlay::Ideal => "ideal (veths and bridge pass 64 KiB GSO packets whole)",
-            Underlay::Segmenting =>
-                "segmenting (MTU frames between nodes, cut at the bridge's ports; GRO on each node's receive)",
-        }
-    );
+    println!("Underlay: {}.", underlay.describe());
     println!(
         "Medians of {rounds} rounds; ratios to kernel VXLAN. TCP: iperf3 single stream and {STREAMS} streams; UDP: {UDP_LEN}-byte datagrams at full rate, received packets/s; CPU: Weft agents' user+system seconds per GB over the single-stream run."
     );

@@ -226,8 +226,8 @@ pub const BRIDGE: &str = "weft0";
 /// The `[backend]` body of a lab's Weft agents unless a test sets [`Lab::backend`].
 pub const DEFAULT_BACKEND: &str = "type = \"vxlan\"\n";
 
-/// How the lab's underlay carries packets larger than its MTU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How the lab's underlay carries packets larger than its MTU (`weftd bench --underlay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Underlay {
     /// Veths and the bridge pass a GSO packet (up to 64 KiB) whole, from one node's stack to the
     /// other's: the kernel's cheapest case, and the default.
@@ -237,6 +237,18 @@ pub enum Underlay {
     /// off, so GSO packets are cut into MTU frames there, as a NIC cuts them on the wire), and each
     /// node's `eth0` runs GRO on receive (NAPI, as a NIC driver does). Needs `ethtool`.
     Segmenting,
+}
+
+impl Underlay {
+    /// Its name and what it does, for a report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Underlay::Ideal => "ideal (veths and bridge pass 64 KiB GSO packets whole)",
+            Underlay::Segmenting => {
+                "segmenting (MTU frames between nodes, cut at the bridge's ports; GRO on each node's receive)"
+            }
+        }
+    }
 }
 
 /// The `ethtool -K` settings [`Underlay::Segmenting`] gives the bridge's port of each node.

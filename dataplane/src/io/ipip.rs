@@ -9,8 +9,8 @@
 //! Every raw socket of a protocol gets its own copy, so with several workers each socket carries
 //! a classic BPF filter ([`fanout_filter`]) that accepts a packet in exactly one of them: the
 //! flow hash of [`steer`] over the inner packet picks the worker, so one flow's packets stay on
-//! one worker and in order, on the worker its pod port steers the other direction to. Sending needs nothing special: the core writes the outer header
-//! and the raw sender ([`RawSender`](super::raw::RawSender)) sends it with `IP_HDRINCL`.
+//! one worker and in order, on the worker its pod port steers the other direction to. Sending
+//! needs nothing special: the core writes the outer header and the raw sender ([`RawSender`](super::raw::RawSender)) sends it with `IP_HDRINCL`.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

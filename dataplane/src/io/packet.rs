@@ -37,7 +37,8 @@ use crate::offload::vnet::VNET_HDR_LEN;
 /// worker is busy elsewhere.
 pub const DEFAULT_RCVBUF: usize = 1 << 20;
 
-/// One pod port's socket. Receive from one worker only (the port's owner); send from any.
+/// One pod port: one socket, received from by one worker, or one socket per worker in a fanout
+/// group ([`PacketPort::open_steered`]), each received from by its worker. Any worker sends.
 #[derive(Debug)]
 pub struct PacketPort {
     /// One socket per receiving worker (one in all with a single worker); the first sends.
@@ -82,40 +83,7 @@ impl PacketPort {
         for _ in 0..n {
             let fd = open_socket(ifindex, rcvbuf, n > 1).map_err(ctx("setup"))?;
             if n > 1 {
-                let fanout = sys::PACKET_FANOUT_CBPF << 16;
-                match group {
-                    None => {
-                        let flags = fanout | (sys::PACKET_FANOUT_FLAG_UNIQUEID << 16);
-                        sys::setsockopt_int(
-                            fd.as_fd(),
-                            libc::SOL_PACKET,
-                            sys::PACKET_FANOUT,
-                            flags,
-                        )
-                        .map_err(ctx("PACKET_FANOUT (a new group)"))?;
-                        let prog = steer::flow_program(steer::NET_OFF, n, steer::Tail::Index);
-                        sys::set_program(
-                            fd.as_fd(),
-                            libc::SOL_PACKET,
-                            sys::PACKET_FANOUT_DATA,
-                            &prog,
-                        )
-                        .map_err(ctx("PACKET_FANOUT_DATA (the steering program)"))?;
-                        let got =
-                            sys::getsockopt_int(fd.as_fd(), libc::SOL_PACKET, sys::PACKET_FANOUT)
-                                .map_err(ctx("PACKET_FANOUT (reading the group id)"))?;
-                        group = Some(got & 0xffff);
-                    }
-                    Some(id) => {
-                        sys::setsockopt_int(
-                            fd.as_fd(),
-                            libc::SOL_PACKET,
-                            sys::PACKET_FANOUT,
-                            id | fanout,
-                        )
-                        .map_err(ctx("PACKET_FANOUT (joining the group)"))?;
-                    }
-                }
+                group = Some(join_fanout(fd.as_fd(), group, n).map_err(ctx("fanout group"))?);
                 // In the group now: frames reach this socket only when the program says so.
                 sys::detach_filter(fd.as_fd()).map_err(ctx("SO_DETACH_FILTER"))?;
             }
@@ -198,6 +166,28 @@ impl AsFd for PacketPort {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.receiver(0)
     }
+}
+
+/// Puts `fd` in the steering fanout group `group` of `workers` sockets, or, with no group yet,
+/// makes one (the kernel picks an unused id) and sets its program; returns the group's id.
+fn join_fanout(fd: BorrowedFd<'_>, group: Option<i32>, workers: usize) -> io::Result<i32> {
+    let ctx =
+        |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    let cbpf = sys::PACKET_FANOUT_CBPF << 16;
+    if let Some(id) = group {
+        sys::setsockopt_int(fd, libc::SOL_PACKET, sys::PACKET_FANOUT, id | cbpf)
+            .map_err(ctx("PACKET_FANOUT (joining)"))?;
+        return Ok(id);
+    }
+    let unique = sys::PACKET_FANOUT_FLAG_UNIQUEID << 16;
+    sys::setsockopt_int(fd, libc::SOL_PACKET, sys::PACKET_FANOUT, cbpf | unique)
+        .map_err(ctx("PACKET_FANOUT (a new group)"))?;
+    let prog = steer::flow_program(steer::NET_OFF, workers, steer::Tail::Index);
+    sys::set_program(fd, libc::SOL_PACKET, sys::PACKET_FANOUT_DATA, &prog)
+        .map_err(ctx("PACKET_FANOUT_DATA (the steering program)"))?;
+    let got = sys::getsockopt_int(fd, libc::SOL_PACKET, sys::PACKET_FANOUT)
+        .map_err(ctx("PACKET_FANOUT (reading the group id)"))?;
+    Ok(got & 0xffff)
 }
 
 /// One configured, bound socket on interface `ifindex`. With `hold` it drops every frame (a

@@ -209,11 +209,43 @@ impl PodPorts {
         self.len() == 0
     }
 
-    /// The worker (of `workers`) that receives from port `id`: spread by id, so one pod's
-    /// flows stay on one worker.
+    /// The worker (of `workers`) that receives from port `id` when the port has one socket:
+    /// spread by id, so one pod's flows stay on one worker.
     pub fn owner(id: PortId, workers: usize) -> usize {
         usize::from(id.0) % workers.max(1)
     }
+
+    /// What worker `worker` of `workers` receives from: every steered port (one socket per
+    /// worker) on its own socket, and the single-socket ports it owns ([`PodPorts::owner`]).
+    pub fn received_by(&self, worker: usize, workers: usize) -> Vec<PodRx> {
+        self.iter()
+            .filter_map(|(id, p)| {
+                let socket = if workers > 1 && p.receivers() == workers {
+                    worker
+                } else if PodPorts::owner(id, workers) == worker {
+                    0
+                } else {
+                    return None;
+                };
+                Some(PodRx {
+                    id,
+                    port: Arc::clone(p),
+                    socket,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A pod port as one worker receives from it: the port and which of its sockets is the worker's.
+#[derive(Debug, Clone)]
+pub struct PodRx {
+    /// The port.
+    pub id: PortId,
+    /// Its sockets.
+    pub port: Arc<PacketPort>,
+    /// Which of them this worker reads.
+    pub socket: usize,
 }
 
 /// What the workers share with the agent: the snapshot cell, the stop flag, one counter slot
@@ -552,8 +584,7 @@ pub fn run_worker(
     // those ports in order. Rebuilt when the epoch moves.
     let workers = shared.acks.len();
     let waker = shared.wakers.get(id).map(AsFd::as_fd);
-    // (port, its socket, which of its sockets is this worker's)
-    let mut mine: Vec<(PortId, Arc<PacketPort>, usize)> = Vec::new();
+    let mut mine: Vec<PodRx> = Vec::new();
     let mut pfds: Vec<libc::pollfd> = Vec::new();
     let mut pod_rx: Option<RecvBatch> = None;
     let mut seen_epoch = u64::MAX;
@@ -570,17 +601,7 @@ pub fn run_worker(
         let epoch = shared.epoch.load(Ordering::Acquire);
         if epoch != seen_epoch {
             w.pods = shared.pod_ports();
-            mine = w
-                .pods
-                .iter()
-                .filter_map(|(pid, p)| {
-                    if p.receivers() == workers && workers > 1 {
-                        Some((pid, Arc::clone(p), id))
-                    } else {
-                        (PodPorts::owner(pid, workers) == id).then(|| (pid, Arc::clone(p), 0))
-                    }
-                })
-                .collect();
+            mine = w.pods.received_by(id, workers);
             if !mine.is_empty() && pod_rx.is_none() {
                 pod_rx = Some(RecvBatch::new(POD_RX_SLOTS, POD_RX_SLOT));
             }
@@ -599,7 +620,7 @@ pub fn run_worker(
             pfds.push(fd(tun.as_fd()));
             pfds.push(fd(rx_fd));
             pfds.push(fd(waker.unwrap_or(tun.as_fd())));
-            pfds.extend(mine.iter().map(|(_, p, k)| fd(p.receiver(*k))));
+            pfds.extend(mine.iter().map(|r| fd(r.port.receiver(r.socket))));
             seen_epoch = epoch;
             if let Some(a) = shared.acks.get(id) {
                 a.store(epoch, Ordering::Release);
@@ -663,11 +684,11 @@ pub fn run_worker(
                 moved |= n > 0;
             }
             if let Some(prx) = pod_rx.as_mut() {
-                for ((pid, port, k), pfd) in mine.iter().zip(&pfds[3..]) {
+                for (from, pfd) in mine.iter().zip(&pfds[3..]) {
                     if !ready(pfd) {
                         continue;
                     }
-                    let n = w.drain_pod(&snap, *pid, port, *k, prx, &mut tun_slots, now);
+                    let n = w.drain_pod(&snap, from, prx, &mut tun_slots, now);
                     busy |= n == POD_RX_SLOTS;
                     moved |= n > 0;
                 }
@@ -1191,19 +1212,16 @@ impl Worker<'_> {
     /// lies (its checksum completed first if the pod left it partial), a super-frame cut into
     /// segments in `slots`, each behind the frame's own Ethernet header, so the core checks and
     /// routes every segment as the frame it would have been. Returns how many frames arrived.
-    /// `socket` is which of the port's sockets this worker receives on.
-    #[allow(clippy::too_many_arguments)]
     fn drain_pod(
         &mut self,
         snap: &Snapshot,
-        pid: PortId,
-        port: &PacketPort,
-        socket: usize,
+        from: &PodRx,
         rx: &mut RecvBatch,
         slots: &mut Slots,
         now: Instant,
     ) -> usize {
-        let n = match port.recv_batch_on(socket, rx) {
+        let pid = from.id;
+        let n = match from.port.recv_batch_on(from.socket, rx) {
             Ok(n) => n,
             Err(_) => return 0,
         };
