@@ -248,6 +248,19 @@ fn a_segmenting_underlay_carries_mtu_frames_and_weft_moves_100_megabytes_each_wa
             node.name
         );
     }
+    // The underlay bridge forwards as a switch: no br_netfilter hooks, where the host loaded the
+    // module (it turns them on in every new namespace).
+    let calls = lab
+        .underlay()
+        .run(|| std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables").ok())
+        .expect("run in the underlay namespace");
+    if let Some(on) = calls {
+        assert_eq!(
+            on.trim(),
+            "0",
+            "the underlay bridge runs iptables on every frame"
+        );
+    }
     for node in lab.nodes.iter().take(2) {
         let show = request_show(&node.ctl_socket).expect("show");
         let c = &show.counters;

@@ -313,6 +313,7 @@ impl Lab {
             nl.set_up("ul0")?;
             nl.set_up("lo")
         })?;
+        switch_like(&underlay)?;
         Ok(Lab {
             prefix,
             dir,
@@ -1155,6 +1156,33 @@ where
         msg: e.to_string(),
     })?
     .map_err(|source| LabError::Netlink { ns: name, source })
+}
+
+/// The `br_netfilter` switches of a namespace: where the module is loaded, frames crossing a
+/// bridge in that namespace run its iptables, ip6tables and arptables hooks.
+const BRIDGE_NF_CALLS: [&str; 3] = [
+    "net/bridge/bridge-nf-call-iptables",
+    "net/bridge/bridge-nf-call-ip6tables",
+    "net/bridge/bridge-nf-call-arptables",
+];
+
+/// Makes the underlay namespace's bridges forward as a switch does: without `br_netfilter`'s
+/// per-frame firewall hooks, which a host that loaded the module (Kubernetes nodes do) turns on in
+/// every new namespace. Nodes keep theirs, as a real node's `cni0` does. Without the module there
+/// is nothing to turn off.
+fn switch_like(ns: &NetNs) -> Result<(), LabError> {
+    for key in BRIDGE_NF_CALLS {
+        let present = ns
+            .run(move || std::path::Path::new("/proc/sys").join(key).exists())
+            .map_err(|e| LabError::Netns {
+                name: ns.name().to_string(),
+                msg: e.to_string(),
+            })?;
+        if present {
+            sysctl(ns, key, "0")?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes a sysctl inside `ns` (`key` is the path under /proc/sys).

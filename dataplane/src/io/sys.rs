@@ -906,7 +906,7 @@ pub(crate) fn sendmmsg_frames(
     Ok(ret as usize)
 }
 
-/// `eventfd(2)`, nonblocking: a counter a thread writes to wake another out of `poll(2)`.
+/// `eventfd(2)`, nonblocking: a counter a thread writes to wake another out of its wait.
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: eventfd takes no pointers.
     let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
@@ -930,23 +930,72 @@ pub(crate) fn eventfd_clear(fd: BorrowedFd<'_>) {
     let _ = unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast::<c_void>(), 8) };
 }
 
-/// `poll(2)` on `pfds` (a caller-kept array, rebuilt when its fds change), waiting at most
-/// `timeout_ms`; an interrupted wait returns 0 ready.
-pub(crate) fn poll_many(pfds: &mut [libc::pollfd], timeout_ms: c_int) -> io::Result<usize> {
-    // SAFETY: pfds is a live, exclusively borrowed array of pollfd structs of the length passed;
-    // the fds are the caller's, kept open while it holds them.
-    let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
-    if ret < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() == io::ErrorKind::Interrupted {
-            for p in pfds.iter_mut() {
-                p.revents = 0;
-            }
-            return Ok(0);
-        }
-        return Err(err);
+/// A level-triggered `epoll(7)` set: each fd added with a caller's token, which [`Epoll::wait`]
+/// hands back for every fd that is readable (or in error, or hung up). Its cost per wait is the
+/// ready fds', not the watched ones' as with `poll(2)`.
+pub(crate) struct Epoll {
+    fd: OwnedFd,
+    events: Vec<libc::epoll_event>,
+}
+
+impl Epoll {
+    /// An empty set; one wait reports at most `capacity` ready fds (the rest stay ready for the
+    /// next, level-triggered).
+    pub(crate) fn new(capacity: usize) -> io::Result<Epoll> {
+        // SAFETY: epoll_create1 takes no pointers.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: epoll_create1 just returned this fd, so it is open and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let events = vec![libc::epoll_event { events: 0, u64: 0 }; capacity.max(1)];
+        Ok(Epoll { fd, events })
     }
-    Ok(ret as usize)
+
+    /// Watches `fd` for input, reported as `token`. The caller keeps `fd` open while it is in the
+    /// set (a closed fd leaves the set by itself).
+    pub(crate) fn add(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: ev is a live epoll_event the kernel reads during the call; both fds are open
+        // for their borrows.
+        cvt(unsafe {
+            libc::epoll_ctl(
+                self.fd.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd.as_raw_fd(),
+                &mut ev,
+            )
+        })
+        .map(drop)
+    }
+
+    /// `epoll_wait(2)` at most `timeout_ms` (0: just look); the tokens of the fds that are ready.
+    /// An interrupted wait reports none.
+    pub(crate) fn wait(&mut self, timeout_ms: c_int) -> io::Result<impl Iterator<Item = u64> + '_> {
+        let cap = c_int::try_from(self.events.len()).unwrap_or(c_int::MAX);
+        // SAFETY: events is a live, exclusively borrowed array of cap epoll_event structs the
+        // kernel fills; the epoll fd is ours and open.
+        let ret = unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                cap,
+                timeout_ms,
+            )
+        };
+        let n = if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+            0
+        } else {
+            ret as usize
+        };
+        // Copied out: epoll_event is packed on x86_64, so its fields take no references.
+        Ok(self.events[..n].iter().map(|e| e.u64))
+    }
 }
 
 /// `sendmsg(2)` of one message gathered from `pieces` (at most [`MAX_PIECES`]) on a bound
@@ -983,3 +1032,25 @@ pub(crate) fn sendmsg_pieces(fd: BorrowedFd<'_>, pieces: &[&[u8]]) -> io::Result
 /// Pieces one [`sendmsg_pieces`] call takes: a virtio-net header, an Ethernet header, IPv4 and
 /// transport headers, and up to 64 payload pieces.
 pub(crate) const MAX_PIECES: usize = 3 + 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn an_epoll_set_reports_a_ready_fd_by_its_token_until_it_is_read() {
+        let (quiet, loud) = (eventfd().expect("eventfd"), eventfd().expect("eventfd"));
+        let mut set = Epoll::new(4).expect("epoll");
+        set.add(quiet.as_fd(), 7).expect("add");
+        set.add(loud.as_fd(), 9).expect("add");
+        assert_eq!(set.wait(0).expect("wait").count(), 0);
+        eventfd_wake(loud.as_fd());
+        // Level-triggered: still ready on the second look, gone once read.
+        for _ in 0..2 {
+            assert_eq!(set.wait(0).expect("wait").collect::<Vec<_>>(), [9]);
+        }
+        eventfd_clear(loud.as_fd());
+        assert_eq!(set.wait(0).expect("wait").count(), 0);
+    }
+}

@@ -12,8 +12,11 @@
 //! `recvmmsg(2)`). Each batch's underlay transmits are sent at its end: VXLAN through the
 //! [`VxlanSender`], where a flow's run of equal-sized segments becomes one UDP GSO train, the
 //! rest through the raw socket, each with one `sendmmsg(2)`; deliveries to the TUN are written at
-//! once. A datagram the kernel merged (UDP GRO) is cut into its VXLAN packets in place. `poll(2)` waits at most [`POLL_TIMEOUT_MS`] when both
-//! are idle, so a stop request is seen within that time; after a full batch it is skipped.
+//! once. A datagram the kernel merged (UDP GRO) is cut into its VXLAN packets in place.
+//! `epoll_wait(2)` on the worker's sources (TUN queue, underlay socket, waker, its socket of each
+//! pod port) waits at most [`POLL_TIMEOUT_MS`] when all are idle, so a stop request is seen within
+//! that time; a source that filled its batch is read again next turn without waiting, beside
+//! whatever else the set reports ready then.
 //!
 //! **Offloads.** On a TUN queue with virtio-net headers ([`TunQueue::vnet_hdr`]) a read brings a
 //! TCP super-frame of up to 64 KiB into a buffer of [`WorkerConfig::tun_read_size`]; it is cut
@@ -56,8 +59,65 @@ use crate::time::{Duration, Instant};
 use crate::wire::ipv4::Ipv4Packet;
 use crate::PortId;
 
-/// How long an idle worker waits in `poll(2)` before looking at its stop flag again.
+/// How long an idle worker waits in `epoll_wait(2)` before looking at its stop flag again.
 pub const POLL_TIMEOUT_MS: i32 = 100;
+
+/// A worker's epoll tokens: its TUN queue, its underlay socket, its waker, then its pod sockets
+/// (`FIRST_POD_TOKEN + i` for the i-th of [`PodPorts::received_by`]).
+const TUN_TOKEN: u64 = 0;
+const UNDERLAY_TOKEN: u64 = 1;
+const WAKER_TOKEN: u64 = 2;
+const FIRST_POD_TOKEN: u64 = 3;
+
+/// Which of a worker's sources to read this turn.
+#[derive(Debug, Default, Clone)]
+struct Ready {
+    tun: bool,
+    underlay: bool,
+    /// One flag per pod socket the worker receives from, in [`PodPorts::received_by`] order.
+    pods: Vec<bool>,
+    /// Some flag in `pods` is set.
+    any_pod: bool,
+}
+
+impl Ready {
+    /// All clear, for `pods` pod sockets.
+    fn reset(&mut self, pods: usize) {
+        self.pods.clear();
+        self.pods.resize(pods, false);
+        self.clear();
+    }
+
+    fn clear(&mut self) {
+        self.tun = false;
+        self.underlay = false;
+        if self.any_pod {
+            self.pods.fill(false);
+        }
+        self.any_pod = false;
+    }
+
+    fn set(&mut self, token: u64) {
+        match token {
+            TUN_TOKEN => self.tun = true,
+            UNDERLAY_TOKEN => self.underlay = true,
+            t => {
+                let slot = t
+                    .checked_sub(FIRST_POD_TOKEN)
+                    .and_then(|i| usize::try_from(i).ok())
+                    .and_then(|i| self.pods.get_mut(i));
+                if let Some(f) = slot {
+                    *f = true;
+                    self.any_pod = true;
+                }
+            }
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.tun || self.underlay || self.any_pod
+    }
+}
 
 /// How often at most a worker copies its counters out.
 pub const STATS_INTERVAL: Duration = Duration::from_millis(50);
@@ -90,7 +150,7 @@ pub struct WorkerConfig {
     /// Slots for packets read from the TUN queue (segments of super-frames included): what one
     /// `sendmmsg(2)` can carry at most.
     pub tun_slots: usize,
-    /// After a wakeup that moved packets, keep looking (nonblocking `poll(2)`, yielding the CPU
+    /// After a wakeup that moved packets, keep looking (`epoll_wait(2)` with a zero timeout, yielding the CPU
     /// in between) this long before sleeping again: a reply that comes back within it (a ping's,
     /// a request's) is picked up without the scheduler's wakeup latency. Zero: always sleep.
     pub spin: Duration,
@@ -265,7 +325,7 @@ pub struct WorkerShared {
     /// of its loop, after loading the pod ports.
     epoch: AtomicU64,
     acks: Vec<AtomicU64>,
-    /// One eventfd per worker, in its `poll(2)` set, to wake it for [`WorkerShared::sync`].
+    /// One eventfd per worker, in its epoll set, to wake it for [`WorkerShared::sync`].
     wakers: Vec<std::os::fd::OwnedFd>,
 }
 
@@ -522,7 +582,7 @@ pub fn spawn_workers(
 /// core as [`Ingress::Local`]`(tun_port)`, and deliveries to it are written to `tun`. Deliveries
 /// to any other port are dropped as [`DropReason::IoError`]: this worker has no handle for them.
 ///
-/// Returns `Ok` when stopped, or the error that made the TUN queue or `poll(2)` unusable (a
+/// Returns `Ok` when stopped, or the error that made the TUN queue or its epoll set unusable (a
 /// deleted device, for one). Its counters are copied out one last time either way.
 pub fn run_worker(
     id: usize,
@@ -580,19 +640,21 @@ pub fn run_worker(
             Vec::new()
         },
     };
-    // Pod ports this worker receives from, and the poll(2) set: TUN, underlay, waker, then
-    // those ports in order. Rebuilt when the epoch moves.
+    // Pod ports this worker receives from, and the epoll set: TUN, underlay, waker, then those
+    // ports in order (tokens below). Rebuilt when the epoch moves.
     let workers = shared.acks.len();
     let waker = shared.wakers.get(id).map(AsFd::as_fd);
     let mut mine: Vec<PodRx> = Vec::new();
-    let mut pfds: Vec<libc::pollfd> = Vec::new();
+    let mut set: Option<sys::Epoll> = None;
     let mut pod_rx: Option<RecvBatch> = None;
     let mut seen_epoch = u64::MAX;
     let mut last_publish = clock::now();
     let mut dirty = false;
-    // After a full batch there is probably more: read again without asking poll(2) first.
-    let mut busy = false;
-    // Until when to poll without sleeping, after the last wakeup that moved packets.
+    // Sources to read this turn: what the wait reported, and what filled its batch last turn
+    // (there is probably more: it is read again without waiting for the kernel to say so).
+    let mut ready = Ready::default();
+    let mut again = Ready::default();
+    // Until when to look without sleeping, after the last wakeup that moved packets.
     let mut spin_until = last_publish;
     let result = loop {
         if shared.stop_requested() {
@@ -605,60 +667,71 @@ pub fn run_worker(
             if !mine.is_empty() && pod_rx.is_none() {
                 pod_rx = Some(RecvBatch::new(POD_RX_SLOTS, POD_RX_SLOT));
             }
-            // With no underlay socket the TUN stands in for it; its drain below is skipped.
+            // With no underlay socket nothing is watched for it; its drain below is skipped.
             let rx_fd = match &underlay {
-                UnderlayRx::Vxlan(s) => s.as_fd(),
-                UnderlayRx::Ipip(s) => s.as_fd(),
-                UnderlayRx::None => tun.as_fd(),
+                UnderlayRx::Vxlan(s) => Some(s.as_fd()),
+                UnderlayRx::Ipip(s) => Some(s.as_fd()),
+                UnderlayRx::None => None,
             };
-            let fd = |f: std::os::fd::BorrowedFd<'_>| libc::pollfd {
-                fd: std::os::fd::AsRawFd::as_raw_fd(&f),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            pfds.clear();
-            pfds.push(fd(tun.as_fd()));
-            pfds.push(fd(rx_fd));
-            pfds.push(fd(waker.unwrap_or(tun.as_fd())));
-            pfds.extend(mine.iter().map(|r| fd(r.port.receiver(r.socket))));
+            let built = sys::Epoll::new(FIRST_POD_TOKEN as usize + mine.len()).and_then(|e| {
+                e.add(tun.as_fd(), TUN_TOKEN)?;
+                if let Some(fd) = rx_fd {
+                    e.add(fd, UNDERLAY_TOKEN)?;
+                }
+                if let Some(fd) = waker {
+                    e.add(fd, WAKER_TOKEN)?;
+                }
+                for (token, r) in (FIRST_POD_TOKEN..).zip(&mine) {
+                    e.add(r.port.receiver(r.socket), token)?;
+                }
+                Ok(e)
+            });
+            match built {
+                Ok(e) => set = Some(e),
+                Err(e) => break Err(e),
+            }
+            ready.reset(mine.len());
+            again.reset(mine.len());
             seen_epoch = epoch;
             if let Some(a) = shared.acks.get(id) {
                 a.store(epoch, Ordering::Release);
             }
         }
-        let spinning = !busy && clock::now() < spin_until;
-        let ready = |p: &libc::pollfd| {
-            p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+        let Some(set) = set.as_mut() else {
+            break Err(io::Error::other("worker without an epoll set"));
         };
-        if busy {
-            for p in pfds.iter_mut() {
-                p.revents = libc::POLLIN;
-            }
+        let spinning = !again.any() && clock::now() < spin_until;
+        let timeout = if again.any() || spinning {
+            0
         } else {
-            let timeout = if spinning { 0 } else { POLL_TIMEOUT_MS };
-            if let Err(e) = sys::poll_many(&mut pfds, timeout) {
-                break Err(e);
+            POLL_TIMEOUT_MS
+        };
+        ready.clone_from(&again);
+        match set.wait(timeout) {
+            Ok(tokens) => {
+                for token in tokens {
+                    if token == WAKER_TOKEN {
+                        if let Some(wk) = waker {
+                            sys::eventfd_clear(wk);
+                        }
+                    } else {
+                        ready.set(token);
+                    }
+                }
             }
+            Err(e) => break Err(e),
         }
-        let tun_ready = ready(&pfds[0]);
-        let udp_ready = ready(&pfds[1]);
-        if ready(&pfds[2]) {
-            if let Some(wk) = waker {
-                sys::eventfd_clear(wk);
-            }
-        }
-        let pods_ready = pfds[3..].iter().any(ready);
-        busy = false;
-        if spinning && !tun_ready && !udp_ready && !pods_ready {
+        again.clear();
+        if spinning && !ready.any() {
             std::thread::yield_now();
             continue;
         }
         let now = clock::now();
         w.now = now;
         let mut moved = false;
-        if tun_ready || udp_ready || pods_ready {
+        if ready.any() {
             let snap = shared.cell.load();
-            if tun_ready {
+            if ready.tun {
                 let drained = if offload {
                     w.drain_tun_offload(&snap, &mut tun_slots, &mut frame_buf, cfg.batch, now)
                 } else {
@@ -666,13 +739,13 @@ pub fn run_worker(
                 };
                 match drained {
                     Ok(n) => {
-                        busy |= n == cfg.batch;
+                        again.tun = n == cfg.batch;
                         moved |= n > 0;
                     }
                     Err(e) => break Err(e),
                 }
             }
-            if udp_ready {
+            if ready.underlay {
                 let n = match &underlay {
                     UnderlayRx::Vxlan(udp) => w.drain_udp(&snap, udp, &mut rx, now),
                     UnderlayRx::Ipip(ipip) => {
@@ -680,16 +753,17 @@ pub fn run_worker(
                     }
                     UnderlayRx::None => 0,
                 };
-                busy |= n == cfg.batch;
+                again.underlay = n == cfg.batch;
                 moved |= n > 0;
             }
             if let Some(prx) = pod_rx.as_mut() {
-                for (from, pfd) in mine.iter().zip(&pfds[3..]) {
-                    if !ready(pfd) {
+                for (i, from) in mine.iter().enumerate() {
+                    if !ready.pods[i] {
                         continue;
                     }
                     let n = w.drain_pod(&snap, from, prx, &mut tun_slots, now);
-                    busy |= n == POD_RX_SLOTS;
+                    again.pods[i] = n == POD_RX_SLOTS;
+                    again.any_pod |= again.pods[i];
                     moved |= n > 0;
                 }
             }
