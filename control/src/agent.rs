@@ -76,6 +76,16 @@ pub enum AgentError {
     /// A worker thread could not be spawned.
     #[error("cannot spawn worker thread: {0}")]
     Spawn(std::io::Error),
+    /// `dataplane.cpu_wakeup_latency_us` is set, but the PM QoS request could not be made.
+    #[error(
+        "dataplane.cpu_wakeup_latency_us: cannot request a CPU wakeup latency through {}: {source} \
+         (needs root and a kernel with PM QoS; unset the field to run without it)",
+        crate::cpu_latency::DEVICE
+    )]
+    CpuLatency {
+        /// OS error.
+        source: std::io::Error,
+    },
     /// The health server could not start.
     #[error(transparent)]
     Health(#[from] HealthError),
@@ -136,6 +146,8 @@ pub struct Agent {
     routes: Option<DirectRoutes>,
     masq: Option<crate::masq::Masq>,
     policy_watch: Option<JoinHandle<()>>,
+    /// The PM QoS request of `dataplane.cpu_wakeup_latency_us`, in force while this is open.
+    _cpu_latency: Option<crate::cpu_latency::CpuLatencyRequest>,
 }
 
 /// The live datastore connection the control thread takes over after start-up.
@@ -214,6 +226,19 @@ impl Agent {
     /// Node's podCIDR) and, later, the control thread.
     pub fn start_with_stop(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Agent, AgentError> {
         let mut facts = node_facts(cfg)?;
+        let cpu_latency = match cfg.dataplane.cpu_wakeup_latency_us {
+            Some(us) => {
+                let held = crate::cpu_latency::CpuLatencyRequest::request(us)
+                    .map_err(|source| AgentError::CpuLatency { source })?;
+                tracing::info!(
+                    us,
+                    "holding a PM QoS CPU wakeup latency request ({})",
+                    crate::cpu_latency::DEVICE
+                );
+                Some(held)
+            }
+            None => None,
+        };
         // The firewall tool is looked for first, so a host without one fails before anything
         // is changed.
         let masq_backend = if cfg.network.ip_masq {
@@ -529,6 +554,7 @@ impl Agent {
             routes,
             masq,
             policy_watch,
+            _cpu_latency: cpu_latency,
         })
     }
 

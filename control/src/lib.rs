@@ -8,6 +8,7 @@ pub mod agent;
 pub mod autodetect;
 pub mod cni;
 pub mod config;
+pub mod cpu_latency;
 pub mod ctl;
 pub mod datastore;
 pub mod direct_routes;

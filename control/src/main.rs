@@ -133,6 +133,12 @@ enum Command {
         /// (`[dataplane] busy_poll_us`; 0 always sleeps).
         #[arg(long, default_value_t = control::config::DEFAULT_BUSY_POLL_US)]
         busy_poll_us: u32,
+        /// Hold a PM QoS CPU wakeup latency request of this many microseconds for the whole
+        /// run (`/dev/cpu_dma_latency`, as `[dataplane] cpu_wakeup_latency_us` does for an agent;
+        /// system-wide, so every variant runs under it, kernel VXLAN included). 0 keeps idle
+        /// CPUs polling: a woken worker then runs without the idle-exit delay.
+        #[arg(long)]
+        cpu_wakeup_latency_us: Option<u32>,
         /// Weft without UDP GSO trains on send (`[dataplane] gso = false`).
         #[arg(long)]
         no_gso: bool,
@@ -258,6 +264,7 @@ fn main() -> ExitCode {
             builtin,
             workers,
             busy_poll_us,
+            cpu_wakeup_latency_us,
             no_gso,
             no_gro,
             no_tun_offload,
@@ -268,7 +275,11 @@ fn main() -> ExitCode {
             rounds,
             seconds,
             pings,
-            harness::LabKnobs { builtin, underlay },
+            harness::LabKnobs {
+                builtin,
+                underlay,
+                cpu_wakeup_latency_us,
+            },
             &harness::WeftKnobs {
                 workers,
                 busy_poll_us,

@@ -70,6 +70,10 @@ fn minimal_file_gets_every_default() {
         "UDP GSO and GRO are on by default"
     );
     assert_eq!(c.dataplane.busy_poll_us, 200);
+    assert_eq!(
+        c.dataplane.cpu_wakeup_latency_us, None,
+        "no PM QoS request by default"
+    );
     assert!(c.peers.is_empty());
     assert_eq!(c.tunnel_mtu(1500), 1450);
     assert_eq!(c.vtep_mac(), vtep_mac_for("node-a"));
@@ -380,6 +384,13 @@ fn dataplane_errors_name_the_field() {
         .expect("offload knobs parse");
     assert!(!knobs.dataplane.gso && !knobs.dataplane.gro);
     assert_eq!(knobs.dataplane.busy_poll_us, 0);
+    assert_err(
+        &d("cpu_wakeup_latency_us = -1"),
+        &["dataplane.cpu_wakeup_latency_us:"],
+    );
+    let held = Config::from_toml_str(&d("cpu_wakeup_latency_us = 0")).expect("latency parses");
+    assert_eq!(held.dataplane.cpu_wakeup_latency_us, Some(0));
+    assert_eq!(Config::from_toml_str(&held.to_toml_string()).unwrap(), held);
     assert!(off.to_toml_string().contains("offload = false"));
     assert_eq!(Config::from_toml_str(&off.to_toml_string()).unwrap(), off);
 }

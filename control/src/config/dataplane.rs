@@ -28,6 +28,8 @@ pub(super) struct RawDataplane {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) busy_poll_us: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) cpu_wakeup_latency_us: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) pod_ports: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) neigh_reachable_ms: Option<i64>,
@@ -63,6 +65,12 @@ pub struct DataplaneSection {
     /// come back within it skip the scheduler's wakeup latency, at the cost of that much CPU per
     /// burst. Default 200; 0 always sleeps.
     pub busy_poll_us: u32,
+    /// While the agent runs, ask the kernel's PM QoS to keep every CPU's wakeup latency at or
+    /// below this many microseconds (it holds `/dev/cpu_dma_latency` open with the value, as
+    /// tuned's latency-performance profile does): idle CPUs then stay in shallow idle states, so
+    /// a worker woken by a packet runs sooner. 0 keeps idle CPUs polling (lowest latency; on a VM
+    /// an idle vCPU then costs the host a core). Unset (the default) asks nothing. System-wide.
+    pub cpu_wakeup_latency_us: Option<u32>,
     /// How pods attach: to the kernel bridge, or as ports of Weft's switch.
     pub pod_ports: PodPortMode,
     /// Milliseconds a learnt neighbour (a pod's floating address, switch mode) stays
@@ -152,6 +160,10 @@ pub(super) fn validate(raw: &RawDataplane, vni: u32) -> Result<DataplaneSection,
                 )
             })?,
     };
+    let cpu_wakeup_latency_us = match raw.cpu_wakeup_latency_us {
+        None => None,
+        Some(n) => Some(in_range("dataplane.cpu_wakeup_latency_us", n, 0, 2_000_000_000)? as u32),
+    };
     let millis = |key: &str, v: Option<i64>, default: u32| -> Result<u32, ConfigError> {
         Ok(in_range(key, v.unwrap_or(i64::from(default)), 100, 3_600_000)? as u32)
     };
@@ -176,6 +188,7 @@ pub(super) fn validate(raw: &RawDataplane, vni: u32) -> Result<DataplaneSection,
         gro: raw.gro.unwrap_or(true),
         uso: raw.uso.unwrap_or(true),
         busy_poll_us,
+        cpu_wakeup_latency_us,
         pod_ports: match raw.pod_ports.as_deref() {
             Some("bridge") => PodPortMode::Bridge,
             None | Some("switch") => PodPortMode::Switch,
@@ -201,6 +214,7 @@ impl From<&DataplaneSection> for RawDataplane {
             gro: Some(s.gro),
             uso: Some(s.uso),
             busy_poll_us: Some(i64::from(s.busy_poll_us)),
+            cpu_wakeup_latency_us: s.cpu_wakeup_latency_us.map(i64::from),
             pod_ports: Some(s.pod_ports.name().to_string()),
             neigh_reachable_ms: Some(i64::from(s.neigh_reachable_ms)),
             neigh_stale_ms: Some(i64::from(s.neigh_stale_ms)),

@@ -36,6 +36,8 @@
 //! gro = true                   # default: let the kernel merge received VXLAN datagrams (UDP GRO)
 //! uso = true                   # default: take pods' UDP GSO sends as one TUN read (USO, Linux 6.2)
 //! busy_poll_us = 200           # default 200: keep polling this long after traffic; 0 = always sleep
+//! cpu_wakeup_latency_us = 0    # default unset: while running, hold a PM QoS CPU latency request
+//!                              # (/dev/cpu_dma_latency; system-wide) so woken workers run sooner
 //! pod_ports = "switch"         # default: pod veths are ports of Weft's own switch (AF_PACKET),
 //!                              # no bridge; "bridge": pods on the kernel bridge
 //! neigh_reachable_ms = 30000   # default: a learnt floating address is REACHABLE this long...

@@ -222,6 +222,9 @@ pub struct LabKnobs {
     pub builtin: bool,
     /// How the underlay carries large packets ([`Underlay::Ideal`]: whole; `Segmenting`: as NICs).
     pub underlay: Underlay,
+    /// Hold a PM QoS CPU wakeup latency request of this many µs for the whole run (system-wide:
+    /// every variant, the kernel's included, runs under it).
+    pub cpu_wakeup_latency_us: Option<u32>,
 }
 
 /// Runs the harness: `rounds` rounds of `seconds` of TCP plus `pings` pings per variant.
@@ -244,7 +247,20 @@ pub fn run(
         bail!("weftd bench needs root (network namespaces, veths, TUN); run it with sudo");
     }
     crate::tooling::demo::watch_ctrl_c();
-    let LabKnobs { builtin, underlay } = lab_knobs;
+    let LabKnobs {
+        builtin,
+        underlay,
+        cpu_wakeup_latency_us,
+    } = lab_knobs;
+    let cpu_latency = cpu_wakeup_latency_us
+        .map(crate::cpu_latency::CpuLatencyRequest::request)
+        .transpose()
+        .with_context(|| {
+            format!(
+                "--cpu-wakeup-latency-us: cannot hold a request on {}",
+                crate::cpu_latency::DEVICE
+            )
+        })?;
     if underlay == Underlay::Segmenting && !which("ethtool") {
         bail!("--underlay segmenting needs ethtool to set the underlay's offloads; install it (apt-get install ethtool)");
     }
@@ -264,6 +280,14 @@ pub fn run(
         },
         underlay.describe()
     );
+    let wakeups = match &cpu_latency {
+        Some(r) => format!(
+            "CPU wakeup latency held at {} µs for the whole run (PM QoS, system-wide: every variant)",
+            r.us()
+        ),
+        None => "no CPU wakeup latency request (the machine's idle states)".to_string(),
+    };
+    eprintln!("{wakeups}");
     let mut variants = Vec::new();
     // With --baseline, every Weft variant also runs with that binary, right after this one's, in
     // every round: old and new alternate under the same host noise.
@@ -405,6 +429,7 @@ pub fn run(
     }
     println!();
     println!("Underlay: {}.", underlay.describe());
+    println!("Wakeups: {wakeups}.");
     println!(
         "Medians of {rounds} rounds; ratios to kernel VXLAN. TCP: iperf3 single stream and {STREAMS} streams; UDP: {UDP_LEN}-byte datagrams at full rate, received packets/s; CPU: Weft agents' user+system seconds per GB over the single-stream run."
     );
