@@ -104,13 +104,19 @@ impl Ready {
             t => {
                 let slot = t
                     .checked_sub(FIRST_POD_TOKEN)
-                    .and_then(|i| usize::try_from(i).ok())
-                    .and_then(|i| self.pods.get_mut(i));
-                if let Some(f) = slot {
-                    *f = true;
-                    self.any_pod = true;
+                    .and_then(|i| usize::try_from(i).ok());
+                if let Some(i) = slot {
+                    self.mark_pod(i);
                 }
             }
+        }
+    }
+
+    /// Sets pod socket `i`'s flag, keeping `any_pod` true to it.
+    fn mark_pod(&mut self, i: usize) {
+        if let Some(f) = self.pods.get_mut(i) {
+            *f = true;
+            self.any_pod = true;
         }
     }
 
@@ -700,12 +706,9 @@ pub fn run_worker(
         let Some(set) = set.as_mut() else {
             break Err(io::Error::other("worker without an epoll set"));
         };
-        let spinning = !again.any() && clock::now() < spin_until;
-        let timeout = if again.any() || spinning {
-            0
-        } else {
-            POLL_TIMEOUT_MS
-        };
+        let busy = again.any();
+        let spinning = !busy && clock::now() < spin_until;
+        let timeout = if busy || spinning { 0 } else { POLL_TIMEOUT_MS };
         ready.clone_from(&again);
         match set.wait(timeout) {
             Ok(tokens) => {
@@ -762,8 +765,9 @@ pub fn run_worker(
                         continue;
                     }
                     let n = w.drain_pod(&snap, from, prx, &mut tun_slots, now);
-                    again.pods[i] = n == POD_RX_SLOTS;
-                    again.any_pod |= again.pods[i];
+                    if n == POD_RX_SLOTS {
+                        again.mark_pod(i);
+                    }
                     moved |= n > 0;
                 }
             }
